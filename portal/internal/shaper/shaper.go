@@ -1,0 +1,35 @@
+// Package shaper limits each client's bandwidth with tc: HTB classes on the
+// client interface for download, and on an IFB device (fed by an ingress
+// mirred redirect) for upload. A client's class is found in O(1) with
+// two-level u32 hash tables keyed on the client's IP (third octet, then
+// fourth), never by walking one filter per client.
+package shaper
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/civicwifi/civicwifi/internal/quantity"
+)
+
+// Limit is one client's rates. A zero rate leaves that direction unshaped.
+type Limit struct {
+	IP   netip.Addr
+	Down quantity.Rate
+	Up   quantity.Rate
+}
+
+// Shaper is the behaviour the gateway needs.
+type Shaper interface {
+	// Setup installs the root qdiscs, the IFB device and the hash tables.
+	// Idempotent; keeps existing client classes.
+	Setup(ctx context.Context) error
+	// Set adds or changes one client's classes and filters. O(1).
+	Set(ctx context.Context, l Limit) error
+	// Remove deletes one client's classes and filters; unknown IPs are fine.
+	Remove(ctx context.Context, ip netip.Addr) error
+	// Reconcile repairs drift so tc matches want; returns the repairs made.
+	Reconcile(ctx context.Context, want []Limit) (int, error)
+	// Teardown removes the qdiscs and the IFB device it made, nothing else.
+	Teardown(ctx context.Context) error
+}
