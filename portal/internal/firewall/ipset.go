@@ -1,0 +1,239 @@
+package firewall
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// maxTimeout is the largest element timeout ipset accepts, in seconds.
+const maxTimeout = 2147483
+
+// setSpec is how one of our sets is created.
+type setSpec struct {
+	name string
+	args []string // after "create <name>"
+}
+
+func (cfg Config) sets() []setSpec {
+	r := cfg.Subnet.Masked().String()
+	return []setSpec{
+		{AuthSet, []string{"bitmap:ip,mac", "range", r, "timeout", "0"}},
+		{AcctSet, []string{"bitmap:ip", "range", r, "counters", "comment"}},
+		{DownSet, []string{"bitmap:ip", "range", r, "counters"}},
+		{GardenSet, []string{"hash:net", "timeout", "0"}},
+	}
+}
+
+// entry is one element of a set as `ipset list -o save` prints it.
+type entry struct {
+	Key     string // "10.20.0.11", or "10.20.0.0/24" in hash:net
+	MAC     string // bitmap:ip,mac only, lower case
+	Timeout int64  // seconds left; 0: none
+	Packets uint64
+	Bytes   uint64
+	Comment string
+	// has* say whether the option was present at all.
+	HasCounters bool
+}
+
+// parseSave parses the output of `ipset list <set> -o save` (or of
+// `ipset save`) into the elements of each set.
+func parseSave(out string) (map[string][]entry, error) {
+	sets := map[string][]entry{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	n := 0
+	for sc.Scan() {
+		n++
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		f, err := splitQuoted(line)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		switch f[0] {
+		case "create":
+			if len(f) < 2 {
+				return nil, fmt.Errorf("line %d: create without a set name", n)
+			}
+			if _, ok := sets[f[1]]; !ok {
+				sets[f[1]] = nil
+			}
+		case "add":
+			if len(f) < 3 {
+				return nil, fmt.Errorf("line %d: add without set and element", n)
+			}
+			e, err := parseEntry(f[2], f[3:])
+			if err != nil {
+				return nil, fmt.Errorf("line %d: %w", n, err)
+			}
+			sets[f[1]] = append(sets[f[1]], e)
+		default:
+			return nil, fmt.Errorf("line %d: unexpected %q", n, f[0])
+		}
+	}
+	return sets, sc.Err()
+}
+
+func parseEntry(elem string, opts []string) (entry, error) {
+	e := entry{Key: elem}
+	if ip, mac, ok := strings.Cut(elem, ","); ok {
+		hw, err := net.ParseMAC(mac)
+		if err != nil {
+			return entry{}, fmt.Errorf("element %q: %w", elem, err)
+		}
+		e.Key, e.MAC = ip, hw.String()
+	}
+	for i := 0; i < len(opts); i++ {
+		name := opts[i]
+		if i+1 >= len(opts) {
+			return entry{}, fmt.Errorf("element %q: option %q without a value", elem, name)
+		}
+		val := opts[i+1]
+		i++
+		var err error
+		switch name {
+		case "timeout":
+			e.Timeout, err = strconv.ParseInt(val, 10, 64)
+		case "packets":
+			e.Packets, err = strconv.ParseUint(val, 10, 64)
+			e.HasCounters = true
+		case "bytes":
+			e.Bytes, err = strconv.ParseUint(val, 10, 64)
+			e.HasCounters = true
+		case "comment":
+			e.Comment = val
+		default: // skbmark, skbprio, ...: not ours, keep going
+		}
+		if err != nil {
+			return entry{}, fmt.Errorf("element %q: %s %q: %w", elem, name, val, err)
+		}
+	}
+	return e, nil
+}
+
+// splitQuoted splits a save line on blanks, keeping "quoted strings" (ipset
+// quotes comments) whole and unquoted.
+func splitQuoted(line string) ([]string, error) {
+	var out []string
+	for {
+		line = strings.TrimLeft(line, " \t")
+		if line == "" {
+			break
+		}
+		if line[0] == '"' {
+			end := strings.IndexByte(line[1:], '"')
+			if end < 0 {
+				return nil, fmt.Errorf("unterminated quote in %q", line)
+			}
+			out = append(out, line[1:end+1])
+			line = line[end+2:]
+			continue
+		}
+		end := strings.IndexAny(line, " \t")
+		if end < 0 {
+			end = len(line)
+		}
+		out = append(out, line[:end])
+		line = line[end:]
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("empty line")
+	}
+	return out, nil
+}
+
+// quotaComment encodes a client's quota in its cw-acct element, so Usage can
+// subtract the counter offset without any state in the daemon.
+func quotaComment(quota uint64) string { return "q=" + strconv.FormatUint(quota, 10) }
+
+// parseQuotaComment is the inverse of quotaComment; a missing or foreign
+// comment means unlimited.
+func parseQuotaComment(c string) uint64 {
+	v, ok := strings.CutPrefix(c, "q=")
+	if !ok {
+		return 0
+	}
+	q, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || q > QuotaBase {
+		return 0
+	}
+	return q
+}
+
+// acctOffset is the initial counter of a client with this quota and no use.
+func acctOffset(quota uint64) uint64 {
+	if quota == 0 {
+		return 0
+	}
+	return QuotaBase - quota
+}
+
+// usageOf turns the cw-acct and cw-dl elements of one client into Usage.
+func usageOf(acct entry, dl entry) Usage {
+	q := parseQuotaComment(acct.Comment)
+	off := acctOffset(q)
+	u := Usage{Packets: acct.Packets, DownBytes: dl.Bytes}
+	if acct.Bytes > off {
+		u.Bytes = acct.Bytes - off
+	}
+	u.OverQuota = q > 0 && acct.Bytes > QuotaBase
+	return u
+}
+
+// timeoutFor is the element timeout (seconds) for a session ending at exp;
+// 0 means none. ok is false when the session has already ended.
+func timeoutFor(exp, now time.Time) (secs int64, ok bool) {
+	if exp.IsZero() {
+		return 0, true
+	}
+	d := exp.Sub(now)
+	if d < time.Second {
+		return 0, false
+	}
+	s := int64(d / time.Second)
+	if s > maxTimeout {
+		s = maxTimeout
+	}
+	return s, true
+}
+
+// addLines renders the ipset restore lines (without -exist, which the caller
+// passes to ipset) that (re)install one grant. acctBytes is the initial
+// cw-acct counter, or nil to keep the kernel's.
+func grantLines(g Grant, timeout int64, acctBytes, dlBytes *uint64) []string {
+	ip := g.IP.String()
+	lines := []string{
+		fmt.Sprintf("add %s %s,%s timeout %d", AuthSet, ip, g.MAC, timeout),
+	}
+	acct := fmt.Sprintf("add %s %s", AcctSet, ip)
+	if acctBytes != nil {
+		acct += fmt.Sprintf(" packets 0 bytes %d", *acctBytes)
+	}
+	acct += fmt.Sprintf(" comment %q", quotaComment(g.QuotaBytes))
+	lines = append(lines, acct)
+	if dlBytes != nil {
+		lines = append(lines, fmt.Sprintf("add %s %s packets 0 bytes %d", DownSet, ip, *dlBytes))
+	} else {
+		lines = append(lines, fmt.Sprintf("add %s %s", DownSet, ip))
+	}
+	return lines
+}
+
+// indexByIP maps the elements of a bitmap set by IP.
+func indexByIP(es []entry) map[netip.Addr]entry {
+	m := make(map[netip.Addr]entry, len(es))
+	for _, e := range es {
+		if ip, err := netip.ParseAddr(e.Key); err == nil {
+			m[ip] = e
+		}
+	}
+	return m
+}

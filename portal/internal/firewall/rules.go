@@ -1,0 +1,162 @@
+package firewall
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Names of the kernel objects this package owns. Everything starts with "cw-"
+// so Teardown can tell ours from anybody else's.
+const (
+	AuthSet   = "cw-auth"   // bitmap:ip,mac: authorised IP+MAC pairs
+	AcctSet   = "cw-acct"   // bitmap:ip counters comment: both directions, quota offset
+	DownSet   = "cw-dl"     // bitmap:ip counters: download only
+	GardenSet = "cw-garden" // hash:net: walled garden (dnsmasq ipset= adds to it)
+
+	chainFwd     = "cw-fwd"
+	chainCaptive = "cw-captive"
+	chainIn      = "cw-in"
+	chainPre     = "cw-pre"
+	chainPost    = "cw-post"
+)
+
+// QuotaBase is the counter value beyond which a client is over quota. A
+// client with quota Q is added to cw-acct with an initial byte counter of
+// QuotaBase-Q (+ bytes already used), so a single rule
+// "--bytes-gt QuotaBase" enforces every client's own quota in O(1).
+const QuotaBase uint64 = 1 << 62
+
+// family is the IP version a ruleset is for.
+type family int
+
+const (
+	v4 family = 4
+	v6 family = 6
+)
+
+func (f family) String() string { return fmt.Sprintf("IPv%d", int(f)) }
+
+// chain is one of our chains and the built-in chain that jumps to it (empty
+// for chains reached only from our own chains).
+type chain struct {
+	fam     family
+	table   string
+	name    string
+	builtin string
+	rules   []string // in the canonical form `iptables -S` prints, without "-A <chain> "
+}
+
+// jump is the rule spec of the single jump from c.builtin to c.
+func (c chain) jump() []string { return []string{"-j", c.name} }
+
+// chains renders the desired rules of every chain we own, in creation
+// order (a chain before any chain that jumps to it).
+//
+// The rule text is exactly what `iptables -S` prints back, so Reconcile can
+// compare the kernel with the desired state line by line.
+func (cfg Config) chains() []chain {
+	cli, up := cfg.ClientIf, cfg.UplinkIf
+	gw := cfg.GatewayIP.String() + "/32"
+	quota := fmt.Sprint(QuotaBase)
+	overQuota := func(dir string) string {
+		return fmt.Sprintf("-m set --match-set %s %s ! --update-counters --bytes-gt %s", AcctSet, dir, quota)
+	}
+	f := func(format string, a ...any) string { return fmt.Sprintf(format, a...) }
+
+	captive := chain{fam: v4, table: "filter", name: chainCaptive, rules: []string{
+		f("-m set --match-set %s dst -j ACCEPT", GardenSet),
+		"-p tcp -j REJECT --reject-with tcp-reset",
+		"-j REJECT --reject-with icmp-port-unreachable",
+	}}
+	fwd := chain{fam: v4, table: "filter", name: chainFwd, builtin: "FORWARD", rules: []string{
+		// Clients never talk to each other through the gateway.
+		f("-i %s -o %s -j DROP", cli, cli),
+		// Upload: not an authorised IP+MAC pair -> captive.
+		f("-i %s -m set ! --match-set %s src,src -j %s", cli, AuthSet, chainCaptive),
+		// Over quota (non-counting lookups) -> fast failure.
+		f("-i %s -p tcp %s -j REJECT --reject-with tcp-reset", cli, overQuota("src")),
+		f("-i %s %s -j REJECT --reject-with icmp-port-unreachable", cli, overQuota("src")),
+		// The one counting lookup for upload.
+		f("-i %s -m set --match-set %s src -j ACCEPT", cli, AcctSet),
+		f("-i %s -j REJECT --reject-with icmp-port-unreachable", cli),
+		// Download.
+		f("-o %s %s -j DROP", cli, overQuota("dst")),
+		// The counting lookups for download: cw-dl and cw-acct, once each.
+		f("-o %s -m conntrack --ctstate RELATED,ESTABLISHED -m set --match-set %s dst -m set --match-set %s dst -j ACCEPT", cli, DownSet, AcctSet),
+		// Walled-garden replies to captive clients.
+		f("-o %s -m conntrack --ctstate RELATED,ESTABLISHED -m set --match-set %s src -j ACCEPT", cli, GardenSet),
+		f("-o %s -j DROP", cli),
+	}}
+	in := chain{fam: v4, table: "filter", name: chainIn, builtin: "INPUT", rules: []string{
+		f("-i %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", cli),
+		f("-i %s -p udp -m udp --dport 67 -j ACCEPT", cli),
+		f("-i %s -p udp -m udp --dport 53 -j ACCEPT", cli),
+		f("-i %s -p tcp -m tcp --dport 53 -j ACCEPT", cli),
+		f("-d %s -i %s -p tcp -m tcp --dport %d -j ACCEPT", gw, cli, cfg.PortalHTTPPort),
+		f("-d %s -i %s -p tcp -m tcp --dport %d -j ACCEPT", gw, cli, cfg.PortalHTTPSPort),
+		f("-i %s -p icmp -m icmp --icmp-type 8 -j ACCEPT", cli),
+		f("-i %s -p tcp -j REJECT --reject-with tcp-reset", cli),
+		f("-i %s -j REJECT --reject-with icmp-port-unreachable", cli),
+	}}
+	pre := chain{fam: v4, table: "nat", name: chainPre, builtin: "PREROUTING", rules: []string{
+		f("-i %s -m set --match-set %s src,src -j RETURN", cli, AuthSet),
+		f("-i %s -m set --match-set %s dst -j RETURN", cli, GardenSet),
+		f("-i %s -p tcp -m tcp --dport 80 -j DNAT --to-destination %s:%d", cli, cfg.GatewayIP, cfg.PortalHTTPPort),
+	}}
+	post := chain{fam: v4, table: "nat", name: chainPost, builtin: "POSTROUTING", rules: []string{
+		f("-s %s -o %s -j MASQUERADE", cfg.Subnet.Masked(), up),
+	}}
+	// IPv6 is never forwarded for clients (captive or not): the portal
+	// gates IPv4 only, so IPv6 must not be a way around it.
+	fwd6 := chain{fam: v6, table: "filter", name: chainFwd, builtin: "FORWARD", rules: []string{
+		f("-i %s -p tcp -j REJECT --reject-with tcp-reset", cli),
+		f("-i %s -j REJECT --reject-with icmp6-adm-prohibited", cli),
+		f("-o %s -j DROP", cli),
+	}}
+	in6 := chain{fam: v6, table: "filter", name: chainIn, builtin: "INPUT", rules: []string{
+		f("-i %s -p ipv6-icmp -m icmp6 --icmpv6-type 133 -j ACCEPT", cli), // router solicitation
+		f("-i %s -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j ACCEPT", cli), // neighbour solicitation
+		f("-i %s -p ipv6-icmp -m icmp6 --icmpv6-type 136 -j ACCEPT", cli), // neighbour advertisement
+		f("-i %s -p tcp -j REJECT --reject-with tcp-reset", cli),
+		f("-i %s -j REJECT --reject-with icmp6-adm-prohibited", cli),
+	}}
+	return []chain{captive, fwd, in, pre, post, fwd6, in6}
+}
+
+// restoreText renders chains (all of one family) as input for
+// `iptables-restore --noflush`: declaring ":name - [0:0]" flushes just that
+// chain, and the whole table commits atomically or not at all.
+func restoreText(chains []chain) string {
+	var b strings.Builder
+	tables := []string{}
+	byTable := map[string][]chain{}
+	for _, c := range chains {
+		if _, ok := byTable[c.table]; !ok {
+			tables = append(tables, c.table)
+		}
+		byTable[c.table] = append(byTable[c.table], c)
+	}
+	for _, t := range tables {
+		fmt.Fprintf(&b, "*%s\n", t)
+		for _, c := range byTable[t] {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", c.name)
+		}
+		for _, c := range byTable[t] {
+			for _, r := range c.rules {
+				fmt.Fprintf(&b, "-A %s %s\n", c.name, r)
+			}
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.String()
+}
+
+// listed is what go-iptables List (iptables -S <chain>) returns for c when
+// the kernel matches the desired state.
+func (c chain) listed() []string {
+	out := []string{"-N " + c.name}
+	for _, r := range c.rules {
+		out = append(out, "-A "+c.name+" "+r)
+	}
+	return out
+}
