@@ -1,6 +1,7 @@
 package deps
 import (
  _ "github.com/labstack/echo/v4"
+ _ "github.com/labstack/echo/v4/middleware"
  _ "github.com/coreos/go-iptables/iptables"
  _ "github.com/redis/go-redis/v9"
  _ "github.com/google/gopacket"
