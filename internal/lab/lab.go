@@ -171,19 +171,27 @@ func (l *Lab) claimID() error {
 			continue
 		}
 		marker := filepath.Join(MarkerDir, id)
-		f, err := os.OpenFile(marker, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		// Write the PID to a temporary file, then link it into place: the
+		// marker appears whole or not at all, and never replaces another.
+		tmp, err := os.CreateTemp(MarkerDir, ".tmp-")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(tmp, "%d\n", os.Getpid())
+		if err == nil {
+			err = tmp.Chmod(0o644)
+		}
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Link(tmp.Name(), marker)
+		}
+		os.Remove(tmp.Name())
 		if errors.Is(err, os.ErrExist) {
 			continue
 		}
 		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(f, "%d\n", os.Getpid())
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			os.Remove(marker)
 			return err
 		}
 		l.ID, l.marker = id, marker

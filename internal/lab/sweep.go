@@ -22,7 +22,7 @@ var nsName = regexp.MustCompile(`^cw(?:u|g|c[0-9]+)-([0-9a-f]{5})$`)
 
 // Sweep deletes the namespaces of labs whose owning process is gone (or
 // that have no marker at all), killing what still runs inside them, and
-// removes stale markers. It returns the namespaces it deleted.
+// removes stale markers and the dead labs' directories. It returns the namespaces it deleted.
 func Sweep(ctx context.Context) ([]string, error) {
 	byID := map[string][]string{}
 	entries, err := os.ReadDir("/run/netns")
@@ -65,6 +65,12 @@ func Sweep(ctx context.Context) ([]string, error) {
 		}
 		if err := os.Remove(filepath.Join(MarkerDir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
+		}
+		dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "cwlab-"+id+"-*"))
+		for _, d := range dirs {
+			if err := os.RemoveAll(d); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
