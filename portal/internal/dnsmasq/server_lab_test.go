@@ -3,11 +3,15 @@ package dnsmasq_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -224,6 +228,41 @@ func TestServerLab(t *testing.T) {
 		}
 	})
 
+	t.Run("daemon killed -9", func(t *testing.T) {
+		// A separate daemon process (this test binary re-executed) starts
+		// dnsmasq, is killed -9, and dnsmasq keeps serving; a second
+		// daemon adopts it and is killed -9 too.
+		cfg4 := cfg
+		cfg4.LeaseTime = 30 * time.Minute // a change: the first daemon restarts dnsmasq as its child
+		var running int
+		for i, msg := range []string{"started dnsmasq", "adopted running dnsmasq"} {
+			daemon := startDaemon(t, cfg4)
+			pid := waitDaemonLog(t, daemon, msg)
+			if i == 0 {
+				running = pid
+				if err := lab.WaitListening(ctx, gw, "udp", 53); err != nil {
+					t.Fatal(err)
+				}
+			} else if pid != running {
+				t.Errorf("daemon %d adopted pid %d, want %d", i, pid, running)
+			}
+			daemon.Process.Signal(syscall.SIGKILL)
+			daemon.Wait()
+			time.Sleep(200 * time.Millisecond)
+			if pids := dnsmasqPIDs(t, cfg.StateDir); len(pids) != 1 || pids[0] != running {
+				t.Fatalf("after kill -9 of daemon %d, dnsmasq processes = %v, want [%d]", i, pids, running)
+			}
+			r := client.Resolver(l.GatewayIP.String() + ":53")
+			if _, err := r.LookupNetIP(ctx, "ip4", "www.example.test"); err != nil {
+				t.Fatalf("DNS after kill -9 of daemon %d: %v", i, err)
+			}
+		}
+		env := dhcpClient(t, ctx, l.Clients[0], "anna-phone") // renews through the orphaned dnsmasq
+		if env["new_ip_address"] == "" {
+			t.Errorf("no DHCP after the daemon died: %v", env)
+		}
+	})
+
 	t.Run("stop", func(t *testing.T) {
 		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 		defer scancel()
@@ -237,6 +276,74 @@ func TestServerLab(t *testing.T) {
 			t.Error("Running after Stop")
 		}
 	})
+}
+
+// TestHelperDaemon is not a test: startDaemon runs it in a child process as
+// a stand-in for the portal daemon.
+func TestHelperDaemon(t *testing.T) {
+	js := os.Getenv("CW_DNSMASQ_DAEMON")
+	if js == "" {
+		t.Skip("helper process for TestServerLab")
+	}
+	var cfg dnsmasq.Config
+	if err := json.Unmarshal([]byte(js), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := dnsmasq.New(cfg, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	if err := srv.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startDaemon runs TestHelperDaemon in a new process with stderr in a file.
+func startDaemon(t *testing.T, cfg dnsmasq.Config) *daemonProc {
+	t.Helper()
+	js, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logf := filepath.Join(t.TempDir(), "daemon.log")
+	f, err := os.Create(logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperDaemon$", "-test.v")
+	cmd.Env = append(os.Environ(), "CW_DNSMASQ_DAEMON="+string(js))
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return &daemonProc{Cmd: cmd, log: logf}
+}
+
+type daemonProc struct {
+	*exec.Cmd
+	log string
+}
+
+// waitDaemonLog waits for a log line with msg and returns its pid attribute.
+func waitDaemonLog(t *testing.T, d *daemonProc, msg string) int {
+	t.Helper()
+	re := regexp.MustCompile(`msg="` + regexp.QuoteMeta(msg) + `".* pid=(\d+)`)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		b, _ := os.ReadFile(d.log)
+		if m := re.FindSubmatch(b); m != nil {
+			pid, _ := strconv.Atoi(string(m[1]))
+			return pid
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(d.log)
+	t.Fatalf("daemon did not log %q within 10s:\n%s", msg, b)
+	return 0
 }
 
 // dhcpClient runs dhclient once in ns with a script that records the
