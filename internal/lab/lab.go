@@ -338,7 +338,7 @@ func (l *Lab) Close() error {
 		return nil
 	}
 	l.closed = true
-	closers, procs := l.closers, l.procs
+	closers, procs, up := l.closers, l.procs, l.upstream
 	l.closers, l.procs = nil, nil
 	l.mu.Unlock()
 
@@ -348,8 +348,8 @@ func (l *Lab) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	if l.upstream != nil {
-		l.upstream.close()
+	if up != nil {
+		up.close()
 	}
 	for _, p := range procs {
 		p.stop(3 * time.Second)

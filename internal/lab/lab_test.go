@@ -12,6 +12,7 @@ import (
 )
 
 func TestTopology(t *testing.T) {
+	t.Parallel()
 	l := NewT(t, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -73,6 +74,7 @@ func TestTopology(t *testing.T) {
 }
 
 func TestCloseLeavesNothing(t *testing.T) {
+	t.Parallel()
 	Require(t, "ip", "bridge")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -110,3 +112,24 @@ func TestCloseLeavesNothing(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func TestDHCPClientsHaveNoIPv4(t *testing.T) {
+	t.Parallel()
+	l := NewT(t, Options{Clients: 1, DHCP: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := l.Clients[0]
+	if c.IP.IsValid() {
+		t.Errorf("Client.IP = %v with DHCP, want invalid", c.IP)
+	}
+	out, err := c.Run(ctx, "ip", "-4", "-o", "addr", "show", "dev", "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(out) != "" {
+		t.Errorf("eth0 has IPv4 with DHCP:\n%s", out)
+	}
+	if err := c.Ping(ctx, l.GatewayIP6); err != nil {
+		t.Errorf("IPv6 to the gateway: %v", err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 )
 
 func TestSweep(t *testing.T) {
+	t.Parallel()
 	Require(t, "ip", "bridge", "sleep")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

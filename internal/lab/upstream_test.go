@@ -18,6 +18,7 @@ import (
 )
 
 func TestUpstream(t *testing.T) {
+	t.Parallel()
 	Require(t, "curl")
 	l := NewT(t, Options{Clients: 1, Upstream: true})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -75,6 +76,18 @@ func TestUpstream(t *testing.T) {
 					t.Errorf("%v = %q, want %q", tt.argv, got, tt.want)
 				}
 			})
+		}
+	})
+
+	t.Run("client reaches upstream over IPv6 through the gateway", func(t *testing.T) {
+		resp, err := l.HTTPClient(l.Clients[0].NS).Get("http://[2001:db8:100::1]/ip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if want := l.Clients[0].IP6.String() + "\n"; string(b) != want {
+			t.Errorf("/ip = %q, want %q", b, want)
 		}
 	})
 
@@ -139,6 +152,7 @@ func TestUpstream(t *testing.T) {
 }
 
 func TestCloseStopsUpstream(t *testing.T) {
+	t.Parallel()
 	Require(t, "ip", "bridge", "dnsmasq", "iperf3", "ss")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
