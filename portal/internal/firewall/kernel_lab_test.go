@@ -1,0 +1,341 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/civicwifi/civicwifi/internal/lab"
+)
+
+// Tier 2: the real kernel, proven with real traffic between namespaces.
+
+const (
+	portalHTTPPort  = 8080
+	portalHTTPSPort = 8443
+)
+
+type site struct {
+	*lab.Lab
+	fw  *Kernel
+	cfg Config
+}
+
+// newSite builds a lab with the upstream services, a portal stub listening
+// on the gateway's portal port, and a firewall (not set up yet).
+func newSite(t *testing.T) *site {
+	t.Helper()
+	lab.Require(t, "iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "ipset", "conntrack", "curl")
+	l := lab.NewT(t, lab.Options{Clients: 2, Upstream: true})
+	ln, err := l.Gateway.Listen("tcp", netip.AddrPortFrom(l.GatewayIP, portalHTTPPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "portal\n")
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	cfg := Config{
+		ClientIf: l.LANIf, UplinkIf: l.WANIf,
+		Subnet:    l.ClientPrefix.Masked(),
+		GatewayIP: l.GatewayIP,
+		PortalHTTPPort: portalHTTPPort, PortalHTTPSPort: portalHTTPSPort,
+		GardenNets: []netip.Prefix{netip.PrefixFrom(l.GardenIP, 32)},
+		Netns:      l.Gateway.Name,
+	}
+	log := slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	fw, err := New(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(filepath.Join(os.TempDir(), "cw-firewall-netns-"+cfg.Netns)) })
+	return &site{Lab: l, fw: fw, cfg: cfg}
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func (s *site) setup(t *testing.T) {
+	t.Helper()
+	if err := s.fw.Setup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.fw.Teardown(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+func (s *site) grant(i int) Grant {
+	c := s.Clients[i]
+	return Grant{Client: Client{IP: c.IP, MAC: c.MAC}}
+}
+
+func (s *site) allow(t *testing.T, g Grant) {
+	t.Helper()
+	if err := s.fw.Allow(t.Context(), g); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fetch runs curl in ns and returns the body (or the error) and how long it took.
+type fetched struct {
+	body string
+	err  error
+	took time.Duration
+}
+
+func (r fetched) String() string {
+	if r.err != nil {
+		return fmt.Sprintf("error after %v: %v", r.took.Round(time.Millisecond), r.err)
+	}
+	return fmt.Sprintf("%q after %v", r.body, r.took.Round(time.Millisecond))
+}
+
+func (s *site) curl(t *testing.T, ns lab.NS, args ...string) fetched {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	argv := append([]string{"curl", "-sS", "--max-time", "3", "--cacert", s.UpstreamCAFile}, args...)
+	start := time.Now()
+	out, err := ns.Run(ctx, argv...)
+	return fetched{body: out, err: err, took: time.Since(start)}
+}
+
+func wantBody(t *testing.T, what string, got fetched, want string) {
+	t.Helper()
+	if got.err != nil || got.body != want {
+		t.Errorf("%s: got %v, want %q", what, got, want)
+	}
+}
+
+// wantFastFail checks a refused attempt fails, and fast (a reset or an ICMP
+// error, not a timeout).
+func wantFastFail(t *testing.T, what string, got fetched) {
+	t.Helper()
+	switch {
+	case got.err == nil:
+		t.Errorf("%s: got %v, want a failure", what, got)
+	case got.took > time.Second:
+		t.Errorf("%s: failed after %v, want a fast failure (< 1s): %v", what, got.took, got.err)
+	}
+}
+
+func dialFails(t *testing.T, what string, ns lab.NS, network, addr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	c, err := ns.Dial(ctx, network, addr)
+	took := time.Since(start)
+	if err == nil {
+		c.Close()
+		t.Errorf("%s: dialing %s %s succeeded, want a failure", what, network, addr)
+		return
+	}
+	if took > time.Second {
+		t.Errorf("%s: dialing %s failed after %v (%v), want a fast failure", what, addr, took, err)
+	}
+}
+
+func dnsWorks(t *testing.T, ns lab.NS, server string) error {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	_, err := ns.Resolver(server).LookupNetIP(ctx, "ip4", lab.WWWHost)
+	return err
+}
+
+// listenGateway opens TCP listeners on the gateway's management ports.
+func listenGateway(t *testing.T, s *site, ports ...int) {
+	for _, p := range ports {
+		ln, err := s.Gateway.Listen("tcp", ":"+strconv.Itoa(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				io.WriteString(c, "mgmt\n")
+				c.Close()
+			}
+		}()
+		t.Cleanup(func() { ln.Close() })
+	}
+}
+
+func TestKernelCaptiveThenAllowed(t *testing.T) {
+	s := newSite(t)
+	c1, c2 := s.Clients[0], s.Clients[1]
+	other := "http://" + s.OtherIP.String() + "/"
+	otherTLS := "https://" + s.OtherIP.String() + "/"
+	garden := "http://" + s.GardenIP.String() + "/"
+	v6 := "http://[" + s.UpstreamIP6.String() + "]/"
+	dns := netip.AddrPortFrom(s.UpstreamIP, 53).String()
+	dot := netip.AddrPortFrom(s.UpstreamIP, 853).String()
+	listenGateway(t, s, 22, 9100)
+
+	// Without the firewall IPv6 and the gateway's ports are open (IPv4 needs
+	// the firewall's NAT): the checks below mean something because these pass.
+	// (Fresh links need a moment for IPv6 link-local addresses, so retry.)
+	for i := 0; ; i++ {
+		r := s.curl(t, c1.NS, "--max-time", "1", v6)
+		if r.err == nil && r.body == "upstream ok\n" {
+			break
+		}
+		if i == 10 {
+			t.Fatalf("baseline ipv6: %v", r)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	wantBody(t, "baseline ssh port", s.curl(t, c1.NS, "telnet://10.20.0.1:22"), "mgmt\n")
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	s.setup(t)
+	for _, c := range []*lab.Client{c1, c2} {
+		t.Run("captive/"+c.Name, func(t *testing.T) {
+			wantBody(t, "http to any site reaches the portal", s.curl(t, c.NS, other), "portal\n")
+			wantFastFail(t, "https", s.curl(t, c.NS, otherTLS))
+			if err := dnsWorks(t, c.NS, dns); err == nil {
+				t.Error("dns to an outside resolver works, want refused")
+			}
+			dialFails(t, "dns over tls", c.NS, "tcp", dot)
+			wantFastFail(t, "ipv6", s.curl(t, c.NS, v6))
+			wantBody(t, "walled garden", s.curl(t, c.NS, garden), "upstream ok\n")
+			wantBody(t, "walled garden https", s.curl(t, c.NS, "https://"+s.GardenIP.String()+"/"), "upstream ok\n")
+			dialFails(t, "gateway ssh", c.NS, "tcp", "10.20.0.1:22")
+			dialFails(t, "gateway metrics", c.NS, "tcp", "10.20.0.1:9100")
+		})
+	}
+
+	s.allow(t, s.grant(0))
+	t.Run("allowed", func(t *testing.T) {
+		wantBody(t, "http", s.curl(t, c1.NS, other), "upstream ok\n")
+		wantBody(t, "https", s.curl(t, c1.NS, otherTLS), "upstream ok\n")
+		wantBody(t, "seen NATed", s.curl(t, c1.NS, "http://"+s.UpstreamIP.String()+"/ip"), s.GatewayWANIP.String()+"\n")
+		if err := dnsWorks(t, c1.NS, dns); err != nil {
+			t.Errorf("dns: %v", err)
+		}
+		wantFastFail(t, "ipv6 stays closed", s.curl(t, c1.NS, v6))
+		dialFails(t, "gateway ssh", c1.NS, "tcp", "10.20.0.1:22")
+		dialFails(t, "gateway metrics", c1.NS, "tcp", "10.20.0.1:9100")
+		wantBody(t, "portal still reachable", s.curl(t, c1.NS, "http://10.20.0.1:8080/"), "portal\n")
+	})
+	t.Run("other client stays captive", func(t *testing.T) {
+		wantBody(t, "http", s.curl(t, c2.NS, other), "portal\n")
+		wantFastFail(t, "https", s.curl(t, c2.NS, otherTLS))
+	})
+	t.Run("clients cannot reach each other", func(t *testing.T) {
+		// Dropped silently: a timeout, unlike the resets elsewhere.
+		if r := s.curl(t, c1.NS, "--connect-timeout", "1", "telnet://"+c2.IP.String()+":22"); r.err == nil {
+			t.Errorf("client1 to client2: %v, want a failure", r)
+		}
+	})
+	t.Run("spoofed IP with the wrong MAC stays captive", func(t *testing.T) {
+		ctx := t.Context()
+		// client1 goes away; client2 takes its address, keeping its MAC.
+		mustRun(t, c1.NS, "ip", "link", "set", "eth0", "down")
+		mustRun(t, s.Gateway, "ip", "neigh", "flush", "dev", s.LANIf)
+		pfx := func(ip netip.Addr) string { return netip.PrefixFrom(ip, s.ClientPrefix.Bits()).String() }
+		mustRun(t, c2.NS, "ip", "addr", "del", pfx(c2.IP), "dev", "eth0")
+		mustRun(t, c2.NS, "ip", "addr", "add", pfx(c1.IP), "dev", "eth0")
+		mustRun(t, c2.NS, "ip", "route", "replace", "default", "via", s.GatewayIP.String())
+		defer func() {
+			c2.Run(ctx, "ip", "addr", "del", pfx(c1.IP), "dev", "eth0")
+			c2.Run(ctx, "ip", "addr", "add", pfx(c2.IP), "dev", "eth0")
+			c2.Run(ctx, "ip", "route", "replace", "default", "via", s.GatewayIP.String())
+			c1.Run(ctx, "ip", "link", "set", "eth0", "up")
+			s.Gateway.Run(ctx, "ip", "neigh", "flush", "dev", s.LANIf)
+		}()
+		wantBody(t, "http", s.curl(t, c2.NS, other), "portal\n")
+		wantFastFail(t, "https", s.curl(t, c2.NS, otherTLS))
+	})
+}
+
+func mustRun(t *testing.T, ns lab.NS, argv ...string) {
+	t.Helper()
+	if _, err := ns.Run(t.Context(), argv...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestKernelRevokeKillsOpenConnection(t *testing.T) {
+	s := newSite(t)
+	s.setup(t)
+	c1 := s.Clients[0]
+	s.allow(t, s.grant(0))
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	cmd := c1.Command(ctx, "curl", "-sS", "-o", "/dev/null", "--max-time", "20",
+		"http://"+s.OtherIP.String()+"/stream?s=15")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		t.Fatalf("stream ended before the revoke: %v %s", err, stderr.String())
+	case <-time.After(1500 * time.Millisecond):
+	}
+	u, err := s.fw.Usage(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := u[c1.IP].DownBytes; got < 5*lab.StreamChunk {
+		t.Errorf("before the revoke, %d bytes counted down, want the stream's", got)
+	}
+	start := time.Now()
+	if err := s.fw.Revoke(t.Context(), Client{IP: c1.IP, MAC: c1.MAC}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		took := time.Since(start)
+		t.Logf("stream ended %v after Revoke: %v %s", took.Round(time.Millisecond), err, strings.TrimSpace(stderr.String()))
+		if err == nil {
+			t.Error("stream ended cleanly, want it cut")
+		}
+		if took > time.Second {
+			t.Errorf("stream cut after %v, want < 1s", took)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("stream still open 5s after Revoke")
+	}
+	wantBody(t, "captive again", s.curl(t, c1.NS, "http://"+s.OtherIP.String()+"/"), "portal\n")
+	if u, err := s.fw.Usage(t.Context()); err != nil || len(u) != 0 {
+		t.Errorf("Usage after Revoke = %v, %v; want none", u, err)
+	}
+	// Revoking again (an unknown client) is fine.
+	if err := s.fw.Revoke(t.Context(), Client{IP: c1.IP, MAC: c1.MAC}); err != nil {
+		t.Errorf("second Revoke: %v", err)
+	}
+}
+
+var _ = errors.New
+var _ net.Conn
