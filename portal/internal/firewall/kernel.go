@@ -453,11 +453,18 @@ func (k *Kernel) Revoke(ctx context.Context, c Client) error {
 	return nil
 }
 
+// flushConntrack deletes the client's UDP and ICMP flows. TCP flows stay:
+// deleting them would drop the NAT mapping, so the server's next segment
+// would never reach the client and its connection would hang instead of
+// dying; kept, that segment trickles through (see the kick rule) and the
+// client's ACK meets the captive chain's reset.
 func (k *Kernel) flushConntrack(ctx context.Context, ip netip.Addr) error {
-	for _, dir := range []string{"-s", "-d"} {
-		out, err := k.run.Run(ctx, "", "conntrack", "-D", dir, ip.String())
-		if err != nil && !strings.Contains(out, "0 flow entries") {
-			return fmt.Errorf("flushing connections: %w", err)
+	for _, proto := range []string{"udp", "icmp"} {
+		for _, dir := range []string{"-s", "-d"} {
+			out, err := k.run.Run(ctx, "", "conntrack", "-D", dir, ip.String(), "-p", proto)
+			if err != nil && !strings.Contains(out, "0 flow entries") {
+				return fmt.Errorf("flushing %s flows: %w", proto, err)
+			}
 		}
 	}
 	return nil

@@ -50,8 +50,8 @@ func newSite(t *testing.T) *site {
 
 	cfg := Config{
 		ClientIf: l.LANIf, UplinkIf: l.WANIf,
-		Subnet:    l.ClientPrefix.Masked(),
-		GatewayIP: l.GatewayIP,
+		Subnet:         l.ClientPrefix.Masked(),
+		GatewayIP:      l.GatewayIP,
 		PortalHTTPPort: portalHTTPPort, PortalHTTPSPort: portalHTTPSPort,
 		GardenNets: []netip.Prefix{netip.PrefixFrom(l.GardenIP, 32)},
 		Netns:      l.Gateway.Name,

@@ -26,6 +26,14 @@ const (
 // "--bytes-gt QuotaBase" enforces every client's own quota in O(1).
 const QuotaBase uint64 = 1 << 62
 
+// The trickle of TCP let through to a client that is over quota or no
+// longer authorised, per client, so its open connections get reset.
+const (
+	kickRate  = "10/sec"
+	kickBurst = "20"
+	kickTable = "cw-kick"
+)
+
 // family is the IP version a ruleset is for.
 type family int
 
@@ -62,6 +70,8 @@ func (cfg Config) chains() []chain {
 		return fmt.Sprintf("-m set --match-set %s %s ! --update-counters --bytes-gt %s", AcctSet, dir, quota)
 	}
 	f := func(format string, a ...any) string { return fmt.Sprintf(format, a...) }
+	kick := "-m hashlimit --hashlimit-upto " + kickRate + " --hashlimit-burst " + kickBurst +
+		" --hashlimit-mode dstip --hashlimit-name " + kickTable
 
 	captive := chain{fam: v4, table: "filter", name: chainCaptive, rules: []string{
 		f("-m set --match-set %s dst -j ACCEPT", GardenSet),
@@ -79,12 +89,18 @@ func (cfg Config) chains() []chain {
 		// The one counting lookup for upload.
 		f("-i %s -m set --match-set %s src -j ACCEPT", cli, AcctSet),
 		f("-i %s -j REJECT --reject-with icmp-port-unreachable", cli),
-		// Download.
+		// Download. A client over quota, or no longer authorised, still
+		// gets a trickle of its open TCP connections (uncounted, at most
+		// kickRate per client): its next ACK then meets the reset above,
+		// so the connection dies at once instead of hanging until the
+		// application times out. Everything else is dropped.
+		f("-o %s -p tcp -m conntrack --ctstate ESTABLISHED %s %s -j ACCEPT", cli, overQuota("dst"), kick),
 		f("-o %s %s -j DROP", cli, overQuota("dst")),
 		// The counting lookups for download: cw-dl and cw-acct, once each.
 		f("-o %s -m conntrack --ctstate RELATED,ESTABLISHED -m set --match-set %s dst -m set --match-set %s dst -j ACCEPT", cli, DownSet, AcctSet),
 		// Walled-garden replies to captive clients.
 		f("-o %s -m conntrack --ctstate RELATED,ESTABLISHED -m set --match-set %s src -j ACCEPT", cli, GardenSet),
+		f("-o %s -p tcp -m conntrack --ctstate ESTABLISHED %s -j ACCEPT", cli, kick),
 		f("-o %s -j DROP", cli),
 	}}
 	in := chain{fam: v4, table: "filter", name: chainIn, builtin: "INPUT", rules: []string{
