@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -131,5 +132,37 @@ func TestDHCPClientsHaveNoIPv4(t *testing.T) {
 	}
 	if err := c.Ping(ctx, l.GatewayIP6); err != nil {
 		t.Errorf("IPv6 to the gateway: %v", err)
+	}
+}
+
+func TestDoRestoresNamespace(t *testing.T) {
+	t.Parallel()
+	l := NewT(t, Options{Clients: 1})
+	self, err := os.Readlink("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inside string
+	err = l.Gateway.Do(func() error {
+		var err error
+		inside, err = os.Readlink("/proc/thread-self/ns/net")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inside == self {
+		t.Errorf("Do ran fn in this process's namespace %s", self)
+	}
+	func() {
+		defer func() { recover() }()
+		l.Gateway.Do(func() error { panic("boom") })
+	}()
+	// This goroutine may now be on any thread; none may be left in the lab.
+	for range 50 {
+		if got, _ := os.Readlink("/proc/thread-self/ns/net"); got != self {
+			t.Fatalf("thread left in %s after a panic in Do, want %s", got, self)
+		}
+		runtime.Gosched()
 	}
 }

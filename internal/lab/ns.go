@@ -46,7 +46,7 @@ func (n NS) Run(ctx context.Context, argv ...string) (string, error) {
 // their whole life, so Do is how a test opens a listener or a connection
 // inside a namespace and serves or uses it from the test process.
 // Goroutines started by fn do not run in the namespace.
-func (n NS) Do(fn func() error) error {
+func (n NS) Do(fn func() error) (err error) {
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
@@ -64,14 +64,17 @@ func (n NS) Do(fn func() error) error {
 		runtime.UnlockOSThread()
 		return fmt.Errorf("entering %s: %w", n.Name, err)
 	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: the runtime ends it when this
-		// goroutine exits, so no other goroutine inherits the namespace.
-		return errors.Join(ferr, fmt.Errorf("leaving %s: %w", n.Name, err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	// Deferred, so that a panic in fn also switches back.
+	defer func() {
+		if serr := netns.Set(orig); serr != nil {
+			// Leave the thread locked: the runtime ends it when this
+			// goroutine exits, so no other goroutine inherits the namespace.
+			err = errors.Join(err, fmt.Errorf("leaving %s: %w", n.Name, serr))
+			return
+		}
+		runtime.UnlockOSThread()
+	}()
+	return fn()
 }
 
 // Listen opens a listener inside the namespace (see net.Listen).

@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -40,8 +42,12 @@ func (l *Lab) Start(ns NS, name string, argv ...string) (*exec.Cmd, error) {
 	}
 	cmd := ns.Command(context.Background(), argv...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	// Pdeathsig kills the process if this one dies without Close (a test
+	// binary killed at its timeout); onSpawner makes sure the forking
+	// thread, whose death is what the kernel watches, lives as long as the
+	// process.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := onSpawner(cmd.Start); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("starting %s: running %q: %w", name, cmd.Args, err)
 	}
@@ -103,4 +109,27 @@ func (p *proc) stop(grace time.Duration) {
 		<-p.done
 	}
 	syscall.Kill(-pgid, syscall.SIGKILL)
+}
+
+var (
+	spawnOnce sync.Once
+	spawnCh   chan func()
+)
+
+// onSpawner runs fn on one OS thread that is locked for the life of the
+// process and never exits, so a child forked there keeps its parent thread
+// (and Pdeathsig does not fire early when the Go runtime retires a thread).
+func onSpawner(fn func() error) error {
+	spawnOnce.Do(func() {
+		spawnCh = make(chan func())
+		go func() {
+			runtime.LockOSThread()
+			for f := range spawnCh {
+				f()
+			}
+		}()
+	})
+	errc := make(chan error, 1)
+	spawnCh <- func() { errc <- fn() }
+	return <-errc
 }
