@@ -202,8 +202,8 @@ func (l *Lab) claimID() error {
 
 func (l *Lab) build(ctx context.Context, opts Options) error {
 	up, gw := l.Upstream.Name, l.Gateway.Name
-	for _, ns := range []string{up, gw} {
-		if _, err := run(ctx, "ip", "netns", "add", ns); err != nil {
+	for _, ns := range []struct{ name, dns string }{{up, upstreamIP.String()}, {gw, upstreamIP.String()}} {
+		if err := addNS(ctx, ns.name, ns.dns); err != nil {
 			return err
 		}
 	}
@@ -278,7 +278,7 @@ func (l *Lab) addClient(ctx context.Context, i int, dhcp bool) (*Client, error) 
 		c.IP = ClientIP(i)
 	}
 	ns, gw := c.Name, l.Gateway.Name
-	if _, err := run(ctx, "ip", "netns", "add", ns); err != nil {
+	if err := addNS(ctx, ns, gatewayIP.String()); err != nil {
 		return nil, fmt.Errorf("adding client %d: %w", i, err)
 	}
 	// Track the client before configuring it, so Close deletes it on error.
@@ -379,9 +379,36 @@ func (l *Lab) Close() error {
 	return nil
 }
 
+// EtcDir is where `ip netns exec` finds the files it bind-mounts over
+// /etc for a namespace: /etc/netns/<name>.
+const EtcDir = "/etc/netns"
+
+// addNS creates namespace name with its own resolv.conf naming dns, which
+// `ip netns exec` mounts over /etc/resolv.conf: commands in the namespace
+// resolve through the lab, and a DHCP client's script rewrites that copy,
+// never the machine's /etc/resolv.conf.
+func addNS(ctx context.Context, name, dns string) error {
+	dir := filepath.Join(EtcDir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("adding namespace %s: %w", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte("nameserver "+dns+"\n"), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return fmt.Errorf("adding namespace %s: %w", name, err)
+	}
+	if _, err := run(ctx, "ip", "netns", "add", name); err != nil {
+		os.RemoveAll(dir)
+		return err
+	}
+	return nil
+}
+
 // deleteNS kills the processes left in namespace name (never this one) and
 // deletes it; a namespace that does not exist is fine.
 func deleteNS(ctx context.Context, name string) error {
+	if err := os.RemoveAll(filepath.Join(EtcDir, name)); err != nil {
+		return fmt.Errorf("deleting namespace %s: %w", name, err)
+	}
 	if _, err := os.Stat(filepath.Join("/run/netns", name)); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

@@ -51,6 +51,17 @@ func TestTopology(t *testing.T) {
 			t.Errorf("eth0 MAC = %s, want 02:00:00:00:00:01 (Client.MAC %s)", got, c1.MAC)
 		}
 	})
+	t.Run("namespaces have their own resolv.conf", func(t *testing.T) {
+		for ns, want := range map[NS]string{c1.NS: "nameserver 10.20.0.1\n", l.Gateway: "nameserver 198.51.100.1\n"} {
+			got, err := ns.Run(ctx, "cat", "/etc/resolv.conf")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Errorf("%s: /etc/resolv.conf = %q, want %q", ns, got, want)
+			}
+		}
+	})
 	t.Run("clients are isolated at L2", func(t *testing.T) {
 		// A static neighbour entry takes ARP out of the picture: only the
 		// bridge's port isolation can stop the frames.
@@ -106,6 +117,11 @@ func TestCloseLeavesNothing(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(MarkerDir, l.ID)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("marker left behind: %v", err)
+	}
+	for _, ns := range names {
+		if _, err := os.Stat(filepath.Join(EtcDir, ns.Name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s/%s left behind: %v", EtcDir, ns.Name, err)
+		}
 	}
 	if _, err := os.Stat(l.Dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("dir %s left behind: %v", l.Dir, err)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -31,6 +32,15 @@ func Sweep(ctx context.Context) ([]string, error) {
 	}
 	for _, e := range entries {
 		if m := nsName.FindStringSubmatch(e.Name()); m != nil {
+			byID[m[1]] = append(byID[m[1]], e.Name())
+		}
+	}
+	etc, err := os.ReadDir(EtcDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("sweeping: %w", err)
+	}
+	for _, e := range etc {
+		if m := nsName.FindStringSubmatch(e.Name()); m != nil && !slices.Contains(byID[m[1]], e.Name()) {
 			byID[m[1]] = append(byID[m[1]], e.Name())
 		}
 	}

@@ -61,6 +61,7 @@ func TestUpstream(t *testing.T) {
 		}{
 			{"http", []string{"http://198.51.100.1/"}, "upstream ok\n"},
 			{"http by name", []string{"--resolve", "www.example.test:80:198.51.100.11", "http://www.example.test/"}, "upstream ok\n"},
+			{"http by name through the upstream dns", []string{"-4", "http://garden.example.test/ip"}, "198.51.100.2\n"},
 			{"http ipv6", []string{"http://[2001:db8:100::1]/"}, "upstream ok\n"},
 			{"https", []string{"--cacert", l.UpstreamCAFile, "--resolve", "garden.example.test:443:198.51.100.10", "https://garden.example.test/"}, "upstream ok\n"},
 			{"ip", []string{"http://198.51.100.1/ip"}, "198.51.100.2\n"},

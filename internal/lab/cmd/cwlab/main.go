@@ -92,10 +92,10 @@ gateway   {{.Gateway.Name}}  {{.WANIf}} {{.GatewayWANIP}}/24 {{.GatewayWANIP6}}/
 {{range .Clients}}client{{.Index}}   {{.Name}}  eth0 {{.MAC}} {{if .IP.IsValid}}{{.IP}}/22{{else}}(no IPv4: DHCP){{end}} {{.IP6}}/64 -> {{.Port}}
 {{end}}
 try:
-  ip netns exec {{.Gateway.Name}} curl -s http://{{.UpstreamIP}}/
+  ip netns exec {{.Gateway.Name}} curl -s http://garden.example.test/ip      # resolves through the upstream DNS
   ip netns exec {{.Gateway.Name}} curl -s --cacert {{.UpstreamCAFile}} --resolve www.example.test:443:{{.OtherIP}} https://www.example.test/
   ip netns exec {{.Gateway.Name}} iperf3 -c {{.UpstreamIP}} -t 3
-  ip netns exec {{(index .Clients 0).Name}} ping -c1 {{.GatewayIP}}
+  ip netns exec {{(index .Clients 0).Name}} ping -c1 {{.GatewayIP}}                 # needs iputils-ping
   ip netns exec {{(index .Clients 0).Name}} curl -s http://[{{.UpstreamIP6}}]/ip     # IPv6 is routed, no NAT
   ip netns exec {{.Gateway.Name}} iptables -t nat -A POSTROUTING -o {{.WANIf}} -j MASQUERADE   # then clients reach IPv4
   ip netns exec {{.Upstream.Name}} dig @{{.UpstreamIP}} www.example.test     # if dig is installed
