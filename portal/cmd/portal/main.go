@@ -1,0 +1,309 @@
+// Command portal is the civicwifi on-site gateway daemon and its tools:
+//
+//	portal run -config /etc/civicwifi/portal.yaml   the daemon (root)
+//	portal validate /etc/civicwifi/portal.yaml      check a config file, change nothing
+//	portal ctl status|clients|allow|kick ...        the local control interface
+//	portal teardown -config ...                     remove every rule, set, qdisc and process the gateway made
+//	portal version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/civicwifi/civicwifi/portal/internal/captive"
+	"github.com/civicwifi/civicwifi/portal/internal/config"
+	"github.com/civicwifi/civicwifi/portal/internal/control"
+	"github.com/civicwifi/civicwifi/portal/internal/discovery"
+	"github.com/civicwifi/civicwifi/portal/internal/dnsmasq"
+	"github.com/civicwifi/civicwifi/portal/internal/firewall"
+	"github.com/civicwifi/civicwifi/portal/internal/gateway"
+	"github.com/civicwifi/civicwifi/portal/internal/shaper"
+)
+
+// version is stamped at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const defaultConfig = "/etc/civicwifi/portal.yaml"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: portal <command> [flags]
+
+commands:
+  run       [-config FILE] [-log-format json|text]   run the gateway daemon
+  validate  [FILE]                                   check a gateway config file
+  ctl       status|clients|allow|kick|help ...       talk to the running daemon
+  teardown  [-config FILE]                           remove everything the gateway made
+  version                                            print the version
+`)
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	switch args[0] {
+	case "run":
+		return cmdRun(ctx, args[1:], stderr)
+	case "validate":
+		path := defaultConfig
+		if len(args) > 1 {
+			path = args[1]
+		}
+		if _, err := config.Load(path); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s: ok\n", path)
+		return 0
+	case "ctl":
+		return control.Main(ctx, args[1:], stdout, stderr)
+	case "teardown":
+		return cmdTeardown(ctx, args[1:], stderr)
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, version)
+		return 0
+	case "help", "-h", "-help", "--help":
+		usage(stdout)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "portal: unknown command %q\n", args[0])
+		usage(stderr)
+		return 2
+	}
+}
+
+func newLogger(w io.Writer, format string) *slog.Logger {
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, nil))
+	}
+	return slog.New(slog.NewJSONHandler(w, nil))
+}
+
+// parts are the gateway's OS-facing pieces, built from the config.
+type parts struct {
+	fw  *firewall.Kernel
+	sh  *shaper.TC
+	dns *dnsmasq.Server
+}
+
+func build(cfg *config.Config, log *slog.Logger) (*parts, error) {
+	fw, err := firewall.New(firewall.Config{
+		ClientIf: cfg.ClientIf, UplinkIf: cfg.UplinkIf, Subnet: cfg.ClientSubnet, GatewayIP: cfg.GatewayIP,
+		PortalHTTPPort: cfg.PortalHTTPPort, PortalHTTPSPort: cfg.PortalHTTPSPort, GardenNets: cfg.GardenNetworks,
+	}, log.With("component", "firewall"))
+	if err != nil {
+		return nil, err
+	}
+	sh, err := shaper.New(shaper.Config{ClientIf: cfg.ClientIf, IFB: cfg.IFB, Subnet: cfg.ClientSubnet}, log.With("component", "shaper"))
+	if err != nil {
+		return nil, err
+	}
+	dns, err := dnsmasq.New(dnsmasq.Config{
+		Interface: cfg.ClientIf, Address: cfg.GatewayIP, Subnet: cfg.ClientSubnet,
+		RangeStart: cfg.DHCPStart, RangeEnd: cfg.DHCPEnd, LeaseTime: cfg.LeaseTime,
+		Upstreams: cfg.DNSUpstreams, CaptivePortalURL: cfg.PortalURL, GardenDomains: cfg.GardenDomains,
+		GardenSet: firewall.GardenSet, StateDir: cfg.StateDir + "/dnsmasq",
+	}, log.With("component", "dnsmasq"))
+	if err != nil {
+		return nil, err
+	}
+	return &parts{fw: fw, sh: sh, dns: dns}, nil
+}
+
+// checkUplink refuses a client network that overlaps the uplink's addresses.
+func checkUplink(cfg *config.Config) error {
+	ifi, err := net.InterfaceByName(cfg.UplinkIf)
+	if err != nil {
+		return fmt.Errorf("uplink interface %q: %w", cfg.UplinkIf, err)
+	}
+	if _, err := net.InterfaceByName(cfg.ClientIf); err != nil {
+		return fmt.Errorf("clients interface %q: %w", cfg.ClientIf, err)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return fmt.Errorf("reading addresses of %s: %w", cfg.UplinkIf, err)
+	}
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ones, _ := ipn.Mask.Size()
+		ip, _ := netip.AddrFromSlice(ipn.IP)
+		p := netip.PrefixFrom(ip.Unmap(), ones)
+		if p.Addr().Is4() && p.Overlaps(cfg.ClientSubnet) {
+			return fmt.Errorf("client network %s overlaps the uplink %s's network %s", cfg.ClientSubnet, cfg.UplinkIf, p.Masked())
+		}
+	}
+	return nil
+}
+
+func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", defaultConfig, "gateway config file")
+	logFormat := fs.String("log-format", "json", "log format: json or text")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log := newLogger(stderr, *logFormat)
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if err := daemon(ctx, cfg, log); err != nil {
+		log.Error("gateway stopped", "err", err)
+		return 1
+	}
+	log.Info("gateway stopped; rules left in place (portal teardown removes them)")
+	return 0
+}
+
+// gate adapts the gateway for the portal server.
+type gate struct {
+	gw  *gateway.Gateway
+	cfg *config.Config
+}
+
+func (g gate) Authorised(ip netip.Addr) bool { _, ok := g.gw.SessionFor(ip); return ok }
+func (g gate) ClickThrough(ctx context.Context, ip netip.Addr) error {
+	_, err := g.gw.Open(ctx, gateway.Grant{IP: ip, Method: "click-through", Limits: g.cfg.Limits})
+	return err
+}
+
+func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	if err := checkUplink(cfg); err != nil {
+		return err
+	}
+	p, err := build(cfg, log)
+	if err != nil {
+		return err
+	}
+	store, err := gateway.OpenStore(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	hosts := discovery.NewTable()
+	gw := gateway.New(gateway.Options{
+		Config: cfg, Version: version, FW: p.fw, Shaper: p.sh, Store: store, Hosts: hosts,
+		Neighbors:  func() ([]discovery.Host, error) { return discovery.Neighbors(cfg.ClientIf) },
+		DNSRunning: p.dns.Running,
+		Metrics:    gateway.NewMetrics(reg),
+		Log:        log.With("component", "gateway"),
+	})
+	if err := gw.Start(ctx); err != nil {
+		return err
+	}
+	log.Info("gateway running", "site", cfg.Site, "version", version, "clients", cfg.ClientIf, "uplink", cfg.UplinkIf)
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return gw.Run(ctx) })
+	g.Go(func() error { return p.dns.Run(ctx) })
+	g.Go(func() error {
+		s := &discovery.Sniffer{Interface: cfg.ClientIf, Subnet: cfg.ClientSubnet, Table: hosts, Log: log.With("component", "discovery")}
+		return s.Run(ctx)
+	})
+	g.Go(func() error {
+		return control.NewServer(gw, log.With("component", "control")).Serve(ctx, cfg.ControlSocket)
+	})
+	g.Go(func() error {
+		srv := captive.New(captive.Config{
+			Listen:   netip.AddrPortFrom(cfg.GatewayIP, cfg.PortalHTTPPort),
+			SiteName: cfg.Site, ClickThrough: cfg.ClickThrough,
+		}, gate{gw, cfg}, log.With("component", "captive"))
+		return srv.Run(ctx)
+	})
+	if cfg.MetricsListen != "" {
+		g.Go(func() error { return serveMetrics(ctx, cfg.MetricsListen, reg) })
+	}
+	return g.Wait()
+}
+
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening for metrics: %w", err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	}
+}
+
+func cmdTeardown(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("teardown", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", defaultConfig, "gateway config file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log := newLogger(stderr, "text")
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	p, err := build(cfg, log)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	var errs []error
+	if err := p.dns.Stop(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("stopping dnsmasq: %w", err))
+	}
+	if err := p.sh.Teardown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("removing shaping: %w", err))
+	}
+	if err := p.fw.Teardown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("removing firewall: %w", err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	fmt.Fprintln(stderr, "portal: removed every chain, set, qdisc and process the gateway made; sessions are kept in", cfg.StateDir)
+	return 0
+}

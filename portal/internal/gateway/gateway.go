@@ -1,0 +1,553 @@
+// Package gateway reconciles the sessions in the store of record to the
+// kernel (firewall and shaper), durably: at start, after every change and
+// every few seconds, so drift is repaired and a restart or a crash never
+// drops a resident who had a valid session. It ends sessions on expiry, idle
+// timeout and quota, and implements the local control Service.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/civicwifi/civicwifi/internal/quantity"
+	"github.com/civicwifi/civicwifi/portal/internal/config"
+	"github.com/civicwifi/civicwifi/portal/internal/control"
+	"github.com/civicwifi/civicwifi/portal/internal/discovery"
+	"github.com/civicwifi/civicwifi/portal/internal/firewall"
+	"github.com/civicwifi/civicwifi/portal/internal/shaper"
+)
+
+// Hosts is what the gateway needs from client discovery.
+type Hosts interface {
+	Lookup(ip netip.Addr) (discovery.Host, bool)
+	LookupMAC(mac net.HardwareAddr) (discovery.Host, bool)
+	All() []discovery.Host
+}
+
+// Options wires a Gateway.
+type Options struct {
+	Config  *config.Config
+	Version string
+	FW      firewall.Firewall
+	Shaper  shaper.Shaper
+	Store   *Store
+	Hosts   Hosts
+	// Neighbors is the fallback MAC lookup (the kernel's neighbour table).
+	Neighbors func() ([]discovery.Host, error)
+	// DNSRunning reports whether dnsmasq is up (nil: unknown).
+	DNSRunning func() bool
+	Metrics    *Metrics
+	Log        *slog.Logger
+
+	PollInterval      time.Duration // counters, idle, quota, expiry (default 1s)
+	ReconcileInterval time.Duration // drift repair (default 2s)
+	FlushInterval     time.Duration // counters to the store (default 10s)
+	Now               func() time.Time
+}
+
+// Gateway is the daemon's core.
+type Gateway struct {
+	o   Options
+	log *slog.Logger
+	now func() time.Time
+
+	mu       sync.Mutex
+	sessions map[string]*Session // active, by ID
+	byIP     map[netip.Addr]*Session
+	started  time.Time
+	lastRec  time.Time
+	repairs  uint64
+	dirty    bool
+}
+
+// New makes a Gateway; Run starts it.
+func New(o Options) *Gateway {
+	if o.PollInterval == 0 {
+		o.PollInterval = time.Second
+	}
+	if o.ReconcileInterval == 0 {
+		o.ReconcileInterval = 2 * time.Second
+	}
+	if o.FlushInterval == 0 {
+		o.FlushInterval = 10 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+	return &Gateway{
+		o: o, log: o.Log, now: o.Now,
+		sessions: map[string]*Session{},
+		byIP:     map[netip.Addr]*Session{},
+	}
+}
+
+// Start sets up the kernel and enforces the stored sessions again. It
+// returns once every stored session is enforced; Run then keeps it so.
+func (g *Gateway) Start(ctx context.Context) error {
+	t0 := time.Now()
+	g.started = g.now()
+	if err := g.o.FW.Setup(ctx); err != nil {
+		return fmt.Errorf("setting up firewall: %w", err)
+	}
+	if err := g.o.Shaper.Setup(ctx); err != nil {
+		return fmt.Errorf("setting up shaper: %w", err)
+	}
+	stored, err := g.o.Store.Active()
+	if err != nil {
+		return fmt.Errorf("loading sessions: %w", err)
+	}
+	g.mu.Lock()
+	now := g.now()
+	var ended []*Session
+	for _, s := range stored {
+		if !s.Expires.IsZero() && !now.Before(s.Expires) {
+			s.Ended, s.EndReason = now, "expired"
+			ended = append(ended, s)
+			continue
+		}
+		g.sessions[s.ID] = s
+		g.byIP[s.IP] = s
+	}
+	g.mu.Unlock()
+	for _, s := range ended {
+		g.revokeKernel(ctx, s)
+	}
+	if err := g.o.Store.Put(ended...); err != nil {
+		return fmt.Errorf("recording expired sessions: %w", err)
+	}
+	if _, err := g.reconcile(ctx); err != nil {
+		return err
+	}
+	g.o.Metrics.restoreSeconds.Set(time.Since(t0).Seconds())
+	g.log.Info("sessions enforced", "active", len(g.sessions), "expired_while_down", len(ended), "took", time.Since(t0).Round(time.Millisecond))
+	return nil
+}
+
+// Run polls counters, ends sessions and repairs drift until ctx ends. It
+// leaves every rule in place on return: a stop or restart of the daemon
+// keeps residents connected and the site closed to everyone else.
+func (g *Gateway) Run(ctx context.Context) error {
+	poll := time.NewTicker(g.o.PollInterval)
+	defer poll.Stop()
+	rec := time.NewTicker(g.o.ReconcileInterval)
+	defer rec.Stop()
+	flush := time.NewTicker(g.o.FlushInterval)
+	defer flush.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			// Save counters so a restart resumes from here.
+			if err := g.flush(); err != nil {
+				g.log.Error("saving counters", "err", err)
+			}
+			return nil
+		case <-poll.C:
+			if err := g.poll(ctx); err != nil {
+				g.o.Metrics.errors.WithLabelValues("poll").Inc()
+				g.log.Error("polling counters", "err", err)
+			}
+		case <-rec.C:
+			if _, err := g.reconcile(ctx); err != nil {
+				g.o.Metrics.errors.WithLabelValues("reconcile").Inc()
+				g.log.Error("reconciling", "err", err)
+			}
+		case <-flush.C:
+			if err := g.flush(); err != nil {
+				g.o.Metrics.errors.WithLabelValues("store").Inc()
+				g.log.Error("saving counters", "err", err)
+			}
+		}
+	}
+}
+
+func (g *Gateway) grants() ([]firewall.Grant, []shaper.Limit) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	grants := make([]firewall.Grant, 0, len(g.sessions))
+	limits := make([]shaper.Limit, 0, len(g.sessions))
+	for _, s := range g.sessions {
+		grants = append(grants, grantOf(s))
+		if s.DownRate > 0 || s.UpRate > 0 {
+			limits = append(limits, limitOf(s))
+		}
+	}
+	return grants, limits
+}
+
+func grantOf(s *Session) firewall.Grant {
+	return firewall.Grant{
+		Client:        firewall.Client{IP: s.IP, MAC: s.MAC},
+		Expires:       s.Expires,
+		QuotaBytes:    s.QuotaBytes,
+		UsedBytes:     s.BytesDown + s.BytesUp,
+		UsedDownBytes: s.BytesDown,
+	}
+}
+
+func limitOf(s *Session) shaper.Limit {
+	return shaper.Limit{IP: s.IP, Down: quantity.Rate(s.DownRate), Up: quantity.Rate(s.UpRate)}
+}
+
+// reconcile makes the kernel match the store. The usage poll runs first so
+// that elements re-added after drift carry their latest counters.
+func (g *Gateway) reconcile(ctx context.Context) (int, error) {
+	if err := g.poll(ctx); err != nil {
+		g.log.Warn("reading counters before reconcile", "err", err)
+	}
+	grants, limits := g.grants()
+	fr, err := g.o.FW.Reconcile(ctx, grants)
+	if err != nil {
+		return 0, fmt.Errorf("reconciling firewall: %w", err)
+	}
+	sr, err := g.o.Shaper.Reconcile(ctx, limits)
+	if err != nil {
+		return 0, fmt.Errorf("reconciling shaper: %w", err)
+	}
+	m := g.o.Metrics
+	m.repairs.WithLabelValues("rules").Add(float64(fr.Rules))
+	m.repairs.WithLabelValues("sets").Add(float64(fr.Sets))
+	m.repairs.WithLabelValues("entries").Add(float64(fr.Entries))
+	m.repairs.WithLabelValues("shaper").Add(float64(sr))
+	n := fr.Total() + sr
+	g.mu.Lock()
+	g.repairs += uint64(n)
+	g.lastRec = g.now()
+	g.mu.Unlock()
+	if n > 0 {
+		g.log.Warn("repaired drift", "rules", fr.Rules, "sets", fr.Sets, "entries", fr.Entries, "shaper", sr)
+	}
+	return n, nil
+}
+
+// poll reads the kernel counters and ends sessions that ran out.
+func (g *Gateway) poll(ctx context.Context) error {
+	usage, err := g.o.FW.Usage(ctx)
+	if err != nil {
+		return err
+	}
+	now := g.now()
+	var ending []*Session
+	g.mu.Lock()
+	var down, up uint64
+	for _, s := range g.sessions {
+		u, ok := usage[s.IP]
+		if ok {
+			// Counters only grow; a smaller value means the element was
+			// re-created by someone else: keep ours (reconcile re-adds).
+			if u.Bytes >= s.BytesDown+s.BytesUp && u.DownBytes <= u.Bytes {
+				if u.Packets != s.Packets || s.LastActive.IsZero() {
+					if u.Packets > s.Packets {
+						s.LastActive = now
+					}
+					s.Packets = u.Packets
+				}
+				down += u.DownBytes - min(u.DownBytes, s.BytesDown)
+				up += (u.Bytes - u.DownBytes) - min(u.Bytes-u.DownBytes, s.BytesUp)
+				s.BytesDown, s.BytesUp = u.DownBytes, u.Bytes-u.DownBytes
+				g.dirty = true
+			}
+		}
+		if s.LastActive.IsZero() {
+			s.LastActive = s.Started
+		}
+		switch {
+		case !s.Expires.IsZero() && !now.Before(s.Expires):
+			s.EndReason = "expired"
+		case s.IdleTimeout > 0 && now.Sub(s.LastActive) >= s.IdleTimeout:
+			s.EndReason = "idle"
+		case s.QuotaBytes > 0 && (u.OverQuota || s.BytesDown+s.BytesUp >= s.QuotaBytes):
+			s.EndReason = "quota"
+		default:
+			continue
+		}
+		s.Ended = now
+		ending = append(ending, s)
+	}
+	for _, s := range ending {
+		g.forget(s)
+	}
+	g.o.Metrics.addBytes(down, up)
+	g.mu.Unlock()
+	return g.end(ctx, ending)
+}
+
+// forget drops a session from the in-memory indexes. Caller holds g.mu.
+func (g *Gateway) forget(s *Session) {
+	delete(g.sessions, s.ID)
+	if g.byIP[s.IP] == s {
+		delete(g.byIP, s.IP)
+	}
+}
+
+// end records ended sessions and makes their clients captive again.
+func (g *Gateway) end(ctx context.Context, ended []*Session) error {
+	if len(ended) == 0 {
+		return nil
+	}
+	var errs []error
+	if err := g.o.Store.Put(ended...); err != nil {
+		errs = append(errs, fmt.Errorf("recording ended sessions: %w", err))
+	}
+	for _, s := range ended {
+		if err := g.revokeKernel(ctx, s); err != nil {
+			errs = append(errs, err)
+		}
+		g.o.Metrics.ended.WithLabelValues(s.EndReason).Inc()
+		g.log.Info("session ended", "session", s.ID, "mac", s.MAC.String(), "ip", s.IP, "reason", s.EndReason,
+			"bytes_down", s.BytesDown, "bytes_up", s.BytesUp)
+	}
+	return errors.Join(errs...)
+}
+
+func (g *Gateway) revokeKernel(ctx context.Context, s *Session) error {
+	var errs []error
+	if err := g.o.FW.Revoke(ctx, firewall.Client{IP: s.IP, MAC: s.MAC}); err != nil {
+		errs = append(errs, fmt.Errorf("revoking %s: %w", s.MAC, err))
+	}
+	if err := g.o.Shaper.Remove(ctx, s.IP); err != nil {
+		errs = append(errs, fmt.Errorf("unshaping %s: %w", s.IP, err))
+	}
+	return errors.Join(errs...)
+}
+
+func (g *Gateway) flush() error {
+	g.mu.Lock()
+	if !g.dirty {
+		g.mu.Unlock()
+		return nil
+	}
+	snap := make([]*Session, 0, len(g.sessions))
+	for _, s := range g.sessions {
+		c := *s
+		snap = append(snap, &c)
+	}
+	g.dirty = false
+	g.mu.Unlock()
+	return g.o.Store.Put(snap...)
+}
+
+// Grant is a request to open a session, already parsed.
+type Grant struct {
+	MAC    net.HardwareAddr // optional if IP is set
+	IP     netip.Addr       // optional if MAC is set
+	Method string
+	Limits config.Limits
+}
+
+// Open authorises a client. An existing session of the same client is
+// updated in place (limits replaced, counters kept).
+func (g *Gateway) Open(ctx context.Context, req Grant) (*Session, error) {
+	t0 := time.Now()
+	mac, ip, err := g.identify(req.MAC, req.IP)
+	if err != nil {
+		return nil, err
+	}
+	now := g.now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+
+	s := g.byIP[ip]
+	var displaced *Session
+	if s != nil && !sameMAC(s.MAC, mac) {
+		// The address now belongs to another device: the old session ends.
+		displaced, s = s, nil
+	}
+	if s == nil {
+		if max := g.o.Config.Limits.MaxClients; max > 0 && len(g.sessions) >= max && displaced == nil {
+			return nil, fmt.Errorf("%w: the site is full (%d clients)", control.ErrBadRequest, max)
+		}
+		s = &Session{ID: newID(), MAC: mac, IP: ip, Started: now, LastActive: now}
+	}
+	s.Method = req.Method
+	l := req.Limits
+	s.Expires = time.Time{}
+	if l.Session > 0 {
+		s.Expires = now.Add(l.Session)
+	}
+	s.IdleTimeout, s.QuotaBytes = l.Idle, uint64(l.Quota)
+	s.DownRate, s.UpRate = uint64(l.Down), uint64(l.Up)
+
+	// The store of record first: a crash after this line is repaired by
+	// the next reconcile; a crash before it leaves nothing behind.
+	toPut := []*Session{s}
+	if displaced != nil {
+		displaced.Ended, displaced.EndReason = now, "replaced"
+		toPut = append(toPut, displaced)
+	}
+	if err := g.o.Store.Put(toPut...); err != nil {
+		return nil, fmt.Errorf("recording session: %w", err)
+	}
+	if displaced != nil {
+		g.forget(displaced)
+		if err := g.revokeKernel(ctx, displaced); err != nil {
+			g.log.Error("revoking displaced session", "session", displaced.ID, "err", err)
+		}
+	}
+	g.sessions[s.ID] = s
+	g.byIP[ip] = s
+
+	// Shape first so the first forwarded packet is already limited.
+	var kerr error
+	if s.DownRate > 0 || s.UpRate > 0 {
+		kerr = g.o.Shaper.Set(ctx, limitOf(s))
+	} else {
+		kerr = g.o.Shaper.Remove(ctx, ip)
+	}
+	if kerr == nil {
+		kerr = g.o.FW.Allow(ctx, grantOf(s))
+	}
+	if kerr != nil {
+		// Recorded but not enforced: the reconcile loop retries.
+		g.o.Metrics.errors.WithLabelValues("allow").Inc()
+		return nil, fmt.Errorf("authorising %s: %w", mac, kerr)
+	}
+	g.o.Metrics.authorisations.WithLabelValues(s.Method).Inc()
+	g.o.Metrics.allowSeconds.Observe(time.Since(t0).Seconds())
+	g.log.Info("session opened", "session", s.ID, "mac", mac.String(), "ip", ip, "method", s.Method,
+		"expires", s.Expires, "quota", s.QuotaBytes, "down", quantity.Rate(s.DownRate), "up", quantity.Rate(s.UpRate))
+	c := *s
+	return &c, nil
+}
+
+// Close ends the session of a client (by MAC or IP) with reason.
+func (g *Gateway) Close(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, reason string) (*Session, error) {
+	g.mu.Lock()
+	var s *Session
+	if ip.IsValid() {
+		s = g.byIP[ip]
+		if s != nil && mac != nil && !sameMAC(s.MAC, mac) {
+			s = nil
+		}
+	} else {
+		for _, c := range g.sessions {
+			if sameMAC(c.MAC, mac) {
+				s = c
+				break
+			}
+		}
+	}
+	if s == nil {
+		g.mu.Unlock()
+		return nil, fmt.Errorf("%w: no session for %s", control.ErrNotFound, describe(mac, ip))
+	}
+	s.Ended, s.EndReason = g.now(), reason
+	g.forget(s)
+	g.mu.Unlock()
+	if err := g.end(ctx, []*Session{s}); err != nil {
+		return nil, err
+	}
+	c := *s
+	return &c, nil
+}
+
+// Sessions returns a copy of the active sessions, sorted by IP.
+func (g *Gateway) Sessions() []Session {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]Session, 0, len(g.sessions))
+	for _, s := range g.sessions {
+		out = append(out, *s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].IP.Less(out[j].IP) })
+	return out
+}
+
+// SessionFor returns the active session of ip, if any.
+func (g *Gateway) SessionFor(ip netip.Addr) (Session, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if s := g.byIP[ip]; s != nil {
+		return *s, true
+	}
+	return Session{}, false
+}
+
+// identify completes a MAC/IP pair from what was seen on the wire.
+func (g *Gateway) identify(mac net.HardwareAddr, ip netip.Addr) (net.HardwareAddr, netip.Addr, error) {
+	cfg := g.o.Config
+	if ip.IsValid() {
+		ip = ip.Unmap()
+		switch {
+		case !ip.Is4() || !cfg.ClientSubnet.Contains(ip):
+			return nil, netip.Addr{}, fmt.Errorf("%w: %s is not in the client network %s", control.ErrBadRequest, ip, cfg.ClientSubnet)
+		case ip == cfg.GatewayIP || ip == cfg.ClientSubnet.Addr():
+			return nil, netip.Addr{}, fmt.Errorf("%w: %s is the gateway's or the network's own address", control.ErrBadRequest, ip)
+		}
+	}
+	if mac != nil && (len(mac) != 6 || mac[0]&1 == 1 || isZero(mac)) {
+		return nil, netip.Addr{}, fmt.Errorf("%w: %s is not a unicast Ethernet address", control.ErrBadRequest, mac)
+	}
+	if mac != nil && ip.IsValid() {
+		return mac, ip, nil
+	}
+	if mac == nil && !ip.IsValid() {
+		return nil, netip.Addr{}, fmt.Errorf("%w: give the client's MAC or IP", control.ErrBadRequest)
+	}
+	find := func(h discovery.Host) bool {
+		if mac != nil {
+			return sameMAC(h.MAC, mac) && cfg.ClientSubnet.Contains(h.IP)
+		}
+		return h.IP == ip
+	}
+	var found discovery.Host
+	ok := false
+	if mac != nil {
+		found, ok = g.o.Hosts.LookupMAC(mac)
+		ok = ok && find(found)
+	} else {
+		found, ok = g.o.Hosts.Lookup(ip)
+	}
+	if !ok && g.o.Neighbors != nil {
+		if hosts, err := g.o.Neighbors(); err == nil {
+			for _, h := range hosts {
+				if find(h) {
+					found, ok = h, true
+					break
+				}
+			}
+		}
+	}
+	if !ok {
+		return nil, netip.Addr{}, fmt.Errorf("%w: %s has not been seen on %s; give both --mac and --ip", control.ErrNotFound, describe(mac, ip), cfg.ClientIf)
+	}
+	if ip == cfg.GatewayIP {
+		return nil, netip.Addr{}, fmt.Errorf("%w: %s is the gateway's own address", control.ErrBadRequest, ip)
+	}
+	return found.MAC, found.IP, nil
+}
+
+func describe(mac net.HardwareAddr, ip netip.Addr) string {
+	if mac != nil {
+		return mac.String()
+	}
+	return ip.String()
+}
+
+func sameMAC(a, b net.HardwareAddr) bool { return a.String() == b.String() }
+
+func isZero(mac net.HardwareAddr) bool {
+	for _, b := range mac {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func newID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,405 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/civicwifi/civicwifi/internal/quantity"
+	"github.com/civicwifi/civicwifi/portal/internal/config"
+	"github.com/civicwifi/civicwifi/portal/internal/control"
+	"github.com/civicwifi/civicwifi/portal/internal/discovery"
+	"github.com/civicwifi/civicwifi/portal/internal/firewall"
+	"github.com/civicwifi/civicwifi/portal/internal/shaper"
+)
+
+// fakeFW keeps the kernel state as a map; counters are set by the test.
+type fakeFW struct {
+	mu      sync.Mutex
+	allowed map[netip.Addr]firewall.Grant
+	usage   map[netip.Addr]firewall.Usage
+	revoked []netip.Addr
+	fail    error
+}
+
+func newFakeFW() *fakeFW {
+	return &fakeFW{allowed: map[netip.Addr]firewall.Grant{}, usage: map[netip.Addr]firewall.Usage{}}
+}
+func (f *fakeFW) Setup(context.Context) error { return nil }
+func (f *fakeFW) Allow(_ context.Context, g firewall.Grant) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return f.fail
+	}
+	f.allowed[g.IP] = g
+	if _, ok := f.usage[g.IP]; !ok {
+		f.usage[g.IP] = firewall.Usage{Bytes: g.UsedBytes, DownBytes: g.UsedDownBytes}
+	}
+	return nil
+}
+func (f *fakeFW) Revoke(_ context.Context, c firewall.Client) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.allowed, c.IP)
+	delete(f.usage, c.IP)
+	f.revoked = append(f.revoked, c.IP)
+	return nil
+}
+func (f *fakeFW) Reconcile(_ context.Context, want []firewall.Grant) (firewall.Repairs, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var r firewall.Repairs
+	keep := map[netip.Addr]bool{}
+	for _, g := range want {
+		keep[g.IP] = true
+		if _, ok := f.allowed[g.IP]; !ok {
+			f.allowed[g.IP] = g
+			f.usage[g.IP] = firewall.Usage{Bytes: g.UsedBytes, DownBytes: g.UsedDownBytes}
+			r.Entries++
+		}
+	}
+	for ip := range f.allowed {
+		if !keep[ip] {
+			delete(f.allowed, ip)
+			r.Entries++
+		}
+	}
+	return r, nil
+}
+func (f *fakeFW) Usage(context.Context) (map[netip.Addr]firewall.Usage, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[netip.Addr]firewall.Usage{}
+	for ip, u := range f.usage {
+		if _, ok := f.allowed[ip]; ok {
+			out[ip] = u
+		}
+	}
+	return out, nil
+}
+func (f *fakeFW) Teardown(context.Context) error { return nil }
+func (f *fakeFW) set(ip netip.Addr, u firewall.Usage) {
+	f.mu.Lock()
+	f.usage[ip] = u
+	f.mu.Unlock()
+}
+
+type fakeShaper struct {
+	mu     sync.Mutex
+	limits map[netip.Addr]shaper.Limit
+}
+
+func (s *fakeShaper) Setup(context.Context) error { return nil }
+func (s *fakeShaper) Set(_ context.Context, l shaper.Limit) error {
+	s.mu.Lock()
+	s.limits[l.IP] = l
+	s.mu.Unlock()
+	return nil
+}
+func (s *fakeShaper) Remove(_ context.Context, ip netip.Addr) error {
+	s.mu.Lock()
+	delete(s.limits, ip)
+	s.mu.Unlock()
+	return nil
+}
+func (s *fakeShaper) Reconcile(_ context.Context, want []shaper.Limit) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.limits = map[netip.Addr]shaper.Limit{}
+	for _, l := range want {
+		s.limits[l.IP] = l
+	}
+	return 0, nil
+}
+func (s *fakeShaper) Teardown(context.Context) error { return nil }
+
+type fakeHosts struct{ hosts []discovery.Host }
+
+func (h fakeHosts) Lookup(ip netip.Addr) (discovery.Host, bool) {
+	for _, x := range h.hosts {
+		if x.IP == ip {
+			return x, true
+		}
+	}
+	return discovery.Host{}, false
+}
+func (h fakeHosts) LookupMAC(mac net.HardwareAddr) (discovery.Host, bool) {
+	for _, x := range h.hosts {
+		if x.MAC.String() == mac.String() {
+			return x, true
+		}
+	}
+	return discovery.Host{}, false
+}
+func (h fakeHosts) All() []discovery.Host { return h.hosts }
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+type rig struct {
+	gw    *Gateway
+	fw    *fakeFW
+	sh    *fakeShaper
+	store *Store
+	clk   *clock
+	dir   string
+}
+
+var (
+	mac1 = net.HardwareAddr{2, 0, 0, 0, 0, 1}
+	mac2 = net.HardwareAddr{2, 0, 0, 0, 0, 2}
+	ip1  = netip.MustParseAddr("10.20.0.11")
+	ip2  = netip.MustParseAddr("10.20.0.12")
+)
+
+func testConfig() *config.Config {
+	return &config.Config{
+		Site: "t", ClientIf: "br-cw", UplinkIf: "wan0",
+		GatewayIP: netip.MustParseAddr("10.20.0.1"), ClientSubnet: netip.MustParsePrefix("10.20.0.0/22"),
+		Limits: config.Limits{Down: 2 * quantity.Mbit, Up: quantity.Mbit, Session: time.Hour, Idle: 10 * time.Minute, Quota: 100 * quantity.MB},
+	}
+}
+
+func newRig(t *testing.T, dir string, fw *fakeFW) *rig {
+	t.Helper()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	store, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	if fw == nil {
+		fw = newFakeFW()
+	}
+	clk := &clock{t: time.Date(2026, 6, 1, 10, 0, 0, 0, time.UTC)}
+	sh := &fakeShaper{limits: map[netip.Addr]shaper.Limit{}}
+	gw := New(Options{
+		Config: testConfig(), FW: fw, Shaper: sh, Store: store,
+		Hosts: fakeHosts{hosts: []discovery.Host{{MAC: mac1, IP: ip1, LastSeen: clk.now()}, {MAC: mac2, IP: ip2, LastSeen: clk.now()}}},
+		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)), Now: clk.now,
+	})
+	if err := gw.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return &rig{gw: gw, fw: fw, sh: sh, store: store, clk: clk, dir: dir}
+}
+
+func TestSessionEnds(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		limits func(*config.Limits)
+		drive  func(r *rig)
+		reason string
+	}{
+		{"expiry", func(l *config.Limits) { l.Session = time.Minute }, func(r *rig) { r.clk.add(61 * time.Second) }, "expired"},
+		{"idle", func(l *config.Limits) { l.Idle = 5 * time.Minute }, func(r *rig) {
+			r.clk.add(4 * time.Minute)
+			r.fw.set(ip1, firewall.Usage{Bytes: 100, Packets: 2})
+			if err := r.gw.poll(ctx); err != nil {
+				panic(err)
+			}
+			if _, ok := r.gw.SessionFor(ip1); !ok {
+				panic("ended while active")
+			}
+			r.clk.add(5*time.Minute + time.Second)
+		}, "idle"},
+		{"quota", func(l *config.Limits) { l.Quota = 1000 }, func(r *rig) { r.fw.set(ip1, firewall.Usage{Bytes: 1001, Packets: 3, DownBytes: 900}) }, "quota"},
+		{"kernel says over quota", func(l *config.Limits) { l.Quota = 1000 }, func(r *rig) { r.fw.set(ip1, firewall.Usage{Bytes: 999, Packets: 3, OverQuota: true}) }, "quota"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, "", nil)
+			l := testConfig().Limits
+			tc.limits(&l)
+			if _, err := r.gw.Open(ctx, Grant{MAC: mac1, Method: "ctl", Limits: l}); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := r.fw.allowed[ip1]; !ok {
+				t.Fatal("not allowed in the firewall")
+			}
+			tc.drive(r)
+			if err := r.gw.poll(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := r.gw.SessionFor(ip1); ok {
+				t.Fatal("session still active")
+			}
+			if _, ok := r.fw.allowed[ip1]; ok {
+				t.Error("still allowed in the firewall")
+			}
+			if _, ok := r.sh.limits[ip1]; ok {
+				t.Error("still shaped")
+			}
+			ended, _ := r.store.Ended()
+			if len(ended) != 1 || ended[0].EndReason != tc.reason {
+				t.Fatalf("ended = %+v, want one with reason %q", ended, tc.reason)
+			}
+		})
+	}
+}
+
+func TestRestartAdoptsSessionsWithCounters(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	fw := newFakeFW()
+	r := newRig(t, dir, fw)
+	if _, err := r.gw.Open(ctx, Grant{IP: ip1, Method: "ctl", Limits: testConfig().Limits}); err != nil {
+		t.Fatal(err)
+	}
+	short := testConfig().Limits
+	short.Session = time.Minute
+	if _, err := r.gw.Open(ctx, Grant{IP: ip2, Method: "ctl", Limits: short}); err != nil {
+		t.Fatal(err)
+	}
+	fw.set(ip1, firewall.Usage{Bytes: 5000, DownBytes: 4000, Packets: 10})
+	if err := r.gw.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.gw.flush(); err != nil {
+		t.Fatal(err)
+	}
+	r.store.Close()
+
+	// The kernel lost everything (reboot); two minutes passed.
+	fw2 := newFakeFW()
+	store, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	clk := &clock{t: r.clk.now().Add(2 * time.Minute)}
+	gw := New(Options{Config: testConfig(), FW: fw2, Shaper: &fakeShaper{limits: map[netip.Addr]shaper.Limit{}}, Store: store,
+		Hosts: fakeHosts{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: clk.now})
+	if err := gw.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	g, ok := fw2.allowed[ip1]
+	if !ok || g.UsedBytes != 5000 || g.UsedDownBytes != 4000 || g.MAC.String() != mac1.String() {
+		t.Fatalf("re-enforced grant = %+v, %v; want ip1 with counters 5000/4000", g, ok)
+	}
+	if _, ok := fw2.allowed[ip2]; ok {
+		t.Error("a session that expired while the daemon was down was enforced again")
+	}
+	ended, _ := store.Ended()
+	if len(ended) != 1 || ended[0].IP != ip2 || ended[0].EndReason != "expired" {
+		t.Errorf("ended = %+v", ended)
+	}
+}
+
+func TestAllowErrors(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, "", nil)
+	for _, tc := range []struct {
+		name string
+		req  control.AllowRequest
+		want error
+	}{
+		{"nothing", control.AllowRequest{}, control.ErrBadRequest},
+		{"bad mac", control.AllowRequest{MAC: "02:00:00:00:00"}, control.ErrBadRequest},
+		{"bad ip", control.AllowRequest{IP: "10.20.0.300"}, control.ErrBadRequest},
+		{"outside subnet", control.AllowRequest{IP: "192.168.1.5", MAC: "02:00:00:00:00:09"}, control.ErrBadRequest},
+		{"gateway address", control.AllowRequest{IP: "10.20.0.1", MAC: "02:00:00:00:00:09"}, control.ErrBadRequest},
+		{"multicast mac", control.AllowRequest{IP: "10.20.0.50", MAC: "01:00:5e:00:00:01"}, control.ErrBadRequest},
+		{"unknown client", control.AllowRequest{IP: "10.20.0.99"}, control.ErrNotFound},
+		{"bad rate", control.AllowRequest{IP: "10.20.0.11", Down: "5 Mbps"}, control.ErrBadRequest},
+		{"bad duration", control.AllowRequest{IP: "10.20.0.11", Duration: "1 day"}, control.ErrBadRequest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := r.gw.Allow(ctx, tc.req)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if len(r.gw.Sessions()) != 0 || len(r.fw.allowed) != 0 {
+				t.Fatal("a rejected request changed state")
+			}
+		})
+	}
+}
+
+func TestAllowUpdatesAndDisplaces(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, "", nil)
+	s1, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s1.MAC != mac1.String() || s1.DownRate != uint64(2*quantity.Mbit) {
+		t.Fatalf("session = %+v", s1)
+	}
+	r.fw.set(ip1, firewall.Usage{Bytes: 700, DownBytes: 500, Packets: 4})
+	r.gw.poll(ctx)
+	s2, err := r.gw.Allow(ctx, control.AllowRequest{MAC: mac1.String(), IP: ip1.String(), Down: "20mbit", Quota: "1GB"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2.ID != s1.ID || s2.BytesDown != 500 || s2.BytesUp != 200 || s2.QuotaBytes != 1e9 {
+		t.Fatalf("updated session = %+v, want same id and counters kept", s2)
+	}
+	if got := r.sh.limits[ip1].Down; got != 20*quantity.Mbit {
+		t.Errorf("shaper down = %v, want 20mbit", got)
+	}
+	// Another device takes the address: the old session ends.
+	s3, err := r.gw.Allow(ctx, control.AllowRequest{MAC: mac2.String(), IP: ip1.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s3.ID == s1.ID || len(r.gw.Sessions()) != 1 {
+		t.Fatalf("sessions = %+v", r.gw.Sessions())
+	}
+	if _, err := r.gw.Kick(ctx, control.KickRequest{MAC: mac1.String()}); !errors.Is(err, control.ErrNotFound) {
+		t.Errorf("kick of displaced = %v, want not found", err)
+	}
+	if _, err := r.gw.Kick(ctx, control.KickRequest{IP: ip1.String()}); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.fw.allowed) != 0 {
+		t.Error("kick left the client allowed")
+	}
+}
+
+func TestReconcileRepairsDrift(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, "", nil)
+	if _, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String()}); err != nil {
+		t.Fatal(err)
+	}
+	r.fw.set(ip1, firewall.Usage{Bytes: 300, DownBytes: 100, Packets: 3})
+	r.gw.poll(ctx)
+	// Someone flushed the set.
+	r.fw.mu.Lock()
+	delete(r.fw.allowed, ip1)
+	delete(r.fw.usage, ip1)
+	r.fw.allowed[ip2] = firewall.Grant{Client: firewall.Client{IP: ip2, MAC: mac2}}
+	r.fw.mu.Unlock()
+	n, err := r.gw.reconcile(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Errorf("repairs = %d, want 2", n)
+	}
+	if g := r.fw.allowed[ip1]; g.UsedBytes != 300 || g.UsedDownBytes != 100 {
+		t.Errorf("re-added grant = %+v, want counters carried", g)
+	}
+	if _, ok := r.fw.allowed[ip2]; ok {
+		t.Error("an element nobody granted was left in place")
+	}
+}

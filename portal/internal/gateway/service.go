@@ -1,0 +1,181 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/civicwifi/civicwifi/internal/quantity"
+	"github.com/civicwifi/civicwifi/portal/internal/control"
+)
+
+// seenWindow is how recently a device must have been seen to count as a
+// captive client on the network.
+const seenWindow = 5 * time.Minute
+
+var _ control.Service = (*Gateway)(nil)
+
+// Status implements control.Service.
+func (g *Gateway) Status(ctx context.Context) (control.Status, error) {
+	clients, _ := g.Clients(ctx)
+	st := control.Status{
+		Version: g.o.Version, Site: g.o.Config.Site,
+		ClientInterface: g.o.Config.ClientIf, UplinkInterface: g.o.Config.UplinkIf,
+	}
+	for _, c := range clients {
+		if c.State == "authorised" {
+			st.Authorised++
+		} else {
+			st.Captive++
+		}
+	}
+	g.mu.Lock()
+	st.Started, st.Repairs, st.LastReconcile = g.started, g.repairs, g.lastRec
+	g.mu.Unlock()
+	if g.o.DNSRunning != nil {
+		st.DNSRunning = g.o.DNSRunning()
+	}
+	return st, nil
+}
+
+// Clients implements control.Service: every authorised client and every
+// device seen recently on the client network.
+func (g *Gateway) Clients(ctx context.Context) ([]control.Client, error) {
+	now := g.now()
+	byIP := map[netip.Addr]*control.Client{}
+	for _, s := range g.Sessions() {
+		cs := wireSession(&s)
+		byIP[s.IP] = &control.Client{MAC: cs.MAC, IP: cs.IP, State: "authorised", Session: &cs}
+	}
+	for _, h := range g.o.Hosts.All() {
+		if !g.o.Config.ClientSubnet.Contains(h.IP) || h.IP == g.o.Config.GatewayIP {
+			continue
+		}
+		c, ok := byIP[h.IP]
+		if ok {
+			if c.MAC == h.MAC.String() {
+				c.Hostname, c.LastSeen = h.Hostname, h.LastSeen
+			}
+			continue
+		}
+		if now.Sub(h.LastSeen) > seenWindow {
+			continue
+		}
+		byIP[h.IP] = &control.Client{MAC: h.MAC.String(), IP: h.IP.String(), Hostname: h.Hostname, LastSeen: h.LastSeen, State: "captive"}
+	}
+	out := make([]control.Client, 0, len(byIP))
+	auth, captive := 0, 0
+	for _, c := range byIP {
+		out = append(out, *c)
+		if c.State == "authorised" {
+			auth++
+		} else {
+			captive++
+		}
+	}
+	g.o.Metrics.clients.WithLabelValues("authorised").Set(float64(auth))
+	g.o.Metrics.clients.WithLabelValues("captive").Set(float64(captive))
+	sort.Slice(out, func(i, j int) bool {
+		a, _ := netip.ParseAddr(out[i].IP)
+		b, _ := netip.ParseAddr(out[j].IP)
+		return a.Less(b)
+	})
+	return out, nil
+}
+
+// Allow implements control.Service.
+func (g *Gateway) Allow(ctx context.Context, req control.AllowRequest) (control.Session, error) {
+	grant := Grant{Method: req.Method, Limits: g.o.Config.Limits}
+	if grant.Method == "" {
+		grant.Method = "ctl"
+	}
+	var err error
+	if grant.MAC, grant.IP, err = parseClient(req.MAC, req.IP); err != nil {
+		return control.Session{}, err
+	}
+	l := &grant.Limits
+	for _, f := range []struct {
+		name, val string
+		set       func(string) error
+	}{
+		{"duration", req.Duration, func(v string) (err error) { l.Session, err = parseDuration(v); return }},
+		{"idle", req.Idle, func(v string) (err error) { l.Idle, err = parseDuration(v); return }},
+		{"quota", req.Quota, func(v string) (err error) { q, err := quantity.ParseBytes(v); l.Quota = q; return err }},
+		{"down", req.Down, func(v string) (err error) { r, err := quantity.ParseRate(v); l.Down = r; return err }},
+		{"up", req.Up, func(v string) (err error) { r, err := quantity.ParseRate(v); l.Up = r; return err }},
+	} {
+		if f.val == "" {
+			continue
+		}
+		if err := f.set(f.val); err != nil {
+			return control.Session{}, fmt.Errorf("%w: %s: %v", control.ErrBadRequest, f.name, err)
+		}
+	}
+	s, err := g.Open(ctx, grant)
+	if err != nil {
+		return control.Session{}, err
+	}
+	return wireSession(s), nil
+}
+
+// Kick implements control.Service.
+func (g *Gateway) Kick(ctx context.Context, req control.KickRequest) (control.Session, error) {
+	mac, ip, err := parseClient(req.MAC, req.IP)
+	if err != nil {
+		return control.Session{}, err
+	}
+	reason := req.Reason
+	if reason == "" {
+		reason = "kicked"
+	}
+	s, err := g.Close(ctx, mac, ip, reason)
+	if err != nil {
+		return control.Session{}, err
+	}
+	return wireSession(s), nil
+}
+
+func parseClient(macS, ipS string) (net.HardwareAddr, netip.Addr, error) {
+	var mac net.HardwareAddr
+	var ip netip.Addr
+	var err error
+	if macS != "" {
+		if mac, err = net.ParseMAC(macS); err != nil || len(mac) != 6 {
+			return nil, ip, fmt.Errorf("%w: mac %q is not an Ethernet MAC address (like 02:00:00:00:00:01)", control.ErrBadRequest, macS)
+		}
+	}
+	if ipS != "" {
+		if ip, err = netip.ParseAddr(ipS); err != nil {
+			return nil, ip, fmt.Errorf("%w: ip %q is not an IP address", control.ErrBadRequest, ipS)
+		}
+	}
+	if mac == nil && !ip.IsValid() {
+		return nil, ip, fmt.Errorf("%w: give the client's mac or ip", control.ErrBadRequest)
+	}
+	return mac, ip, nil
+}
+
+func parseDuration(v string) (time.Duration, error) {
+	if v == "0" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("%q is not a duration (try 2h, 15m, 90s)", v)
+	}
+	return d, nil
+}
+
+func wireSession(s *Session) control.Session {
+	return control.Session{
+		ID: s.ID, MAC: strings.ToLower(s.MAC.String()), IP: s.IP.String(), Method: s.Method,
+		Started: s.Started, Expires: s.Expires, IdleTimeout: s.IdleTimeout, LastActive: s.LastActive,
+		QuotaBytes: s.QuotaBytes, DownRate: s.DownRate, UpRate: s.UpRate,
+		BytesDown: s.BytesDown, BytesUp: s.BytesUp, Packets: s.Packets,
+		Ended: s.Ended, EndReason: s.EndReason,
+	}
+}

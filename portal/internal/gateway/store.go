@@ -1,0 +1,172 @@
+package gateway
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Session is one resident's authorised session: the store of record.
+type Session struct {
+	ID          string           `json:"id"`
+	MAC         net.HardwareAddr `json:"-"`
+	IP          netip.Addr       `json:"ip"`
+	Method      string           `json:"method"`
+	Started     time.Time        `json:"started"`
+	Expires     time.Time        `json:"expires,omitzero"`
+	IdleTimeout time.Duration    `json:"idle_timeout"`
+	QuotaBytes  uint64           `json:"quota_bytes"`
+	DownRate    uint64           `json:"down_rate"`
+	UpRate      uint64           `json:"up_rate"`
+
+	BytesDown  uint64    `json:"bytes_down"`
+	BytesUp    uint64    `json:"bytes_up"`
+	Packets    uint64    `json:"packets"`
+	LastActive time.Time `json:"last_active"`
+
+	Ended     time.Time `json:"ended,omitzero"`
+	EndReason string    `json:"end_reason,omitempty"`
+}
+
+// sessionJSON carries the MAC as text.
+type sessionJSON struct {
+	Session
+	MACText string `json:"mac"`
+}
+
+// Active reports whether the session has not ended.
+func (s *Session) Active() bool { return s.Ended.IsZero() }
+
+// Store keeps sessions in a bbolt file: active ones are the truth the kernel
+// is reconciled to; ended ones are kept for accounting until pruned.
+type Store struct {
+	db *bolt.DB
+}
+
+var (
+	bucketActive = []byte("active")
+	bucketEnded  = []byte("ended")
+)
+
+// OpenStore opens (creating) the store in dir.
+func OpenStore(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state directory: %w", err)
+	}
+	path := filepath.Join(dir, "sessions.db")
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("opening %s: another portal daemon holds it", path)
+		}
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketActive, bucketEnded} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialising %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+func encode(sess *Session) ([]byte, error) {
+	return json.Marshal(sessionJSON{Session: *sess, MACText: sess.MAC.String()})
+}
+
+func decode(b []byte) (*Session, error) {
+	var sj sessionJSON
+	if err := json.Unmarshal(b, &sj); err != nil {
+		return nil, err
+	}
+	mac, err := net.ParseMAC(sj.MACText)
+	if err != nil {
+		return nil, err
+	}
+	s := sj.Session
+	s.MAC = mac
+	return &s, nil
+}
+
+// Put writes sessions: active ones to the active bucket, ended ones moved to
+// the ended bucket. One transaction for all.
+func (s *Store) Put(sessions ...*Session) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		act, end := tx.Bucket(bucketActive), tx.Bucket(bucketEnded)
+		for _, sess := range sessions {
+			b, err := encode(sess)
+			if err != nil {
+				return fmt.Errorf("encoding session %s: %w", sess.ID, err)
+			}
+			key := []byte(sess.ID)
+			if sess.Active() {
+				err = act.Put(key, b)
+			} else {
+				if err = act.Delete(key); err == nil {
+					err = end.Put(key, b)
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("writing session %s: %w", sess.ID, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Active returns every active session.
+func (s *Store) Active() ([]*Session, error) { return s.list(bucketActive) }
+
+// Ended returns ended sessions (kept until pruned).
+func (s *Store) Ended() ([]*Session, error) { return s.list(bucketEnded) }
+
+func (s *Store) list(bucket []byte) ([]*Session, error) {
+	var out []*Session
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
+			sess, err := decode(v)
+			if err != nil {
+				return fmt.Errorf("decoding session %s: %w", k, err)
+			}
+			out = append(out, sess)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// PruneEnded deletes ended sessions that ended before t.
+func (s *Store) PruneEnded(t time.Time) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEnded)
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			sess, err := decode(v)
+			if err != nil || sess.Ended.Before(t) {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+				n++
+			}
+		}
+		return nil
+	})
+	return n, err
+}
