@@ -339,3 +339,275 @@ func TestKernelRevokeKillsOpenConnection(t *testing.T) {
 
 var _ = errors.New
 var _ net.Conn
+
+// ifaceBytes reads the client's eth0 byte counters (rx, tx).
+func ifaceBytes(t *testing.T, ns lab.NS) (rx, tx uint64) {
+	t.Helper()
+	read := func(name string) uint64 {
+		out, err := ns.Run(t.Context(), "cat", "/sys/class/net/eth0/statistics/"+name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := strconv.ParseUint(strings.TrimSpace(out), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	return read("rx_bytes"), read("tx_bytes")
+}
+
+func usageOfClient(t *testing.T, s *site, ip netip.Addr) Usage {
+	t.Helper()
+	u, err := s.fw.Usage(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := u[ip]
+	if !ok {
+		t.Fatalf("Usage has no entry for %s: %v", ip, u)
+	}
+	return got
+}
+
+func within(got, want uint64, frac float64) bool {
+	d := float64(got) - float64(want)
+	if d < 0 {
+		d = -d
+	}
+	return d <= frac*float64(want)
+}
+
+func TestKernelQuota(t *testing.T) {
+	// The packet that crosses the quota is still counted and let through,
+	// so the overshoot is one packet. Over veth the upstream's TCP sends up
+	// to 64 KiB segments (TSO), as a real gateway forwards after GRO.
+	for _, tc := range []struct {
+		name      string
+		wireSized bool   // limit the upstream to MTU-sized packets
+		overshoot uint64 // allowed bytes over the quota
+	}{
+		{"MTU packets", true, 1_000_000 / 100},
+		{"64KiB segments", false, 64<<10 + 1500},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testQuota(t, tc.wireSized, tc.overshoot) })
+	}
+}
+
+func testQuota(t *testing.T, wireSized bool, overshoot uint64) {
+	s := newSite(t)
+	s.setup(t)
+	c1 := s.Clients[0]
+	const quota = 1_000_000
+	g := s.grant(0)
+	g.QuotaBytes = quota
+	s.allow(t, g)
+	if wireSized {
+		mustRun(t, s.Upstream, "ip", "link", "set", s.UpstreamIf, "gso_max_segs", "1")
+	}
+	r := s.curl(t, c1.NS, "-o", "/dev/null", "-w", "%{size_download}", "http://"+s.OtherIP.String()+"/bytes?n=5000000")
+	t.Logf("5 MB download with a 1 MB quota: %v", r)
+	if r.err == nil {
+		t.Errorf("download completed, want it cut at the quota")
+	}
+	if r.took > 2*time.Second {
+		t.Errorf("download cut after %v, want the connection reset at once", r.took)
+	}
+	u := usageOfClient(t, s, c1.IP)
+	t.Logf("kernel counted %d bytes (%d down), over quota %v", u.Bytes, u.DownBytes, u.OverQuota)
+	if !u.OverQuota || u.Bytes < quota || u.Bytes > quota+overshoot {
+		t.Errorf("usage %+v, want over quota with %d..%d bytes", u, quota, quota+overshoot)
+	}
+	// New connections fail fast, old usage stays.
+	wantFastFail(t, "https over quota", s.curl(t, c1.NS, "https://"+s.OtherIP.String()+"/"))
+	if err := dnsWorks(t, c1.NS, netip.AddrPortFrom(s.UpstreamIP, 53).String()); err == nil {
+		t.Error("dns works over quota")
+	}
+	// Raising the quota keeps the counters and opens the way again.
+	g.QuotaBytes = 3 * quota
+	s.allow(t, g)
+	u2 := usageOfClient(t, s, c1.IP)
+	if u2.OverQuota || u2.Bytes < u.Bytes || u2.Bytes > u.Bytes+2000 {
+		t.Errorf("after raising the quota: %+v, want %d bytes, not over quota", u2, u.Bytes)
+	}
+	wantBody(t, "after raising the quota", s.curl(t, c1.NS, "http://"+s.OtherIP.String()+"/"), "upstream ok\n")
+}
+
+func TestKernelUsageMatchesTraffic(t *testing.T) {
+	s := newSite(t)
+	s.setup(t)
+	c1 := s.Clients[0]
+	g := s.grant(0)
+	g.UsedBytes, g.UsedDownBytes = 7000, 5000
+	s.allow(t, g)
+	u0 := usageOfClient(t, s, c1.IP)
+	if u0.Bytes != 7000 || u0.DownBytes != 5000 {
+		t.Fatalf("usage right after Allow = %+v, want the grant's 7000/5000", u0)
+	}
+	rx0, tx0 := ifaceBytes(t, c1.NS)
+	r := s.curl(t, c1.NS, "-o", "/dev/null", "-w", "%{size_download}", "http://"+s.OtherIP.String()+"/bytes?n=3000000")
+	if r.err != nil || r.body != "3000000" {
+		t.Fatalf("download: %v", r)
+	}
+	// Upload: iperf3 sends 2 MB to the upstream.
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if out, err := c1.Run(ctx, "iperf3", "-c", s.UpstreamIP.String(), "-n", "2M", "-J"); err != nil {
+		t.Fatalf("iperf3: %v\n%s", err, out)
+	}
+	rx1, tx1 := ifaceBytes(t, c1.NS)
+	u := usageOfClient(t, s, c1.IP)
+	down, up := u.DownBytes-u0.DownBytes, (u.Bytes-u.DownBytes)-(u0.Bytes-u0.DownBytes)
+	t.Logf("kernel counted down %d up %d; client eth0 saw rx %d tx %d", down, up, rx1-rx0, tx1-tx0)
+	if !within(down, rx1-rx0, 0.02) {
+		t.Errorf("download counted %d, client received %d (want ±2%%)", down, rx1-rx0)
+	}
+	if !within(up, tx1-tx0, 0.02) {
+		t.Errorf("upload counted %d, client sent %d (want ±2%%)", up, tx1-tx0)
+	}
+	if u.Packets == 0 || u.OverQuota {
+		t.Errorf("usage %+v", u)
+	}
+}
+
+func TestKernelReconcileRepairsDrift(t *testing.T) {
+	s := newSite(t)
+	s.setup(t)
+	c1 := s.Clients[0]
+	other := "http://" + s.OtherIP.String() + "/"
+	g := s.grant(0)
+	g.QuotaBytes = 50_000_000
+	g.Expires = time.Now().Add(time.Hour)
+	s.allow(t, g)
+	if r := s.curl(t, c1.NS, "-o", "/dev/null", "http://"+s.OtherIP.String()+"/bytes?n=1000000"); r.err != nil {
+		t.Fatal(r)
+	}
+	want := func() []Grant {
+		u := usageOfClient(t, s, c1.IP)
+		g := g
+		g.UsedBytes, g.UsedDownBytes = u.Bytes, u.DownBytes
+		return []Grant{g}
+	}
+	reconcile := func(t *testing.T, want []Grant) Repairs {
+		t.Helper()
+		rep, err := s.fw.Reconcile(t.Context(), want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := s.fw.Reconcile(t.Context(), want)
+		if err != nil || again.Total() != 0 {
+			t.Errorf("second Reconcile = %+v, %v; want nothing to repair", again, err)
+		}
+		return rep
+	}
+	if rep := reconcile(t, want()); rep.Total() != 0 {
+		t.Errorf("Reconcile without drift = %+v, want none", rep)
+	}
+
+	for _, tc := range []struct {
+		name    string
+		damage  [][]string
+		minRep  Repairs
+		blocked bool // the damage alone stops client1
+	}{
+		{"flushed cw-fwd", [][]string{{"iptables", "-F", "cw-fwd"}}, Repairs{Rules: 1}, false},
+		{"flushed cw-auth", [][]string{{"ipset", "flush", "cw-auth"}}, Repairs{Entries: 1}, true},
+		{"deleted the FORWARD jump", [][]string{{"iptables", "-D", "FORWARD", "-j", "cw-fwd"}}, Repairs{Rules: 1}, false},
+		{"deleted the client's counters", [][]string{{"ipset", "del", "cw-acct", c1.IP.String()}, {"ipset", "del", "cw-dl", c1.IP.String()}}, Repairs{Entries: 2}, true},
+		{"wrong MAC and a stranger", [][]string{
+			{"ipset", "add", "-exist", "cw-auth", c1.IP.String() + ",02:00:00:00:00:99"},
+			{"ipset", "add", "cw-auth", "10.20.0.99,02:00:00:00:00:98"},
+		}, Repairs{Entries: 2}, true},
+		{"deleted chains and sets", [][]string{
+			{"iptables", "-t", "nat", "-D", "PREROUTING", "-j", "cw-pre"},
+			{"iptables", "-t", "nat", "-F", "cw-pre"},
+			{"iptables", "-t", "nat", "-X", "cw-pre"},
+			{"ip6tables", "-D", "FORWARD", "-j", "cw-fwd"},
+			{"ipset", "del", "cw-garden", s.GardenIP.String()},
+		}, Repairs{Rules: 3, Entries: 1}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := want()
+			for _, argv := range tc.damage {
+				mustRun(t, s.Gateway, argv...)
+			}
+			if tc.blocked {
+				if r := s.curl(t, c1.NS, "https://"+s.OtherIP.String()+"/"); r.err == nil {
+					t.Errorf("the damage did not block client1: %v", r)
+				}
+			}
+			rep := reconcile(t, before)
+			t.Logf("repairs: %+v", rep)
+			if rep.Rules < tc.minRep.Rules || rep.Sets < tc.minRep.Sets || rep.Entries < tc.minRep.Entries {
+				t.Errorf("Reconcile = %+v, want at least %+v", rep, tc.minRep)
+			}
+			wantBody(t, "after repair", s.curl(t, c1.NS, other), "upstream ok\n")
+			wantBody(t, "garden for captive client2", s.curl(t, s.Clients[1].NS, "http://"+s.GardenIP.String()+"/"), "upstream ok\n")
+			wantBody(t, "client2 still captive", s.curl(t, s.Clients[1].NS, other), "portal\n")
+			wantFastFail(t, "ipv6 still closed", s.curl(t, c1.NS, "http://["+s.UpstreamIP6.String()+"]/"))
+			u := usageOfClient(t, s, c1.IP)
+			if u.Bytes < before[0].UsedBytes || u.DownBytes < before[0].UsedDownBytes {
+				t.Errorf("counters after repair %+v, want at least %d/%d", u, before[0].UsedBytes, before[0].UsedDownBytes)
+			}
+		})
+	}
+	t.Run("unwanted client removed", func(t *testing.T) {
+		rep := reconcile(t, nil)
+		if rep.Entries != 3 {
+			t.Errorf("Reconcile(nil) = %+v, want 3 entries removed", rep)
+		}
+		wantBody(t, "client1 captive", s.curl(t, c1.NS, other), "portal\n")
+	})
+}
+
+func TestKernelSetupTwiceAndTeardown(t *testing.T) {
+	s := newSite(t)
+	ctx := t.Context()
+	// Somebody else's rule and set: Teardown must leave them alone.
+	mustRun(t, s.Gateway, "iptables", "-A", "FORWARD", "-p", "udp", "--dport", "9", "-j", "DROP")
+	mustRun(t, s.Gateway, "ipset", "create", "other-set", "hash:ip")
+	for range 2 {
+		if err := s.fw.Setup(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.allow(t, s.grant(0))
+	save := func() string {
+		var b strings.Builder
+		for _, argv := range [][]string{{"iptables-save"}, {"ip6tables-save"}, {"ipset", "list", "-n"}} {
+			out, err := s.Gateway.Run(ctx, argv...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.WriteString(out)
+		}
+		return b.String()
+	}
+	got := save()
+	for _, jump := range []string{"-A FORWARD -j cw-fwd", "-A INPUT -j cw-in", "-A PREROUTING -j cw-pre", "-A POSTROUTING -j cw-post"} {
+		if n := strings.Count(got, jump+"\n"); n < 1 {
+			t.Errorf("%q missing after Setup", jump)
+		}
+	}
+	// One jump per built-in chain and family: 4 (IPv4) + 2 (IPv6).
+	if n := strings.Count(got, " -j cw-"); n != 6+1 { // +1: cw-fwd -> cw-captive
+		t.Errorf("after two Setups, %d jumps to cw- chains, want 7:\n%s", n, got)
+	}
+	if n := strings.Count(got, "-A cw-fwd -i br-cw -o br-cw -j DROP"); n != 1 {
+		t.Errorf("after two Setups, rule present %d times, want 1", n)
+	}
+	wantBody(t, "allowed", s.curl(t, s.Clients[0].NS, "http://"+s.OtherIP.String()+"/"), "upstream ok\n")
+
+	for range 2 {
+		if err := s.fw.Teardown(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got = save()
+	if strings.Contains(got, "cw-") {
+		t.Errorf("after Teardown something of ours is left:\n%s", got)
+	}
+	if !strings.Contains(got, "-A FORWARD -p udp -m udp --dport 9 -j DROP") || !strings.Contains(got, "other-set") {
+		t.Errorf("Teardown removed somebody else's rule or set:\n%s", got)
+	}
+}
