@@ -34,6 +34,11 @@ type Options struct {
 	// Upstream makes NewT also start the upstream services (StartUpstream).
 	// New ignores it.
 	Upstream bool
+	// RouteIPv4 gives the upstream a route to 10.20.0.0/22 via the gateway,
+	// so clients reach it without NAT (for tests of shaping or counting
+	// that have no firewall). By default, as on the real internet, client
+	// IPv4 must be NATed by the gateway to get answers.
+	RouteIPv4 bool
 }
 
 // Fixed addresses of the lab. They are the same in every run: the
@@ -92,6 +97,7 @@ type Lab struct {
 	closers  []func() error
 	upstream *upstream
 	marker   string
+	dhcp     bool
 }
 
 // Client is one resident's device: a namespace with eth0 bridged to the
@@ -145,6 +151,7 @@ func New(ctx context.Context, opts Options) (*Lab, error) {
 		return nil, fmt.Errorf("building lab: %w", err)
 	}
 	l.Dir = dir
+	l.dhcp = opts.DHCP
 	l.Upstream = NS{Name: "cwu-" + l.ID}
 	l.Gateway = NS{Name: "cwg-" + l.ID}
 	if err := l.build(ctx, opts); err != nil {
@@ -231,6 +238,9 @@ func (l *Lab) build(ctx context.Context, opts Options) error {
 		{"ip", "-n", gw, "-6", "addr", "add", clientPrefix6.String(), "dev", "br-cw", "nodad"},
 		{"ip", "-n", gw, "link", "set", "br-cw", "up"},
 	}
+	if opts.RouteIPv4 {
+		steps = append(steps, []string{"ip", "-n", up, "route", "add", clientPrefix.Masked().String(), "via", gatewayWANIP.String()})
+	}
 	for _, argv := range steps {
 		if _, err := run(ctx, argv...); err != nil {
 			return err
@@ -255,7 +265,7 @@ func (l *Lab) build(ctx context.Context, opts Options) error {
 }
 
 // AddClient adds one more client namespace with the next index, configured
-// like the others (static IPv4).
+// like the others (no IPv4 with Options.DHCP).
 func (l *Lab) AddClient(ctx context.Context) (*Client, error) {
 	l.mu.Lock()
 	i := len(l.Clients) + 1
@@ -263,7 +273,7 @@ func (l *Lab) AddClient(ctx context.Context) (*Client, error) {
 	if i > MaxClients {
 		return nil, fmt.Errorf("adding client: already %d", MaxClients)
 	}
-	return l.addClient(ctx, i, false)
+	return l.addClient(ctx, i, l.dhcp)
 }
 
 func (l *Lab) addClient(ctx context.Context, i int, dhcp bool) (*Client, error) {

@@ -195,3 +195,37 @@ func TestCloseStopsUpstream(t *testing.T) {
 		}
 	}
 }
+
+func TestRouteIPv4(t *testing.T) {
+	t.Parallel()
+	l := NewT(t, Options{Clients: 1, Upstream: true, RouteIPv4: true})
+	c, err := l.AddClient(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Index != 2 || c.IP != ClientIP(2) {
+		t.Errorf("AddClient = index %d IP %v, want 2 %v", c.Index, c.IP, ClientIP(2))
+	}
+	for _, cl := range l.Clients {
+		resp, err := l.HTTPClient(cl.NS).Get("http://198.51.100.11/ip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := cl.IP.String() + "\n"; string(b) != want {
+			t.Errorf("client %d: /ip = %q, want %q (routed, not NATed)", cl.Index, b, want)
+		}
+	}
+}
+
+func TestIPv4NeedsNATByDefault(t *testing.T) {
+	t.Parallel()
+	l := NewT(t, Options{Clients: 1, Upstream: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	// The gateway forwards, but the upstream has no route back.
+	if err := l.Clients[0].Ping(ctx, l.UpstreamIP); !errors.Is(err, ErrNoReply) {
+		t.Errorf("client -> upstream over IPv4 without NAT: %v, want ErrNoReply", err)
+	}
+}
