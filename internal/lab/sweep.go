@@ -21,6 +21,9 @@ const MarkerDir = "/run/civicwifi-lab"
 // nsName matches the lab's namespace names: cwu-<id>, cwg-<id>, cwc<N>-<id>.
 var nsName = regexp.MustCompile(`^cw(?:u|g|c[0-9]+)-([0-9a-f]{5})$`)
 
+// labID matches a lab ID: 5 lower-case hex digits.
+var labID = regexp.MustCompile(`^[0-9a-f]{5}$`)
+
 // Sweep deletes the namespaces of labs whose owning process is gone (or
 // that have no marker at all), killing what still runs inside them, and
 // removes stale markers and the dead labs' directories. It returns the namespaces it deleted.
@@ -49,6 +52,9 @@ func Sweep(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("sweeping: %w", err)
 	}
 	for _, m := range markers {
+		if !labID.MatchString(m.Name()) {
+			continue // a marker being written (.tmp-*), or not ours
+		}
 		if _, ok := byID[m.Name()]; !ok {
 			byID[m.Name()] = nil
 		}
