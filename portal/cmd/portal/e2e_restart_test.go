@@ -79,7 +79,7 @@ func TestRestartKeepsResidentsAndRepairsDrift(t *testing.T) {
 	})
 
 	for _, tc := range []struct {
-		name  string
+		name   string
 		break_ []string
 	}{
 		{"flushed chain", []string{"iptables", "-F", "cw-fwd"}},

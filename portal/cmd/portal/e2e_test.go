@@ -214,7 +214,9 @@ func fetch(ns lab.NS, timeout time.Duration, args ...string) fetchResult {
 	return r
 }
 
-func (r fetchResult) upstream() bool { return r.Err == nil && r.Code == 200 && r.Body == "upstream ok\n" }
+func (r fetchResult) upstream() bool {
+	return r.Err == nil && r.Code == 200 && r.Body == "upstream ok\n"
+}
 
 func (r fetchResult) String() string {
 	return fmt.Sprintf("code=%d redirect=%q body=%.60q err=%v took=%v", r.Code, r.Redirect, r.Body, r.Err, r.Took.Round(time.Millisecond))

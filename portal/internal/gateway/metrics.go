@@ -14,7 +14,6 @@ type Metrics struct {
 	errors         *prometheus.CounterVec
 	allowSeconds   prometheus.Histogram
 	restoreSeconds prometheus.Gauge
-
 }
 
 // NewMetrics registers the gateway's metrics with reg (nil: not registered).
