@@ -94,7 +94,11 @@ func startServer(t *testing.T, svc Service) string {
 
 func startServerAt(t *testing.T, svc Service, path string) *Server {
 	t.Helper()
-	s := NewServer(svc, testLogger(t))
+	return startServerWith(t, NewServer(svc, testLogger(t)), path)
+}
+
+func startServerWith(t *testing.T, s *Server, path string) *Server {
+	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve(ctx, path) }()
