@@ -24,7 +24,7 @@ func TestTable(t *testing.T) {
 	tab.Observe(Host{MAC: macA, IP: ip1, LastSeen: at(1), Source: SourceDHCPAck})
 	tab.Observe(Host{MAC: macA, IP: ip1, LastSeen: at(5), Source: SourceIPv4})
 	tab.Observe(Host{MAC: macA, IP: ip1, LastSeen: at(3), Source: SourceARP}) // late, out of order
-	tab.Observe(Host{IP: ip2, LastSeen: at(1)})                                // no MAC: ignored
+	tab.Observe(Host{IP: ip2, LastSeen: at(1)})                               // no MAC: ignored
 
 	want := Host{MAC: macA, IP: ip1, Hostname: "anna-phone", FirstSeen: at(0), LastSeen: at(5), Source: SourceIPv4}
 	if got, ok := tab.Lookup(ip1); !ok || !cmp.Equal(got, want, addrCmp) {
