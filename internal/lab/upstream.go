@@ -50,10 +50,11 @@ const StreamChunk = 1024
 const MaxBytes = 1 << 30
 
 type upstream struct {
-	servers []*http.Server
-	conns   *connSet
-	lns     []net.Listener
-	roots   *x509.CertPool
+	servers   []*http.Server
+	conns     *connSet
+	lns       []net.Listener
+	roots     *x509.CertPool
+	closeLast io.Closer // the servers' error log
 }
 
 func (u *upstream) close() {
@@ -64,6 +65,9 @@ func (u *upstream) close() {
 		ln.Close()
 	}
 	u.conns.closeAll()
+	if u.closeLast != nil {
+		u.closeLast.Close()
+	}
 }
 
 // StartUpstream starts "the internet" in the upstream namespace:
@@ -121,7 +125,8 @@ func (l *Lab) startUpstream(ctx context.Context, u *upstream) error {
 	}
 	u.lns = append(u.lns, dotLn)
 
-	errLog := l.logger("upstream-http")
+	errLog, logFile := l.logger("upstream-http")
+	u.closeLast = logFile
 	plain := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 	secure := &http.Server{
 		Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog,
@@ -138,14 +143,14 @@ func (l *Lab) startUpstream(ctx context.Context, u *upstream) error {
 	return l.StartIperf3(ctx, l.Upstream, IperfPort)
 }
 
-// logger returns a log.Logger appending to <Dir>/<name>.log.
-func (l *Lab) logger(name string) *log.Logger {
+// logger returns a log.Logger appending to <Dir>/<name>.log, and the file
+// to close after its last use.
+func (l *Lab) logger(name string) (*log.Logger, io.Closer) {
 	f, err := os.OpenFile(l.LogFile(name), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return log.New(io.Discard, "", 0)
+		return log.New(io.Discard, "", 0), io.NopCloser(nil)
 	}
-	l.AddCloser(f.Close)
-	return log.New(f, "", log.LstdFlags|log.Lmicroseconds)
+	return log.New(f, "", log.LstdFlags|log.Lmicroseconds), f
 }
 
 // UpstreamRoots returns the CA pool that trusts the upstream's HTTPS
