@@ -322,7 +322,7 @@ func (k *Kernel) ensureGarden(ctx context.Context, rep *Repairs) error {
 			s = n.Addr().String() // hash:net prints host routes without /32
 		}
 		if !have[s] {
-			lines = append(lines, fmt.Sprintf("add %s %s", GardenSet, n.Masked()))
+			lines = append(lines, fmt.Sprintf("add %s %s", GardenSet, s))
 		}
 	}
 	if len(lines) == 0 {
