@@ -1,0 +1,348 @@
+package shaper
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// devState is what the kernel has on one device, as far as we care.
+type devState struct {
+	exists    bool
+	rootOK    bool   // root qdisc is htb 1: with default 0
+	rootKind  string // kind of the root qdisc ("" if none)
+	ingressOK bool   // ingress qdisc present (client interface only)
+	redirect  string // to_dev of the ingress mirred redirect filter 800::1
+	classes   map[uint16]classState
+	leaves    map[uint16]uint64 // class minor -> pfifo limit (0: not a pfifo)
+	tables    map[uint32]int    // u32 table id -> divisor
+	nodes     map[string]nodeState
+	otherPref []int // filter preferences on 1: that are not ours
+}
+
+type classState struct {
+	rateBits, ceilBits uint64
+	parentRoot         bool
+	bytes, packets     uint64
+	drops              uint64
+}
+
+// nodeState is one u32 filter node (key), with its single match.
+type nodeState struct {
+	flowid, link string
+	value, mask  uint32
+	off          int
+	hashMask     uint32
+	hashOff      int
+}
+
+type tcFilter struct {
+	Pref    int    `json:"pref"`
+	Kind    string `json:"kind"`
+	Options *struct {
+		FH       string `json:"fh"`
+		Divisor  int    `json:"ht_divisor"`
+		Flowid   string `json:"flowid"`
+		Link     string `json:"link"`
+		HashMask string `json:"hash_mask"`
+		HashOff  int    `json:"hash_off"`
+		Match    *struct {
+			Value string `json:"value"`
+			Mask  string `json:"mask"`
+			Off   int    `json:"off"`
+		} `json:"match"`
+		Actions []struct {
+			Kind   string `json:"kind"`
+			Action string `json:"mirred_action"`
+			Dir    string `json:"direction"`
+			ToDev  string `json:"to_dev"`
+		} `json:"actions"`
+	} `json:"options"`
+}
+
+type tcQdisc struct {
+	Kind    string `json:"kind"`
+	Handle  string `json:"handle"`
+	Parent  string `json:"parent"`
+	Root    bool   `json:"root"`
+	Options struct {
+		Default string `json:"default"`
+		Limit   uint64 `json:"limit"`
+	} `json:"options"`
+}
+
+type ipLink struct {
+	Name     string   `json:"ifname"`
+	Flags    []string `json:"flags"`
+	LinkInfo *struct {
+		Kind string `json:"info_kind"`
+	} `json:"linkinfo"`
+}
+
+// state is the kernel's view of both devices.
+type state struct {
+	down, up devState
+	ifbUp    bool
+	ifbIsIFB bool
+}
+
+// observe reads the kernel's state of both devices.
+func (t *TC) observe(ctx context.Context) (state, error) {
+	var s state
+	out, err := t.run.run(ctx, "", "ip", "-d", "-j", "link", "show")
+	if err != nil {
+		return s, err
+	}
+	links, err := parseLinks(out)
+	if err != nil {
+		return s, err
+	}
+	cl, ok := links[t.cfg.ClientIf]
+	if !ok {
+		return s, fmt.Errorf("%w: %s", ErrNoInterface, t.cfg.ClientIf)
+	}
+	_ = cl
+	if ifb, ok := links[t.cfg.IFB]; ok {
+		s.up.exists = true
+		s.ifbIsIFB = ifb.LinkInfo != nil && ifb.LinkInfo.Kind == "ifb"
+		for _, f := range ifb.Flags {
+			if f == "UP" {
+				s.ifbUp = true
+			}
+		}
+	}
+	s.down.exists = true
+	if err := t.observeDev(ctx, t.cfg.ClientIf, &s.down, true); err != nil {
+		return s, err
+	}
+	if s.up.exists && s.ifbIsIFB {
+		if err := t.observeDev(ctx, t.cfg.IFB, &s.up, false); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+func (t *TC) observeDev(ctx context.Context, dev string, d *devState, client bool) error {
+	out, err := t.run.run(ctx, "", "tc", "-j", "qdisc", "show", "dev", dev)
+	if err != nil {
+		return err
+	}
+	if err := parseQdiscs(out, d); err != nil {
+		return fmt.Errorf("parsing qdiscs of %s: %w", dev, err)
+	}
+	if d.rootKind == "htb" {
+		out, err = t.run.run(ctx, "", "tc", "-s", "class", "show", "dev", dev)
+		if err != nil {
+			return err
+		}
+		if d.classes, err = parseClasses(out); err != nil {
+			return fmt.Errorf("parsing classes of %s: %w", dev, err)
+		}
+		out, err = t.run.run(ctx, "", "tc", "-j", "filter", "show", "dev", dev, "parent", "1:")
+		if err != nil {
+			return err
+		}
+		if err := parseFilters(out, d, false); err != nil {
+			return fmt.Errorf("parsing filters of %s: %w", dev, err)
+		}
+	}
+	if client && d.ingressOK {
+		out, err = t.run.run(ctx, "", "tc", "-j", "filter", "show", "dev", dev, "parent", "ffff:")
+		if err != nil {
+			return err
+		}
+		if err := parseFilters(out, d, true); err != nil {
+			return fmt.Errorf("parsing ingress filters of %s: %w", dev, err)
+		}
+	}
+	return nil
+}
+
+func parseLinks(out []byte) (map[string]ipLink, error) {
+	var links []ipLink
+	if err := json.Unmarshal(out, &links); err != nil {
+		return nil, fmt.Errorf("parsing ip -j link: %w", err)
+	}
+	m := make(map[string]ipLink, len(links))
+	for _, l := range links {
+		m[l.Name] = l
+	}
+	return m, nil
+}
+
+func parseQdiscs(out []byte, d *devState) error {
+	var qs []tcQdisc
+	if err := json.Unmarshal(out, &qs); err != nil {
+		return err
+	}
+	d.leaves = map[uint16]uint64{}
+	for _, q := range qs {
+		switch {
+		case q.Root:
+			d.rootKind = q.Kind
+			d.rootOK = q.Kind == "htb" && q.Handle == "1:" && q.Options.Default == "0"
+		case q.Kind == "ingress":
+			d.ingressOK = true
+		case strings.HasPrefix(q.Parent, "1:"):
+			minor, err := strconv.ParseUint(q.Parent[2:], 16, 16)
+			if err != nil {
+				continue
+			}
+			if q.Kind == "pfifo" {
+				d.leaves[uint16(minor)] = q.Options.Limit
+			} else {
+				d.leaves[uint16(minor)] = 0
+			}
+		}
+	}
+	return nil
+}
+
+func parseFilters(out []byte, d *devState, ingress bool) error {
+	var fs []tcFilter
+	if err := json.Unmarshal(out, &fs); err != nil {
+		return err
+	}
+	if d.tables == nil {
+		d.tables = map[uint32]int{}
+		d.nodes = map[string]nodeState{}
+	}
+	seenPref := map[int]bool{}
+	for _, f := range fs {
+		if f.Pref != prio || f.Kind != "u32" {
+			if !ingress && !seenPref[f.Pref] {
+				seenPref[f.Pref] = true
+				d.otherPref = append(d.otherPref, f.Pref)
+			}
+			continue
+		}
+		o := f.Options
+		if o == nil || o.FH == "" {
+			continue
+		}
+		if ingress {
+			if o.FH == nodeHandle(rootTable, 0) {
+				for _, a := range o.Actions {
+					if a.Kind == "mirred" && a.Action == "redirect" && a.Dir == "egress" {
+						d.redirect = a.ToDev
+					}
+				}
+			}
+			continue
+		}
+		if strings.HasSuffix(o.FH, ":") && o.Divisor > 0 {
+			htid, err := strconv.ParseUint(strings.TrimSuffix(o.FH, ":"), 16, 32)
+			if err != nil {
+				return fmt.Errorf("table handle %q: %w", o.FH, err)
+			}
+			d.tables[uint32(htid)] = o.Divisor
+			continue
+		}
+		n := nodeState{flowid: o.Flowid, link: o.Link, hashOff: o.HashOff}
+		if o.HashMask != "" {
+			v, err := strconv.ParseUint(o.HashMask, 16, 32)
+			if err != nil {
+				return fmt.Errorf("hash mask %q: %w", o.HashMask, err)
+			}
+			n.hashMask = uint32(v)
+		}
+		if m := o.Match; m != nil {
+			v, err1 := strconv.ParseUint(m.Value, 16, 32)
+			k, err2 := strconv.ParseUint(m.Mask, 16, 32)
+			if err1 != nil || err2 != nil {
+				return fmt.Errorf("match %s/%s: not hex", m.Value, m.Mask)
+			}
+			n.value, n.mask, n.off = uint32(v), uint32(k), m.Off
+		}
+		d.nodes[o.FH] = n
+	}
+	return nil
+}
+
+// parseClasses reads `tc -s class show` (HTB classes have no JSON output in
+// iproute2 6.1):
+//
+//	class htb 1:b root leaf 8001: prio 0 rate 2Mbit ceil 2Mbit burst 3000b cburst 3000b
+//	 Sent 1234 bytes 12 pkt (dropped 0, overlimits 0 requeues 0)
+func parseClasses(out []byte) (map[uint16]classState, error) {
+	classes := map[uint16]classState{}
+	var cur *classState
+	var curMinor uint16
+	flush := func() {
+		if cur != nil {
+			classes[curMinor] = *cur
+			cur = nil
+		}
+	}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		if f[0] == "class" {
+			flush()
+			if len(f) < 3 || f[1] != "htb" || !strings.HasPrefix(f[2], "1:") {
+				continue
+			}
+			minor, err := strconv.ParseUint(f[2][2:], 16, 16)
+			if err != nil {
+				return nil, fmt.Errorf("classid %q: %w", f[2], err)
+			}
+			c := classState{parentRoot: len(f) > 3 && f[3] == "root"}
+			for i := 3; i+1 < len(f); i++ {
+				switch f[i] {
+				case "rate":
+					if c.rateBits, err = parseTCRate(f[i+1]); err != nil {
+						return nil, err
+					}
+				case "ceil":
+					if c.ceilBits, err = parseTCRate(f[i+1]); err != nil {
+						return nil, err
+					}
+				}
+			}
+			cur, curMinor = &c, uint16(minor)
+			continue
+		}
+		if cur != nil && f[0] == "Sent" && len(f) >= 7 {
+			cur.bytes, _ = strconv.ParseUint(f[1], 10, 64)
+			cur.packets, _ = strconv.ParseUint(f[3], 10, 64)
+			cur.drops, _ = strconv.ParseUint(strings.TrimSuffix(f[6], ","), 10, 64)
+		}
+	}
+	flush()
+	return classes, sc.Err()
+}
+
+// parseTCRate parses a rate as tc prints it: "2Mbit", "1234567bit",
+// "12Kbit", "1Gbit" (SI units; tc prints IEC only with -iec).
+func parseTCRate(s string) (uint64, error) {
+	num, ok := strings.CutSuffix(s, "bit")
+	if !ok {
+		return 0, fmt.Errorf("rate %q: no bit suffix", s)
+	}
+	mult := uint64(1)
+	if n := len(num); n > 0 {
+		switch num[n-1] {
+		case 'K':
+			mult, num = 1e3, num[:n-1]
+		case 'M':
+			mult, num = 1e6, num[:n-1]
+		case 'G':
+			mult, num = 1e9, num[:n-1]
+		case 'T':
+			mult, num = 1e12, num[:n-1]
+		}
+	}
+	v, err := strconv.ParseUint(num, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("rate %q: %w", s, err)
+	}
+	return v * mult, nil
+}
