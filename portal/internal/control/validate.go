@@ -19,7 +19,7 @@ type FieldError struct {
 	Reason string // includes the offending value, quoted
 }
 
-func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+func (e *FieldError) Error() string { return ErrBadRequest.Error() + ": " + e.Field + ": " + e.Reason }
 
 // Unwrap makes errors.Is(err, ErrBadRequest) true.
 func (e *FieldError) Unwrap() error { return ErrBadRequest }
