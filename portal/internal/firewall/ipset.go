@@ -198,7 +198,7 @@ func timeoutFor(exp, now time.Time) (secs int64, ok bool) {
 	if d < time.Second {
 		return 0, false
 	}
-	s := int64(d / time.Second)
+	s := int64((d + time.Second - 1) / time.Second) // never end early
 	if s > maxTimeout {
 		s = maxTimeout
 	}

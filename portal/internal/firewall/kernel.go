@@ -275,7 +275,7 @@ func (k *Kernel) chainsMatch(f family, cs []chain) (bool, error) {
 			return false, fmt.Errorf("checking %s chain %s/%s: %w", f, c.table, c.name, err)
 		}
 		if !ok {
-			k.log.Warn("chain missing", "family", f.String(), "table", c.table, "chain", c.name)
+			k.log.Info("chain missing", "family", f.String(), "table", c.table, "chain", c.name)
 			return false, nil
 		}
 		got, err := t.List(c.table, c.name)

@@ -611,3 +611,18 @@ func TestKernelSetupTwiceAndTeardown(t *testing.T) {
 		t.Errorf("Teardown removed somebody else's rule or set:\n%s", got)
 	}
 }
+
+func TestKernelSessionExpiresInTheKernel(t *testing.T) {
+	s := newSite(t)
+	s.setup(t)
+	c1 := s.Clients[0]
+	other := "http://" + s.OtherIP.String() + "/"
+	g := s.grant(0)
+	g.Expires = time.Now().Add(3 * time.Second)
+	s.allow(t, g)
+	wantBody(t, "during the session", s.curl(t, c1.NS, other), "upstream ok\n")
+	// No daemon involved from here on: the set element's timeout ends it.
+	time.Sleep(time.Until(g.Expires) + 1500*time.Millisecond)
+	wantBody(t, "after the session's end", s.curl(t, c1.NS, other), "portal\n")
+	wantFastFail(t, "https after the session's end", s.curl(t, c1.NS, "https://"+s.OtherIP.String()+"/"))
+}
