@@ -6,8 +6,11 @@ package shaper_test
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -328,4 +331,48 @@ func TestKernelTeardown(t *testing.T) {
 	if err := sh.Teardown(ctx); err != nil {
 		t.Errorf("second Teardown: %v", err)
 	}
+}
+
+var capture = flag.Bool("capture", false, "write the kernel's ip/tc output after Setup and two Sets to testdata/kernel/ (fixtures for the tier-0 tests)")
+
+// TestKernelCapture records what ip and tc print for a known state, so the
+// tier-0 parser and Reconcile tests run on real output. Run with -capture.
+func TestKernelCapture(t *testing.T) {
+	if !*capture {
+		t.Skip("run with -capture to rewrite testdata/kernel/")
+	}
+	s := newSite(t, 2)
+	ctx := context.Background()
+	s.set(t, shaper.Limit{IP: s.Clients[0].IP, Down: 2 * quantity.Mbit, Up: 2 * quantity.Mbit})
+	s.set(t, shaper.Limit{IP: s.Clients[1].IP, Down: 5 * quantity.Mbit})
+	// A little traffic so the counters are not zero.
+	s.measure(t, 0, true)
+	if err := os.MkdirAll("testdata/kernel", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, argv := range [][]string{
+		{"ip", "-d", "-j", "link", "show"},
+		{"tc", "-j", "qdisc", "show", "dev", "br-cw"},
+		{"tc", "-s", "class", "show", "dev", "br-cw"},
+		{"tc", "-j", "filter", "show", "dev", "br-cw", "parent", "1:"},
+		{"tc", "-j", "filter", "show", "dev", "br-cw", "parent", "ffff:"},
+		{"tc", "-j", "qdisc", "show", "dev", "cwifb0"},
+		{"tc", "-s", "class", "show", "dev", "cwifb0"},
+		{"tc", "-j", "filter", "show", "dev", "cwifb0", "parent", "1:"},
+	} {
+		out, err := s.Gateway.Command(ctx, argv...).Output()
+		if err != nil {
+			t.Fatalf("%q: %v", argv, err)
+		}
+		name := filepath.Join("testdata/kernel", fixtureName(argv))
+		if err := os.WriteFile(name, out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// fixtureName is the file under testdata/kernel/ holding argv's output
+// (no ':' or '/', which module zips do not allow).
+func fixtureName(argv []string) string {
+	return strings.NewReplacer(":", "", "/", "").Replace(strings.Join(argv, "_"))
 }

@@ -1,0 +1,509 @@
+package shaper
+
+// Tier 0: no root needed. A fake runner stands in for ip and tc; it answers
+// the read commands with real output captured from the kernel
+// (testdata/kernel/, rewritten by `go test -run TestKernelCapture -capture`
+// as root) and records every command, so the tests check the generated tc
+// batch lines against golden files (testdata/*.golden, rewritten by -update).
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/civicwifi/civicwifi/internal/quantity"
+	"github.com/google/go-cmp/cmp"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+// fakeRunner answers commands from outputs (keyed by the space-joined argv)
+// and records them. A tc -batch fails with the next error of batchErrs.
+type fakeRunner struct {
+	outputs   map[string]string
+	batchErrs []error
+	log       strings.Builder
+	batches   int
+}
+
+func (f *fakeRunner) run(_ context.Context, stdin string, argv ...string) ([]byte, error) {
+	cmd := strings.Join(argv, " ")
+	fmt.Fprintf(&f.log, "$ %s\n%s", cmd, stdin)
+	if cmd == "tc -batch -" {
+		f.batches++
+		if len(f.batchErrs) > 0 {
+			err := f.batchErrs[0]
+			f.batchErrs = f.batchErrs[1:]
+			return nil, err
+		}
+		return nil, nil
+	}
+	if out, ok := f.outputs[cmd]; ok {
+		return []byte(out), nil
+	}
+	if argv[0] == "ip" && argv[1] == "link" || argv[0] == "tc" && argv[1] == "qdisc" {
+		return nil, nil // a change outside the batch
+	}
+	return nil, fmt.Errorf("fake: no output for %q", cmd)
+}
+
+// fresh is a gateway with br-cw and nothing of ours.
+func fresh() map[string]string {
+	return map[string]string{
+		"ip -d -j link show":                    `[{"ifname":"lo","flags":["LOOPBACK","UP"]},{"ifname":"br-cw","flags":["UP"],"linkinfo":{"info_kind":"bridge"}}]`,
+		"tc -j qdisc show dev br-cw":            `[{"kind":"noqueue","handle":"0:","root":true,"refcnt":2,"options":{}}]`,
+		"tc -j qdisc show dev cwifb0":           `[]`,
+		"tc -s class show dev br-cw":            ``,
+		"tc -s class show dev cwifb0":           ``,
+		"tc -j filter show dev br-cw parent 1:": `[]`,
+	}
+}
+
+// captured is the kernel's output after Setup, Set(10.20.0.11, 2mbit both
+// ways) and Set(10.20.0.12, 5mbit down), in a lab with a /22.
+func captured(t *testing.T) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	for _, argv := range [][]string{
+		{"ip", "-d", "-j", "link", "show"},
+		{"tc", "-j", "qdisc", "show", "dev", "br-cw"},
+		{"tc", "-s", "class", "show", "dev", "br-cw"},
+		{"tc", "-j", "filter", "show", "dev", "br-cw", "parent", "1:"},
+		{"tc", "-j", "filter", "show", "dev", "br-cw", "parent", "ffff:"},
+		{"tc", "-j", "qdisc", "show", "dev", "cwifb0"},
+		{"tc", "-s", "class", "show", "dev", "cwifb0"},
+		{"tc", "-j", "filter", "show", "dev", "cwifb0", "parent", "1:"},
+	} {
+		name := strings.NewReplacer(":", "", "/", "").Replace(strings.Join(argv, "_"))
+		b, err := os.ReadFile(filepath.Join("testdata/kernel", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m[strings.Join(argv, " ")] = string(b)
+	}
+	return m
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update)", err)
+	}
+	if diff := cmp.Diff(string(want), got); diff != "" {
+		t.Errorf("%s mismatch (-want +got):\n%s", path, diff)
+	}
+}
+
+var lab22 = netip.MustParsePrefix("10.20.0.0/22")
+
+func newFake(t *testing.T, subnet netip.Prefix, outputs map[string]string) (*TC, *fakeRunner) {
+	t.Helper()
+	f := &fakeRunner{outputs: outputs}
+	tc, err := newTC(Config{ClientIf: "br-cw", Subnet: subnet}, nil, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tc, f
+}
+
+func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func TestSetupFresh(t *testing.T) {
+	for _, subnet := range []string{"10.20.0.0/22", "10.20.8.0/27"} {
+		t.Run(subnet, func(t *testing.T) {
+			tc, f := newFake(t, netip.MustParsePrefix(subnet), fresh())
+			if err := tc.Setup(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			golden(t, "setup_"+strings.ReplaceAll(subnet, "/", "_"), f.log.String())
+		})
+	}
+}
+
+func TestSetupSlash16Size(t *testing.T) {
+	tc, f := newFake(t, netip.MustParsePrefix("10.20.0.0/16"), fresh())
+	if err := tc.Setup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var adds, links int
+	for _, l := range strings.Split(f.log.String(), "\n") {
+		switch {
+		case strings.Contains(l, " divisor 256"):
+			adds++
+		case strings.Contains(l, " u32 ht ") && strings.Contains(l, " link "):
+			links++
+		}
+	}
+	// Per device: the octet table and 256 host tables; 1 root link and 256 octet links.
+	if adds != 2*257 || links != 2*257 {
+		t.Errorf("/16 setup: %d tables, %d links; want %d each", adds, links, 2*257)
+	}
+}
+
+func TestSetupKeepsClients(t *testing.T) {
+	tc, f := newFake(t, lab22, captured(t))
+	if err := tc.Setup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if f.batches != 0 {
+		t.Errorf("Setup on a set-up kernel ran %d batches:\n%s", f.batches, f.log.String())
+	}
+	want := map[netip.Addr]Limit{
+		ip("10.20.0.11"): {IP: ip("10.20.0.11"), Down: 2 * quantity.Mbit, Up: 2 * quantity.Mbit},
+		ip("10.20.0.12"): {IP: ip("10.20.0.12"), Down: 5 * quantity.Mbit},
+	}
+	if diff := cmp.Diff(want, tc.installed, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("learned clients (-want +got):\n%s", diff)
+	}
+}
+
+// TestSetRemove walks one client through its life; every Set/Remove is one
+// batch (or none).
+func TestSetRemove(t *testing.T) {
+	tc, f := newFake(t, lab22, captured(t))
+	ctx := context.Background()
+	if err := tc.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.log.Reset()
+	steps := []struct {
+		name string
+		do   func() error
+	}{
+		{"new client 10.20.1.0, 256kbit down, 1gbit up", func() error {
+			return tc.Set(ctx, Limit{IP: ip("10.20.1.0"), Down: 256 * quantity.Kbit, Up: quantity.Gbit})
+		}},
+		{"same again: nothing", func() error {
+			return tc.Set(ctx, Limit{IP: ip("10.20.1.0"), Down: 256 * quantity.Kbit, Up: quantity.Gbit})
+		}},
+		{"change rates", func() error {
+			return tc.Set(ctx, Limit{IP: ip("10.20.1.0"), Down: 20 * quantity.Mbit, Up: 1500 * quantity.Kbit})
+		}},
+		{"upload unshaped", func() error {
+			return tc.Set(ctx, Limit{IP: ip("10.20.1.0"), Down: 20 * quantity.Mbit})
+		}},
+		{"remove", func() error { return tc.Remove(ctx, ip("10.20.1.0")) }},
+		{"remove again: nothing", func() error { return tc.Remove(ctx, ip("10.20.1.0")) }},
+		{"remove a learned client", func() error { return tc.Remove(ctx, ip("10.20.0.12")) }},
+		{"remove outside the subnet: nothing", func() error { return tc.Remove(ctx, ip("192.0.2.1")) }},
+	}
+	var got strings.Builder
+	for _, s := range steps {
+		before := f.batches
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if f.batches-before > 1 {
+			t.Errorf("%s: %d batches, want at most 1", s.name, f.batches-before)
+		}
+		fmt.Fprintf(&got, "# %s\n%s", s.name, f.log.String())
+		f.log.Reset()
+	}
+	golden(t, "set_remove", got.String())
+}
+
+func TestSetRejects(t *testing.T) {
+	tc, f := newFake(t, lab22, fresh())
+	for _, l := range []Limit{
+		{IP: ip("10.20.0.0"), Down: quantity.Mbit},
+		{IP: ip("10.20.3.255"), Down: quantity.Mbit},
+		{IP: ip("10.20.4.1"), Down: quantity.Mbit},
+		{IP: ip("2001:db8::1"), Down: quantity.Mbit},
+		{IP: ip("10.20.0.5"), Down: 7 * quantity.Kbit},
+	} {
+		if err := tc.Set(context.Background(), l); err == nil {
+			t.Errorf("Set(%+v) = nil, want an error", l)
+		}
+	}
+	if f.log.Len() != 0 {
+		t.Errorf("rejected Sets ran commands:\n%s", f.log.String())
+	}
+}
+
+// TestSetRetriesAfterDrift: the cache says a class exists, the kernel lost
+// it; the first batch fails, Set re-reads the kernel and succeeds.
+func TestSetRetriesAfterDrift(t *testing.T) {
+	tc, f := newFake(t, lab22, captured(t))
+	ctx := context.Background()
+	if err := tc.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tc.installed[ip("10.20.0.20")] = Limit{IP: ip("10.20.0.20"), Down: quantity.Mbit}
+	f.log.Reset()
+	f.batchErrs = []error{errors.New("Error: Specified class not found.")}
+	if err := tc.Set(ctx, Limit{IP: ip("10.20.0.20"), Up: quantity.Mbit}); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "set_retry", f.log.String())
+	if got := tc.installed[ip("10.20.0.20")]; got.Down != 0 || got.Up != quantity.Mbit {
+		t.Errorf("cache after retry: %+v", got)
+	}
+}
+
+func TestReconcile(t *testing.T) {
+	ctx := context.Background()
+	same := []Limit{
+		{IP: ip("10.20.0.11"), Down: 2 * quantity.Mbit, Up: 2 * quantity.Mbit},
+		{IP: ip("10.20.0.12"), Down: 5 * quantity.Mbit},
+	}
+	tests := []struct {
+		name    string
+		mutate  func(map[string]string)
+		want    []Limit
+		repairs int
+	}{
+		{"in sync", nil, same, 0},
+		{"want differs", nil, []Limit{
+			{IP: ip("10.20.0.11"), Down: 3 * quantity.Mbit, Up: 2 * quantity.Mbit}, // rate change down
+			{IP: ip("10.20.2.7"), Up: quantity.Mbit},                               // new
+			{IP: ip("10.20.9.9"), Up: quantity.Mbit},                               // outside: ignored
+			{IP: ip("10.20.0.13")},                                                 // no limits: ignored
+		}, 5}, // 1:b down change (3mbit keeps the leaf limit); 10.20.2.7 up class + filter; 10.20.0.12 down filter + class
+		{"root qdisc deleted", func(m map[string]string) {
+			m["tc -j qdisc show dev br-cw"] = `[{"kind":"noqueue","handle":"0:","root":true,"refcnt":2,"options":{}},{"kind":"ingress","handle":"ffff:","parent":"ffff:fff1","options":{}}]`
+			m["tc -j filter show dev br-cw parent 1:"] = `[]`
+			m["tc -s class show dev br-cw"] = ``
+		}, same, 1 + 1 + 4 + 5 + 2 + 2}, // root, octet table, 4 host tables, root + 4 octet links, 2 classes, 2 host filters
+		{"ifb deleted", func(m map[string]string) {
+			m["ip -d -j link show"] = `[{"ifname":"br-cw","flags":["UP"],"linkinfo":{"info_kind":"bridge"}}]`
+		}, same, 1 + 1 + 5 + 5 + 1 + 1}, // link, root, 5 tables, 5 links, class, filter
+		{"foreign filter and stray class", func(m map[string]string) {
+			m["tc -j filter show dev br-cw parent 1:"] = strings.Replace(m["tc -j filter show dev br-cw parent 1:"], `[`, `[{"protocol":"all","pref":49152,"kind":"u32","chain":0},`, 1)
+			m["tc -s class show dev br-cw"] += "class htb 1:fff root prio 0 rate 1Mbit ceil 1Mbit burst 1600b cburst 1600b\n"
+		}, same, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := captured(t)
+			if tt.mutate != nil {
+				tt.mutate(out)
+			}
+			tc, f := newFake(t, lab22, out)
+			n, err := tc.Reconcile(ctx, tt.want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != tt.repairs {
+				t.Errorf("repairs = %d, want %d", n, tt.repairs)
+			}
+			if f.batches > 1 {
+				t.Errorf("%d batches, want at most 1", f.batches)
+			}
+			golden(t, "reconcile_"+strings.ReplaceAll(tt.name, " ", "_"), f.log.String())
+		})
+	}
+}
+
+func TestTeardown(t *testing.T) {
+	ctx := context.Background()
+	t.Run("set up", func(t *testing.T) {
+		tc, f := newFake(t, lab22, captured(t))
+		if err := tc.Teardown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		golden(t, "teardown", f.log.String())
+	})
+	t.Run("nothing there", func(t *testing.T) {
+		tc, f := newFake(t, lab22, fresh())
+		if err := tc.Teardown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if f.batches != 0 || strings.Contains(f.log.String(), " del ") {
+			t.Errorf("Teardown of nothing deleted something:\n%s", f.log.String())
+		}
+	})
+}
+
+func TestStats(t *testing.T) {
+	tc, _ := newFake(t, lab22, captured(t))
+	got, err := tc.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := got[ip("10.20.0.11")], got[ip("10.20.0.12")]
+	if len(got) != 2 || a.DownBytes == 0 || a.DownPackets == 0 || a.UpBytes == 0 || b.DownBytes != 0 || b.UpBytes != 0 {
+		t.Errorf("Stats = %+v", got)
+	}
+}
+
+func TestClassMinor(t *testing.T) {
+	tests := []struct {
+		subnet, ip string
+		want       uint16
+		wantErr    bool
+	}{
+		{"10.20.0.0/16", "10.20.0.1", 0x1, false},
+		{"10.20.0.0/16", "10.20.0.11", 0xb, false},
+		{"10.20.0.0/16", "10.20.1.0", 0x100, false},
+		{"10.20.0.0/16", "10.20.255.254", 0xfffe, false},
+		{"10.20.0.0/16", "10.20.255.255", 0, true},
+		{"10.20.0.0/16", "10.20.0.0", 0, true},
+		{"10.20.4.0/22", "10.20.4.1", 0x1, false},
+		{"10.20.4.0/22", "10.20.7.254", 0x3fe, false},
+		{"10.20.4.0/22", "10.20.3.254", 0, true},
+		{"192.168.1.4/30", "192.168.1.5", 0x1, false},
+		{"192.168.1.4/30", "192.168.1.6", 0x2, false},
+		{"192.168.1.4/30", "192.168.1.7", 0, true},
+		{"10.20.0.0/16", "::ffff:10.20.0.1", 0, true},
+		{"10.20.0.0/16", "2001:db8::1", 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.subnet+" "+tt.ip, func(t *testing.T) {
+			p := netip.MustParsePrefix(tt.subnet)
+			got, err := classMinor(p, ip(tt.ip))
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Fatalf("classMinor = %#x, %v; want %#x, error %v", got, err, tt.want, tt.wantErr)
+			}
+			if err != nil {
+				if !errors.Is(err, ErrNotClient) {
+					t.Errorf("error %v is not ErrNotClient", err)
+				}
+				return
+			}
+			if back, ok := addrOfMinor(p, got); !ok || back != ip(tt.ip) {
+				t.Errorf("addrOfMinor(%#x) = %s, %v", got, back, ok)
+			}
+		})
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{"ok /16", Config{ClientIf: "br-cw", Subnet: netip.MustParsePrefix("10.20.0.0/16")}, ""},
+		{"ok /30, host bits", Config{ClientIf: "br-cw", Subnet: netip.MustParsePrefix("10.20.0.5/30")}, ""},
+		{"/15", Config{ClientIf: "br-cw", Subnet: netip.MustParsePrefix("10.20.0.0/15")}, "prefix length must be 16 to 30"},
+		{"/31", Config{ClientIf: "br-cw", Subnet: netip.MustParsePrefix("10.20.0.0/31")}, "prefix length must be 16 to 30"},
+		{"ipv6", Config{ClientIf: "br-cw", Subnet: netip.MustParsePrefix("2001:db8::/64")}, "not IPv4"},
+		{"no subnet", Config{ClientIf: "br-cw"}, "subnet is not set"},
+		{"no interface", Config{Subnet: netip.MustParsePrefix("10.20.0.0/16")}, "client interface is empty"},
+		{"same names", Config{ClientIf: "x", IFB: "x", Subnet: netip.MustParsePrefix("10.20.0.0/16")}, "are the same"},
+		{"long name", Config{ClientIf: "a-very-long-interface", Subnet: netip.MustParsePrefix("10.20.0.0/16")}, "not valid"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tc, err := New(tt.cfg, nil)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tc.Config().IFB != DefaultIFB || tc.Config().Subnet != tc.Config().Subnet.Masked() {
+					t.Errorf("Config() = %+v", tc.Config())
+				}
+				return
+			}
+			if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("New = %v, want ErrConfig containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestParamsFor(t *testing.T) {
+	tests := []struct {
+		rate quantity.Rate
+		want htbParams
+	}{
+		{256 * quantity.Kbit, htbParams{rateBytes: 32000, burst: 3028, quantum: 1514, limit: 32}},
+		{2 * quantity.Mbit, htbParams{rateBytes: 250000, burst: 3028, quantum: 1514, limit: 32}},
+		{20 * quantity.Mbit, htbParams{rateBytes: 2500000, burst: 25000, quantum: 1514, limit: 165}},
+		{100 * quantity.Mbit, htbParams{rateBytes: 12500000, burst: 125000, quantum: 1514, limit: 825}},
+		{quantity.Gbit, htbParams{rateBytes: 125000000, burst: 1250000, quantum: 1514, limit: 1000}},
+	}
+	for _, tt := range tests {
+		if got := paramsFor(tt.rate); got != tt.want {
+			t.Errorf("paramsFor(%s) = %+v, want %+v", tt.rate, got, tt.want)
+		}
+	}
+}
+
+func TestParseTCRate(t *testing.T) {
+	tests := []struct {
+		in   string
+		want uint64
+		err  bool
+	}{
+		{"2Mbit", 2e6, false}, {"256Kbit", 256e3, false}, {"1Gbit", 1e9, false},
+		{"1234567bit", 1234567, false}, {"12345Kbit", 12345e3, false}, {"8bit", 8, false},
+		{"2Mibit", 0, true}, {"2MB", 0, true}, {"", 0, true}, {"Mbit", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := parseTCRate(tt.in)
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("parseTCRate(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+}
+
+func TestRateClose(t *testing.T) {
+	// tc prints 12345678bit as 12345Kbit: still the rate we set.
+	if !rateClose(12345000, 12345678) {
+		t.Error("12345Kbit should match 12345678bit")
+	}
+	if rateClose(7e6, 2*quantity.Mbit) {
+		t.Error("7Mbit should not match 2mbit")
+	}
+}
+
+func TestExecRunnerErrors(t *testing.T) {
+	r := execRunner{}
+	_, err := r.run(context.Background(), "line one\nline two\n", "sh", "-c", `cat >/dev/null; echo "Error: bad." >&2; echo "Command failed -:2" >&2; exit 1`)
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	for _, want := range []string{`running ["sh" "-c"`, "exit status 1", "Error: bad.", "batch line 2: line two"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not contain %q", err, want)
+		}
+	}
+	out, err := r.run(context.Background(), "", "sh", "-c", `echo "$LC_ALL"`)
+	if err != nil || strings.TrimSpace(string(out)) != "C" {
+		t.Errorf("LC_ALL = %q, %v; want C", out, err)
+	}
+}
+
+func FuzzParseClasses(f *testing.F) {
+	for _, name := range []string{"tc_-s_class_show_dev_br-cw", "tc_-s_class_show_dev_cwifb0"} {
+		b, err := os.ReadFile(filepath.Join("testdata/kernel", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = parseClasses(b)
+	})
+}
+
+func FuzzParseFilters(f *testing.F) {
+	for _, name := range []string{"tc_-j_filter_show_dev_br-cw_parent_1", "tc_-j_filter_show_dev_br-cw_parent_ffff"} {
+		b, err := os.ReadFile(filepath.Join("testdata/kernel", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var d devState
+		_ = parseFilters(b, &d, false)
+		_ = parseFilters(b, &d, true)
+		_ = parseQdiscs(b, &d)
+	})
+}
