@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -33,17 +34,11 @@ func Parse(frame []byte, subnet netip.Prefix, now time.Time) (hosts []Host) {
 			hosts = nil
 		}
 	}()
-	var (
-		eth  layers.Ethernet
-		arp  layers.ARP
-		ip4  layers.IPv4
-		udp  layers.UDP
-		dhcp layers.DHCPv4
-	)
-	p := gopacket.NewDecodingLayerParser(layers.LayerTypeEthernet, &eth, &arp, &ip4, &udp, &dhcp)
-	p.IgnoreUnsupported = true
-	decoded := make([]gopacket.LayerType, 0, 5)
-	p.DecodeLayers(frame, &decoded) // an error after a useful layer (e.g. truncated UDP) is fine
+	d := decoders.Get().(*decoder)
+	defer decoders.Put(d) // also after a recovered panic: each decode overwrites all state
+	d.decoded = d.decoded[:0]
+	d.p.DecodeLayers(frame, &d.decoded) // an error after a useful layer (e.g. truncated UDP) is fine
+	eth, arp, ip4, dhcp, decoded := &d.eth, &d.arp, &d.ip4, &d.dhcp, d.decoded
 
 	has := func(lt gopacket.LayerType) bool {
 		for _, d := range decoded {
@@ -141,6 +136,25 @@ func Parse(frame []byte, subnet netip.Prefix, now time.Time) (hosts []Host) {
 	}
 	return nil
 }
+
+// decoder is a reusable gopacket parser: building one costs more than
+// decoding a frame.
+type decoder struct {
+	eth     layers.Ethernet
+	arp     layers.ARP
+	ip4     layers.IPv4
+	udp     layers.UDP
+	dhcp    layers.DHCPv4
+	p       *gopacket.DecodingLayerParser
+	decoded []gopacket.LayerType
+}
+
+var decoders = sync.Pool{New: func() any {
+	d := &decoder{decoded: make([]gopacket.LayerType, 0, 5)}
+	d.p = gopacket.NewDecodingLayerParser(layers.LayerTypeEthernet, &d.eth, &d.arp, &d.ip4, &d.udp, &d.dhcp)
+	d.p.IgnoreUnsupported = true
+	return d
+}}
 
 func addr4(ip net.IP) netip.Addr {
 	a, ok := netip.AddrFromSlice(ip)

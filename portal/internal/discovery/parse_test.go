@@ -197,3 +197,22 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParse(b *testing.B) {
+	frames := map[string][]byte{
+		"ipv4-header": ipFrame(b, clientMAC, "10.20.2.9", "198.51.100.1", make([]byte, 1400))[:headerSnap],
+		"arp":         arpFrame(b, layers.ARPRequest, clientMAC, "10.20.0.11"),
+		"dhcp-request": dhcpFrame(b, dhcpMsg{op: layers.DHCPOpRequest, typ: layers.DHCPMsgTypeRequest, chaddr: clientMAC,
+			hostname: "anna-phone", reqIP: "10.20.1.5", src: "0.0.0.0", dst: "255.255.255.255"}),
+	}
+	for name, f := range frames {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if len(Parse(f, subnet, now)) != 1 {
+					b.Fatal("no host")
+				}
+			}
+		})
+	}
+}

@@ -84,7 +84,7 @@ func (s *Sniffer) capture(ctx context.Context, log *slog.Logger) error {
 		return fmt.Errorf("opening %s: %w", s.Interface, err)
 	}
 	own := h.LocalAddr()
-	log.Info("capturing", "subnet", s.Subnet, "mac", own)
+	log.Info("capturing", "subnet", s.Subnet, "mac", own.String())
 	eagain := unix.EAGAIN.Error()
 	for {
 		if ctx.Err() != nil {
@@ -128,26 +128,40 @@ func setReadTimeout(h *pcapgo.EthernetHandle, d time.Duration) error {
 	return nil
 }
 
-// filter is the socket filter: it drops frames the host sends itself
-// (PACKET_OUTGOING), keeps ARP and IPv4 UDP to ports 67/68 (DHCP) whole, and
-// keeps only the Ethernet and IPv4 headers of other IPv4 frames.
+// filter is the socket filter. Of the frames arriving from clients it keeps
+// ARP and IPv4 UDP to ports 67/68 (DHCP) whole, and only the Ethernet and
+// IPv4 headers of other IPv4 frames. Of the frames the gateway sends itself
+// (PACKET_OUTGOING) it keeps only DHCP server replies (UDP from port 67),
+// whose ACKs confirm a client's address.
 var filter = mustAssemble([]bpf.Instruction{
 	/* 0 */ bpf.LoadExtension{Num: bpf.ExtType},
-	/* 1 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.PACKET_OUTGOING, SkipTrue: 13},
+	/* 1 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.PACKET_OUTGOING, SkipTrue: 14}, // to 16
 	/* 2 */ bpf.LoadAbsolute{Off: 12, Size: 2},
-	/* 3 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0x0806, SkipTrue: 10}, // ARP
-	/* 4 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0x0800, SkipFalse: 10}, // not IPv4: drop
+	/* 3 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0x0806, SkipTrue: 10}, // ARP: 14
+	/* 4 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0x0800, SkipFalse: 10}, // not IPv4: 15
 	/* 5 */ bpf.LoadAbsolute{Off: 23, Size: 1}, // IP protocol
-	/* 6 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 17, SkipFalse: 6}, // not UDP: headers
+	/* 6 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 17, SkipFalse: 6}, // not UDP: 13
 	/* 7 */ bpf.LoadAbsolute{Off: 20, Size: 2}, // flags + fragment offset
-	/* 8 */ bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: 0x1fff, SkipTrue: 4}, // a later fragment: headers
+	/* 8 */ bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: 0x1fff, SkipTrue: 4}, // a later fragment: 13
 	/* 9 */ bpf.LoadMemShift{Off: 14}, // X = IP header length
 	/* 10 */ bpf.LoadIndirect{Off: 14 + 2, Size: 2}, // UDP destination port
-	/* 11 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 67, SkipTrue: 2},
-	/* 12 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 68, SkipTrue: 1},
+	/* 11 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 67, SkipTrue: 2}, // 14
+	/* 12 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 68, SkipTrue: 1}, // 14
 	/* 13 */ bpf.RetConstant{Val: headerSnap},
 	/* 14 */ bpf.RetConstant{Val: fullSnap},
 	/* 15 */ bpf.RetConstant{Val: 0},
+	// Outgoing frames.
+	/* 16 */ bpf.LoadAbsolute{Off: 12, Size: 2},
+	/* 17 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0x0800, SkipFalse: 7}, // 25
+	/* 18 */ bpf.LoadAbsolute{Off: 23, Size: 1},
+	/* 19 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 17, SkipFalse: 5}, // 25
+	/* 20 */ bpf.LoadAbsolute{Off: 20, Size: 2},
+	/* 21 */ bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: 0x1fff, SkipTrue: 3}, // 25
+	/* 22 */ bpf.LoadMemShift{Off: 14},
+	/* 23 */ bpf.LoadIndirect{Off: 14, Size: 2}, // UDP source port
+	/* 24 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 67, SkipTrue: 1}, // 26
+	/* 25 */ bpf.RetConstant{Val: 0},
+	/* 26 */ bpf.RetConstant{Val: fullSnap},
 })
 
 func mustAssemble(prog []bpf.Instruction) []bpf.RawInstruction {
