@@ -152,7 +152,6 @@ func killPidFile(path string) {
 	}
 }
 
-
 // TestSnifferReopenLab proves Run waits for a missing interface and reopens
 // its socket after the interface is deleted and created again.
 func TestSnifferReopenLab(t *testing.T) {
