@@ -205,7 +205,10 @@ func (f *fakeKernel) ipset(args []string, stdin string) (string, error) {
 		delete(f.sets, args[1])
 		return "", nil
 	case "add", "del":
-		return "", f.element(args, exist)
+		if err := f.element(args, exist); err != nil {
+			return err.Error() + "\n", fmt.Errorf("exit status 1")
+		}
+		return "", nil
 	case "restore":
 		for _, l := range strings.Split(strings.TrimSpace(stdin), "\n") {
 			fl, err := splitQuoted(l)
@@ -240,7 +243,7 @@ func (f *fakeKernel) element(args []string, exist bool) error {
 		delete(s.elems, e.Key)
 	case "add":
 		if had && !exist {
-			return fmt.Errorf("element %s already in %s", e.Key, name)
+			return fmt.Errorf("ipset v7.17: Element cannot be added to the set: it's already added")
 		}
 		// As the kernel: counters given replace, counters omitted are kept.
 		if had && !e.HasCounters {

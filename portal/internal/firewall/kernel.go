@@ -370,20 +370,50 @@ func (k *Kernel) Allow(ctx context.Context, g Grant) error {
 	if !ok {
 		return fmt.Errorf("allowing %s: %w", g.IP, ErrExpired)
 	}
+	ip := g.IP.String()
+	ipset := func(line string) (string, error) {
+		return k.run.Run(ctx, "", append([]string{"ipset"}, splitArgs(line)...)...)
+	}
+	// A new client (the usual case) is one add per set, O(1). Only a
+	// client already counted costs a read of its counters.
+	fresh := acctOffset(g.QuotaBytes) + g.UsedBytes
+	out, err := ipset(fmt.Sprintf("add %s %s packets 0 bytes %d comment %q", AcctSet, ip, fresh, quotaComment(g.QuotaBytes)))
+	switch {
+	case err == nil:
+		if _, err := ipset(fmt.Sprintf("-exist add %s %s packets 0 bytes %d", DownSet, ip, g.UsedDownBytes)); err != nil {
+			return fmt.Errorf("allowing %s: %w", g.IP, err)
+		}
+	case strings.Contains(out, "already added"):
+		if err := k.updateCounters(ctx, g); err != nil {
+			return fmt.Errorf("allowing %s: %w", g.IP, err)
+		}
+	default:
+		return fmt.Errorf("allowing %s: %w", g.IP, err)
+	}
+	// Authorise last, so the client never passes without being counted.
+	if _, err := ipset(fmt.Sprintf("-exist add %s %s,%s timeout %d", AuthSet, ip, g.MAC, timeout)); err != nil {
+		return fmt.Errorf("allowing %s: %w", g.IP, err)
+	}
+	k.log.Info("client allowed", "ip", g.IP, "mac", g.MAC.String(), "timeout_s", timeout, "quota", g.QuotaBytes)
+	return nil
+}
+
+// updateCounters rewrites the cw-acct and cw-dl elements of a client already
+// counted: its counters carry over, a changed quota moves the offset.
+func (k *Kernel) updateCounters(ctx context.Context, g Grant) error {
 	sets, err := k.list(ctx, AcctSet, DownSet)
 	if err != nil {
-		return fmt.Errorf("allowing %s: %w", g.IP, err)
+		return err
 	}
 	acct, haveAcct := indexByIP(sets[AcctSet])[g.IP]
 	dl, haveDl := indexByIP(sets[DownSet])[g.IP]
 	acctBytes, dlBytes := initialCounters(g, acct, haveAcct, dl, haveDl)
-	for _, l := range grantLines(g, timeout, acctBytes, dlBytes) {
+	for _, l := range grantLines(g, 0, acctBytes, dlBytes)[1:] {
 		argv := append([]string{"ipset", "-exist"}, splitArgs(l)...)
 		if _, err := k.run.Run(ctx, "", argv...); err != nil {
-			return fmt.Errorf("allowing %s: %w", g.IP, err)
+			return err
 		}
 	}
-	k.log.Info("client allowed", "ip", g.IP, "mac", g.MAC.String(), "timeout_s", timeout, "quota", g.QuotaBytes)
 	return nil
 }
 

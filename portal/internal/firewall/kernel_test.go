@@ -153,8 +153,17 @@ func TestAllowUsageRevoke(t *testing.T) {
 		Expires:    t0.Add(time.Hour),
 		QuotaBytes: 1_000_000, UsedBytes: 3000, UsedDownBytes: 2000,
 	}
+	f.cmds = nil
 	if err := k.Allow(ctx, g); err != nil {
 		t.Fatal(err)
+	}
+	// A new client costs one add per set and no read: O(1).
+	if diff := cmp.Diff([]string{
+		`ipset add cw-acct 10.20.0.11 packets 0 bytes 4611686018426390904 comment q=1000000`,
+		`ipset -exist add cw-dl 10.20.0.11 packets 0 bytes 2000`,
+		`ipset -exist add cw-auth 10.20.0.11,02:00:00:00:00:01 timeout 3600`,
+	}, f.cmds); diff != "" {
+		t.Errorf("commands of Allow (-want +got):\n%s", diff)
 	}
 	wantElems := "add cw-auth 10.20.0.11,02:00:00:00:00:01 timeout 3600\n"
 	if !strings.Contains(f.render(), wantElems) {
