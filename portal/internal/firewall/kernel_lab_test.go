@@ -2,11 +2,9 @@ package firewall
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -337,8 +335,6 @@ func TestKernelRevokeKillsOpenConnection(t *testing.T) {
 	}
 }
 
-var _ = errors.New
-var _ net.Conn
 
 // ifaceBytes reads the client's eth0 byte counters (rx, tx).
 func ifaceBytes(t *testing.T, ns lab.NS) (rx, tx uint64) {

@@ -1,7 +1,6 @@
 package firewall
 
 import (
-	"context"
 	"flag"
 	"net"
 	"net/netip"
@@ -337,7 +336,6 @@ func TestReconcileRepairs(t *testing.T) {
 func TestTeardown(t *testing.T) {
 	ctx := t.Context()
 	k, f := newFake(t)
-	before := f.render()
 	f.chains[v4]["filter/FORWARD"] = []string{"-p udp -m udp --dport 9 -j DROP"}
 	f.sets["other"] = &fakeSet{create: "hash:ip", elems: map[string]entry{}}
 	foreign := f.render()
@@ -357,7 +355,6 @@ func TestTeardown(t *testing.T) {
 			t.Errorf("after Teardown #%d (-want +got):\n%s", i+1, diff)
 		}
 	}
-	_ = before
 }
 
 func TestErrorsNameTheCommand(t *testing.T) {
@@ -479,4 +476,3 @@ func FuzzParseSave(f *testing.F) {
 	})
 }
 
-var _ = context.Background
