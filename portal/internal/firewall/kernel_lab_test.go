@@ -335,7 +335,6 @@ func TestKernelRevokeKillsOpenConnection(t *testing.T) {
 	}
 }
 
-
 // ifaceBytes reads the client's eth0 byte counters (rx, tx).
 func ifaceBytes(t *testing.T, ns lab.NS) (rx, tx uint64) {
 	t.Helper()

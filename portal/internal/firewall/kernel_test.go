@@ -475,4 +475,3 @@ func FuzzParseSave(f *testing.F) {
 		}
 	})
 }
-
