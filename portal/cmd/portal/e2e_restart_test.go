@@ -15,6 +15,9 @@ func TestRestartKeepsResidentsAndRepairsDrift(t *testing.T) {
 	l := s.l
 	c1, c2 := l.Clients[0], l.Clients[1]
 	other := "http://" + l.OtherIP.String() + "/"
+	if r := fetch(c1.NS, 3*time.Second, other); r.Code != 302 {
+		t.Fatalf("before allow: %v", r)
+	}
 	s.allow("--ip", c1.IP.String())
 	if r := fetch(c1.NS, 3*time.Second, "-o", "/dev/null", other+"bytes?n=3000000"); r.Err != nil || r.Code != 200 {
 		t.Fatalf("download: %v", r)
@@ -81,25 +84,35 @@ func TestRestartKeepsResidentsAndRepairsDrift(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		break_ []string
+		check  []string // a command whose output must contain want once repaired
+		want   string
 	}{
-		{"flushed chain", []string{"iptables", "-F", "cw-fwd"}},
-		{"flushed nat chain", []string{"iptables", "-t", "nat", "-F", "cw-pre"}},
-		{"flushed set", []string{"ipset", "flush", "cw-auth"}},
-		{"deleted jump", []string{"iptables", "-D", "FORWARD", "-j", "cw-fwd"}},
-		{"deleted qdisc", []string{"tc", "qdisc", "del", "dev", "br-cw", "root"}},
+		{"flushed chain", []string{"iptables", "-F", "cw-fwd"}, []string{"iptables", "-S", "cw-fwd"}, "cw-captive"},
+		{"flushed nat chain", []string{"iptables", "-t", "nat", "-F", "cw-pre"}, []string{"iptables", "-t", "nat", "-S", "cw-pre"}, "DNAT"},
+		{"flushed set", []string{"ipset", "flush", "cw-auth"}, []string{"ipset", "list", "cw-auth"}, c1.IP.String()},
+		{"deleted jump", []string{"iptables", "-D", "FORWARD", "-j", "cw-fwd"}, []string{"iptables", "-S", "FORWARD"}, "-j cw-fwd"},
+		{"deleted qdisc", []string{"tc", "qdisc", "del", "dev", "br-cw", "root"}, []string{"tc", "qdisc", "show", "dev", "br-cw"}, "htb"},
 	} {
 		t.Run("repairs "+tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			if out, err := l.Gateway.Run(ctx, tc.break_...); err != nil {
 				t.Fatalf("%v: %v\n%s", tc.break_, err, out)
 			}
+			if out, _ := l.Gateway.Run(ctx, tc.check...); strings.Contains(out, tc.want) {
+				t.Fatalf("breaking did not break: %v shows %q", tc.check, tc.want)
+			}
 			t0 := time.Now()
 			eventually(t, 5*time.Second, "repair", func() (bool, string) {
+				out, _ := l.Gateway.Run(ctx, tc.check...)
+				if !strings.Contains(out, tc.want) {
+					return false, "not repaired yet: " + out
+				}
 				a := fetch(c1.NS, 1*time.Second, other)
 				b := fetch(c2.NS, 1*time.Second, other)
-				return a.upstream() && b.Code == 302, "c1: " + a.String() + " c2: " + b.String()
+				h := fetch(c2.NS, 1*time.Second, "--cacert", l.UpstreamCAFile, "https://"+l.OtherIP.String()+"/")
+				return a.upstream() && b.Code == 302 && h.Err != nil, "c1: " + a.String() + " c2: " + b.String() + " c2 https: " + h.String()
 			})
-			t.Logf("repaired in %v", time.Since(t0).Round(100*time.Millisecond))
+			t.Logf("repaired within %v", time.Since(t0).Round(100*time.Millisecond))
 		})
 	}
 }
@@ -115,21 +128,24 @@ func TestBadInputChangesNothing(t *testing.T) {
 	base := rules()
 
 	t.Run("ctl rejects bad MAC and IP", func(t *testing.T) {
-		for _, args := range [][]string{
-			{"allow", "--mac", "02:00:00:00:00"},
-			{"allow", "--ip", "10.20.0.300"},
-			{"allow", "--ip", "192.168.1.5", "--mac", "02:00:00:00:00:09"},
-			{"allow", "--ip", "10.20.0.50", "--down", "5 Mbps"},
-			{"kick", "--mac", "zz:00:00:00:00:01"},
-			{"allow"},
+		for _, tc := range []struct {
+			args []string
+			want string // the error names the bad value or what is missing
+		}{
+			{[]string{"allow", "--mac", "02:00:00:00:00"}, "02:00:00:00:00"},
+			{[]string{"allow", "--ip", "10.20.0.300"}, "10.20.0.300"},
+			{[]string{"allow", "--ip", "192.168.1.5", "--mac", "02:00:00:00:00:09"}, "not in the client network"},
+			{[]string{"allow", "--ip", "10.20.0.50", "--down", "5 Mbps"}, "5 Mbps"},
+			{[]string{"kick", "--mac", "zz:00:00:00:00:01"}, "zz:00:00:00:00:01"},
+			{[]string{"allow"}, "--mac"},
 		} {
-			out, err := s.ctl(ctx, args...)
+			out, err := s.ctl(ctx, tc.args...)
 			if err == nil {
-				t.Errorf("ctl %v succeeded: %s", args, out)
+				t.Errorf("ctl %v succeeded: %s", tc.args, out)
 				continue
 			}
-			if !strings.Contains(strings.ToLower(out), "mac") && !strings.Contains(out, "ip") && !strings.Contains(out, "down") {
-				t.Errorf("ctl %v: unclear error %q", args, out)
+			if !strings.Contains(out, tc.want) {
+				t.Errorf("ctl %v: error %q does not name %q", tc.args, out, tc.want)
 			}
 		}
 		if got := rules(); got != base {
@@ -180,6 +196,7 @@ func TestTeardownRemovesOnlyOurs(t *testing.T) {
 			t.Fatalf("%v: %v %s", argv, err, out)
 		}
 	}
+	fetch(l.Clients[0].NS, 2*time.Second, "http://"+l.OtherIP.String()+"/")
 	s.allow("--ip", l.Clients[0].IP.String())
 	s.stop(syscall.SIGTERM)
 	for range 2 {
