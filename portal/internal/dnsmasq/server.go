@@ -84,6 +84,10 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	backoff := minBackoff
 	for {
+		if p == nil && s.isStopped() {
+			<-ctx.Done()
+			return nil
+		}
 		if p == nil {
 			if p, err = s.start(); err != nil {
 				s.log.Error("starting dnsmasq", "err", err, "retry_in", backoff)
@@ -284,17 +288,38 @@ func (s *Server) terminate(ctx context.Context, p *process) error {
 	return nil
 }
 
+// waitGone waits until p has exited: a child is reaped, another process is
+// gone or a zombie (checked by pid alone: once it got our signal, its
+// command line empties while it exits).
 func (s *Server) waitGone(ctx context.Context, p *process) bool {
+	gone := func() bool {
+		if p.child {
+			return !s.alive(p)
+		}
+		return !pidLive(p.pid)
+	}
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
-	for s.alive(p) {
+	for !gone() {
 		select {
 		case <-t.C:
 		case <-ctx.Done():
-			return !s.alive(p)
+			return gone()
 		}
 	}
 	return true
+}
+
+// pidLive reports whether pid exists and is not a zombie.
+func pidLive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name in parentheses, which may itself
+	// contain ") ".
+	i := bytes.LastIndexByte(stat, ')')
+	return i >= 0 && i+2 < len(stat) && stat[i+2] != 'Z' && stat[i+2] != 'X'
 }
 
 func (s *Server) alive(p *process) bool {
@@ -331,30 +356,32 @@ func (s *Server) isStopped() bool {
 	return s.stopped
 }
 
-// pidFromFile returns the pid in the pidfile if that process is alive and
-// is a dnsmasq running our configuration file.
+// pidFromFile returns the running dnsmasq of this StateDir: the pid in the
+// pidfile if that process is alive and runs dnsmasq with our configuration
+// file, else such a process found by scanning /proc (the pidfile may be
+// gone or stale while dnsmasq still runs).
 func (s *Server) pidFromFile() (int, bool) {
-	b, err := os.ReadFile(s.cfg.PidPath())
+	if b, err := os.ReadFile(s.cfg.PidPath()); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 && s.isOurs(pid) {
+			return pid, true
+		}
+	}
+	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return 0, false
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 1 {
-		return 0, false
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid > 1 && s.isOurs(pid) {
+			return pid, true
+		}
 	}
-	return pid, s.isOurs(pid)
+	return 0, false
 }
 
 // isOurs reports whether pid is a live (not zombie) process whose command
 // line runs dnsmasq with our configuration file.
 func (s *Server) isOurs(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// The state follows the command name in parentheses, which may itself
-	// contain ") ".
-	if i := bytes.LastIndexByte(stat, ')'); i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' || stat[i+2] == 'X' {
+	if !pidLive(pid) {
 		return false
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
