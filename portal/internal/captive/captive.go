@@ -109,6 +109,9 @@ func (s *Server) redirect(c echo.Context) error {
 	if host := r.Host; host != "" && validHost(host) {
 		orig = (&url.URL{Scheme: "http", Host: host, Path: r.URL.Path, RawQuery: r.URL.RawQuery}).String()
 	}
+	// Close the connection: after login the phone's next request on it
+	// would still be NATed to the portal (conntrack keeps the DNAT).
+	c.Response().Header().Set("Connection", "close")
 	return c.Redirect(http.StatusFound, s.portalURL(orig))
 }
 
@@ -178,8 +181,8 @@ func (s *Server) grant(c echo.Context) error {
 		return c.String(http.StatusServiceUnavailable, "Non è stato possibile connettersi, riprova tra poco.\n")
 	}
 	if target != "" {
+		c.Response().Header().Set("Connection", "close")
 		return c.Redirect(http.StatusSeeOther, target)
 	}
 	return s.render(c, http.StatusOK, ip, "")
 }
-

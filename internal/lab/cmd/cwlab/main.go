@@ -2,6 +2,7 @@
 //
 //	cwlab up [-clients N] [-dhcp]   build the lab and its upstream services, print how to use it,
 //	                                wait for SIGINT/SIGTERM, then remove everything
+//	cwlab demo -portal bin/portal   a whole site with the gateway running; walks through it
 //	cwlab sweep                     delete namespaces left by labs whose owner process is gone
 //
 // It must run as root.
@@ -33,6 +34,8 @@ func main() {
 	switch os.Args[1] {
 	case "up":
 		err = up(os.Args[2:])
+	case "demo":
+		err = demo(os.Args[2:])
 	case "sweep":
 		err = sweep()
 	case "-h", "-help", "--help", "help":
@@ -50,6 +53,7 @@ func main() {
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   cwlab up [-clients N] [-dhcp]   build the lab with upstream services; Ctrl-C removes it
+  cwlab demo [-portal bin/portal] [-exit]  a site with the gateway running; a guided tour
   cwlab sweep                     delete namespaces of labs whose owner process is gone
 `)
 }
