@@ -278,29 +278,29 @@ func TestServerLab(t *testing.T) {
 	})
 }
 
-// TestHelperDaemon is not a test: startDaemon runs it in a child process as
-// a stand-in for the portal daemon.
-func TestHelperDaemon(t *testing.T) {
-	js := os.Getenv("CW_DNSMASQ_DAEMON")
-	if js == "" {
-		t.Skip("helper process for TestServerLab")
-	}
+// helperDaemon stands in for the portal daemon in a child process (see
+// TestMain and startDaemon): it runs one Server until SIGTERM or SIGKILL.
+func helperDaemon(js string) int {
 	var cfg dnsmasq.Config
 	if err := json.Unmarshal([]byte(js), &cfg); err != nil {
-		t.Fatal(err)
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 	srv, err := dnsmasq.New(cfg, slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	if err != nil {
-		t.Fatal(err)
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	if err := srv.Run(ctx); err != nil {
-		t.Fatal(err)
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
+	return 0
 }
 
-// startDaemon runs TestHelperDaemon in a new process with stderr in a file.
+// startDaemon runs helperDaemon in a new process with stderr in a file.
 func startDaemon(t *testing.T, cfg dnsmasq.Config) *daemonProc {
 	t.Helper()
 	js, err := json.Marshal(cfg)
@@ -313,7 +313,7 @@ func startDaemon(t *testing.T, cfg dnsmasq.Config) *daemonProc {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperDaemon$", "-test.v")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "CW_DNSMASQ_DAEMON="+string(js))
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {

@@ -25,7 +25,13 @@ import (
 // with CW_FAKE_DNSMASQ=1 it validates nothing on --test, and with
 // --keep-in-foreground it writes the pidfile named in the config file,
 // records SIGHUPs next to it and exits on SIGTERM.
+//
+// With CW_DNSMASQ_DAEMON=<config JSON> it is a portal daemon instead (see
+// helperDaemon).
 func TestMain(m *testing.M) {
+	if js := os.Getenv("CW_DNSMASQ_DAEMON"); js != "" {
+		os.Exit(helperDaemon(js))
+	}
 	if os.Getenv("CW_FAKE_DNSMASQ") == "1" && len(os.Args) > 1 &&
 		(os.Args[1] == "--test" || os.Args[1] == "--keep-in-foreground") {
 		os.Exit(fakeDnsmasq(os.Args[1:]))
