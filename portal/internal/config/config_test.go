@@ -32,15 +32,48 @@ func TestExample(t *testing.T) {
 	}
 }
 
-func TestDeployExampleParses(t *testing.T) {
-	for _, p := range []string{"../../../deploy/portal.yaml"} {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("example %s missing: %v", p, err)
+// The examples in deploy/ and in the README must be valid, so the docs
+// cannot drift from the code.
+func TestExamplesParse(t *testing.T) {
+	if _, err := Load("../../../deploy/portal.yaml"); err != nil {
+		t.Errorf("deploy/portal.yaml: %v", err)
+	}
+	readme, err := os.ReadFile("../../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := 0
+	for _, block := range strings.Split(string(readme), "```yaml\n")[1:] {
+		block, _, _ = strings.Cut(block, "```")
+		if !strings.HasPrefix(block, "# /etc/civicwifi/portal.yaml") {
+			continue
 		}
-		if _, err := Load(p); err != nil {
-			t.Errorf("%s: %v", p, err)
+		found++
+		if _, err := Parse("README.md", []byte(block)); err != nil {
+			t.Errorf("README's portal.yaml: %v", err)
 		}
 	}
+	if found == 0 {
+		t.Error("README has no portal.yaml example")
+	}
+	// The README shows the errors for this mistake; keep them true.
+	bad := strings.Replace(string(mustRead(t, "../../../deploy/portal.yaml")), "down: 10mbit", "down: 5 Mbps", 1)
+	bad = strings.Replace(bad, "  quota: 1GB", "  quotas: 1GB", 1)
+	_, err = Parse("portal.yaml", []byte(bad))
+	for _, line := range strings.Split(err.Error(), "\n") {
+		if !strings.Contains(string(readme), line) {
+			t.Errorf("README does not show the error %q", line)
+		}
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func TestErrors(t *testing.T) {
