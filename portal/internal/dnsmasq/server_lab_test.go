@@ -93,7 +93,11 @@ func TestServerLab(t *testing.T) {
 	}
 
 	t.Run("dhcp", func(t *testing.T) {
+		resolv, _ := os.ReadFile("/etc/resolv.conf")
 		env := dhcpClient(t, ctx, client, "anna-phone")
+		if after, _ := os.ReadFile("/etc/resolv.conf"); string(after) != string(resolv) {
+			t.Errorf("the DHCP client changed the root namespace's /etc/resolv.conf")
+		}
 		ip, err := netip.ParseAddr(env["new_ip_address"])
 		if err != nil {
 			t.Fatalf("no address: %v (env %v)", err, env)
