@@ -91,17 +91,19 @@ func (ps *Problems) Unwrap() []error {
 
 // Decode parses data strictly into out (a pointer to a struct with yaml tags).
 // Unknown keys, wrong types and syntax errors are all reported with their
-// place; the caller then validates values and adds its own problems.
-func Decode(file string, data []byte, out any, ps *Problems) {
+// place; the caller then validates values and adds its own problems. It
+// returns false when the file could not be read as YAML at all (then there is
+// nothing to validate).
+func Decode(file string, data []byte, out any, ps *Problems) bool {
 	ps.File = file
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		ps.Addf(Pos{yamlErrLine(err), 1}, "%s", strings.TrimPrefix(err.Error(), "yaml: "))
-		return
+		return false
 	}
 	if len(root.Content) == 0 {
 		ps.Addf(Pos{}, "file is empty")
-		return
+		return false
 	}
 	doc := root.Content[0]
 	checkKeys(doc, reflect.TypeOf(out).Elem(), "", ps)
@@ -111,14 +113,17 @@ func Decode(file string, data []byte, out any, ps *Problems) {
 			for _, m := range te.Errors {
 				ps.Addf(Pos{yamlErrLine(errors.New(m)), 1}, "%s", cleanTypeError(m))
 			}
-			return
+			return true
 		}
 		ps.Addf(Pos{}, "%v", err)
+		return false
 	}
+	return true
 }
 
 // checkKeys walks a mapping node against a struct type, reporting unknown
-// and duplicate keys with the closest valid key.
+// keys with the closest valid key (yaml itself reports duplicate keys).
+
 func checkKeys(n *yaml.Node, t reflect.Type, path string, ps *Problems) {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
@@ -146,7 +151,6 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, ps *Problems) {
 			fields[name] = f.Type
 			names = append(names, name)
 		}
-		seen := map[string]bool{}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			ft, ok := fields[k.Value]
@@ -158,10 +162,6 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, ps *Problems) {
 				ps.Addf(Pos{k.Line, k.Column}, "%s: unknown key %q%s", orTop(path), k.Value, hint)
 				continue
 			}
-			if seen[k.Value] {
-				ps.Addf(Pos{k.Line, k.Column}, "%s: key %q appears twice", orTop(path), k.Value)
-			}
-			seen[k.Value] = true
 			checkKeys(v, ft, join(path, k.Value), ps)
 		}
 	case reflect.Slice:

@@ -117,8 +117,7 @@ var (
 func Parse(name string, data []byte) (*Config, error) {
 	var r raw
 	ps := &yamlconf.Problems{File: name}
-	yamlconf.Decode(name, data, &r, ps)
-	if len(ps.List) > 0 {
+	if !yamlconf.Decode(name, data, &r, ps) {
 		return nil, ps.Err()
 	}
 	c := &Config{

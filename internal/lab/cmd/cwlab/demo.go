@@ -180,4 +180,3 @@ func indent(s string) string {
 	}
 	return "   " + strings.ReplaceAll(s, "\n", "\n   ") + "\n"
 }
-
