@@ -123,7 +123,6 @@ func Decode(file string, data []byte, out any, ps *Problems) bool {
 
 // checkKeys walks a mapping node against a struct type, reporting unknown
 // keys with the closest valid key (yaml itself reports duplicate keys).
-
 func checkKeys(n *yaml.Node, t reflect.Type, path string, ps *Problems) {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
