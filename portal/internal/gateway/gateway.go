@@ -163,6 +163,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 				g.o.Metrics.errors.WithLabelValues("reconcile").Inc()
 				g.log.Error("reconciling", "err", err)
 			}
+			g.Clients(ctx) // refreshes the clients gauges
 		case <-flush.C:
 			if err := g.flush(); err != nil {
 				g.o.Metrics.errors.WithLabelValues("store").Inc()

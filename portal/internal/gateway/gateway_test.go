@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/civicwifi/civicwifi/internal/quantity"
 	"github.com/civicwifi/civicwifi/portal/internal/config"
 	"github.com/civicwifi/civicwifi/portal/internal/control"
@@ -401,5 +404,40 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	}
 	if _, ok := r.fw.allowed[ip2]; ok {
 		t.Error("an element nobody granted was left in place")
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	r := newRig(t, "", nil)
+	r.gw.o.Metrics = NewMetrics(reg)
+	if _, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String()}); err != nil {
+		t.Fatal(err)
+	}
+	r.fw.set(ip1, firewall.Usage{Bytes: 1500, DownBytes: 1000, Packets: 3})
+	r.gw.poll(ctx)
+	r.fw.set(ip1, firewall.Usage{Bytes: 2500, DownBytes: 1800, Packets: 5})
+	r.gw.poll(ctx)
+	r.gw.Clients(ctx)
+	if _, err := r.gw.Kick(ctx, control.KickRequest{IP: ip1.String()}); err != nil {
+		t.Fatal(err)
+	}
+	m := r.gw.o.Metrics
+	for _, tc := range []struct {
+		name string
+		c    prometheus.Collector
+		want float64
+	}{
+		{"authorisations ctl", m.authorisations.WithLabelValues("ctl"), 1},
+		{"ended kicked", m.ended.WithLabelValues("kicked"), 1},
+		{"bytes down", m.bytes.WithLabelValues("down"), 1800},
+		{"bytes up", m.bytes.WithLabelValues("up"), 700},
+		{"authorised gauge before kick", m.clients.WithLabelValues("authorised"), 1},
+		{"captive gauge", m.clients.WithLabelValues("captive"), 1},
+	} {
+		if got := testutil.ToFloat64(tc.c); got != tc.want {
+			t.Errorf("%s = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
