@@ -101,11 +101,9 @@ func (t *TC) observe(ctx context.Context) (state, error) {
 	if err != nil {
 		return s, err
 	}
-	cl, ok := links[t.cfg.ClientIf]
-	if !ok {
+	if _, ok := links[t.cfg.ClientIf]; !ok {
 		return s, fmt.Errorf("%w: %s", ErrNoInterface, t.cfg.ClientIf)
 	}
-	_ = cl
 	if ifb, ok := links[t.cfg.IFB]; ok {
 		s.up.exists = true
 		s.ifbIsIFB = ifb.LinkInfo != nil && ifb.LinkInfo.Kind == "ifb"

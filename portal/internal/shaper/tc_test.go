@@ -507,3 +507,22 @@ func FuzzParseFilters(f *testing.F) {
 		_ = parseQdiscs(b, &d)
 	})
 }
+
+func TestNoInterface(t *testing.T) {
+	out := fresh()
+	out["ip -d -j link show"] = `[{"ifname":"lo","flags":["LOOPBACK","UP"]}]`
+	tc, f := newFake(t, lab22, out)
+	err := tc.Setup(context.Background())
+	if !errors.Is(err, ErrNoInterface) || !strings.Contains(err.Error(), "br-cw") {
+		t.Errorf("Setup without br-cw = %v, want ErrNoInterface naming br-cw", err)
+	}
+	if _, err := tc.Reconcile(context.Background(), nil); !errors.Is(err, ErrNoInterface) {
+		t.Errorf("Reconcile without br-cw = %v, want ErrNoInterface", err)
+	}
+	if err := tc.Teardown(context.Background()); err != nil {
+		t.Errorf("Teardown without br-cw = %v, want nil", err)
+	}
+	if f.batches != 0 {
+		t.Errorf("ran %d batches without the interface", f.batches)
+	}
+}
