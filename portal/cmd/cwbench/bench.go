@@ -51,8 +51,10 @@ type bench struct {
 	captive, probe, bulk *lab.Client
 	synthetic            int // synthetic sessions allowed so far
 
-	rows  []row
-	notes []string
+	rows     []row
+	profRows []row
+	notes    []string
+	logs     []string // the daemon's start-up log lines of the "reboot"
 }
 
 // row is one line of the results table.
@@ -105,8 +107,17 @@ func (b *bench) run(ctx context.Context) error {
 		if err := lat.measure(ctx, scale); err != nil {
 			return fmt.Errorf("measuring allow latency at %d clients: %w", scale, err)
 		}
+		if err := b.rss(ctx, scale); err != nil {
+			return err
+		}
+		if err := b.idleCPU(ctx, scale, 5*time.Second); err != nil {
+			return err
+		}
 		switch i {
 		case 0:
+			if err := b.execCosts(ctx, scale); err != nil {
+				return fmt.Errorf("profiling: %w", err)
+			}
 			if thr10, err = b.forwarding(ctx, scale, nil); err != nil {
 				return err
 			}
@@ -117,8 +128,8 @@ func (b *bench) run(ctx context.Context) error {
 			if err := b.shaping(ctx, scale); err != nil {
 				return err
 			}
-			if err := b.rss(scale); err != nil {
-				return err
+			if err := b.kernelReads(ctx, scale); err != nil {
+				return fmt.Errorf("profiling: %w", err)
 			}
 			if err := b.restart(ctx, scale); err != nil {
 				return err

@@ -35,6 +35,22 @@ func (b *bench) report(err error) string {
 	for _, r := range b.rows {
 		fmt.Fprintf(&w, "| %s | %s | %s | %s | %s |\n", r.Metric, r.Clients, r.Result, r.Target, r.OK)
 	}
+	if len(b.profRows) > 0 {
+		fmt.Fprintf(&w, "\n## Where the time goes (profile, same run)\n\n| what | clients | cost |\n|---|---|---|\n")
+		for _, r := range b.profRows {
+			fmt.Fprintf(&w, "| %s | %s | %s |\n", r.Metric, r.Clients, r.Result)
+		}
+	}
+	if len(b.logs) > 0 {
+		fmt.Fprintf(&w, "\nThe daemon's start-up log of the \"reboot\" (phases by timestamp):\n\n```\n")
+		for _, l := range b.logs {
+			if len(l) > 240 {
+				l = l[:240] + " …"
+			}
+			fmt.Fprintln(&w, l)
+		}
+		fmt.Fprintf(&w, "```\n")
+	}
 	fmt.Fprintf(&w, "\n## For scale: figures reported in issue 2 (not measured here)\n\n| gateway | clients | figure | source | |\n|---|---|---|---|---|\n")
 	for _, r := range references {
 		fmt.Fprintf(&w, "| %s | %s | %s | %s | %s |\n", r.Metric, r.Clients, r.Result, r.Target, r.OK)
@@ -44,7 +60,7 @@ func (b *bench) report(err error) string {
 		"A lab site in network namespaces (`internal/lab`): upstream, gateway (bridge `br-cw`, readdressed to " + clientPrefix + "), 3 client namespaces; the real `portal run` in the gateway namespace, driven through its control socket (`control.APIClient`).",
 		"Synthetic sessions: MAC `02:01:00:…`, IPs from 10.20.4.1, each shaped " + b.o.fillDown + " down / " + b.o.fillUp + " up (one HTB class pair each), allowed one at a time; \"N clients\" counts them plus the two real authorised clients.",
 		"Allow → first packet: a client namespace sends a 32-byte UDP packet every ~200 µs to a socket in the upstream namespace; each sample kicks the client, waits until no packet has arrived for 20 ms, takes t0, calls Allow, and records the arrival time of the first packet at the upstream.",
-		"Throughput and shaping: iperf3 -t 5 -O 1 (first second omitted) from a real client to the upstream; \"download\" is -R.",
+		"Throughput and shaping: iperf3 -t 5 -O 1 (first second omitted) from a real client to the upstream; \"download\" is -R. iperf3 reports TCP goodput; HTB limits whole frames, and a full segment carries 1448 payload bytes in a 1514-byte frame, so goodput at exactly the limit is 0.956 × limit: the ok column uses goodput × 1514/1448.",
 		"Restart: SIGKILL to the daemon only (dnsmasq and the kernel state stay), then `portal run` again; \"reboot\": SIGKILL, `portal teardown` (removes chains, sets, qdiscs, dnsmasq; keeps the session store), then `portal run`; the clock stops when `ipset list -t cw-auth` counts every session and a real client fetches a page upstream.",
 	} {
 		fmt.Fprintf(&w, "- %s\n", s)
