@@ -99,6 +99,22 @@ func nodeHandle(htid uint32, bucket uint8) string {
 func hostTable(oct3 uint8) uint32 { return hostTable0 + uint32(oct3) }
 func classID(minor uint16) string { return fmt.Sprintf("1:%x", minor) }
 
+// A limit is what the resident's speed test shows: TCP payload. HTB counts
+// whole Ethernet frames, and a full-size frame (1514 bytes) carries 1448
+// bytes of TCP payload (1500 - 20 IP - 32 TCP with timestamps), so a class
+// runs at limit*1514/1448; without this a "20mbit" client measures 19.1.
+const payloadPerFrame = 1448
+
+// wireBits is the HTB rate (bits/s on the wire) for a limit.
+func wireBits(r quantity.Rate) uint64 {
+	return (uint64(r)*mtuFrame + payloadPerFrame/2) / payloadPerFrame
+}
+
+// limitOfWire is the limit a class's HTB rate was made for.
+func limitOfWire(bits uint64) quantity.Rate {
+	return quantity.Rate((bits*payloadPerFrame + mtuFrame/2) / mtuFrame)
+}
+
 // htbParams are the HTB class parameters for one rate.
 type htbParams struct {
 	rateBytes uint64 // bytes per second, as the kernel keeps it
@@ -117,7 +133,7 @@ type htbParams struct {
 //     cannot avoid for rates this far apart.
 //   - limit: about 100 ms of packets at the rate, 32..1000.
 func paramsFor(r quantity.Rate) htbParams {
-	bytes := uint64(r) / 8
+	bytes := wireBits(r) / 8
 	p := htbParams{rateBytes: bytes, burst: bytes / 100, quantum: mtuFrame, limit: bytes / 10 / mtuFrame}
 	p.burst = max(p.burst, 2*mtuFrame)
 	p.limit = min(max(p.limit, 32), 1000)

@@ -202,7 +202,7 @@ func (t *TC) clientLines(minor uint16, ip netip.Addr, old, new Limit) []string {
 	}{{t.down, old.Down, new.Down}, {t.up, old.Up, new.Up}} {
 		switch {
 		case x.new != 0 && x.old != 0:
-			if paramsFor(x.old) != paramsFor(x.new) {
+			if !rateClose(wireBits(x.old), x.new) {
 				lines = append(lines, classLine("change", x.d.dev, minor, x.new), leafLine(x.d.dev, minor, x.new))
 			}
 		case x.new != 0:
@@ -235,9 +235,9 @@ func (t *TC) learn(s state) {
 			l := t.installed[ip]
 			l.IP = ip
 			if down {
-				l.Down = quantity.Rate(c.rateBits)
+				l.Down = limitOfWire(c.rateBits)
 			} else {
-				l.Up = quantity.Rate(c.rateBits)
+				l.Up = limitOfWire(c.rateBits)
 			}
 			t.installed[ip] = l
 		}

@@ -166,8 +166,20 @@ func TestSetupKeepsClients(t *testing.T) {
 		ip("10.20.0.11"): {IP: ip("10.20.0.11"), Down: 2 * quantity.Mbit, Up: 2 * quantity.Mbit},
 		ip("10.20.0.12"): {IP: ip("10.20.0.12"), Down: 5 * quantity.Mbit},
 	}
-	if diff := cmp.Diff(want, tc.installed, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+	// tc prints rates to three significant digits: the learned limits are
+	// the configured ones within that precision.
+	near := cmp.Comparer(func(a, b quantity.Rate) bool { return a == b || a != 0 && b != 0 && rateClose(wireBits(a), b) })
+	if diff := cmp.Diff(want, tc.installed, near, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Errorf("learned clients (-want +got):\n%s", diff)
+	}
+	// And a Set of the same limits after a restart changes nothing.
+	for _, l := range want {
+		if err := tc.Set(context.Background(), l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f.batches != 0 {
+		t.Errorf("re-Setting learned limits ran %d batches:\n%s", f.batches, f.log.String())
 	}
 }
 
@@ -421,11 +433,12 @@ func TestParamsFor(t *testing.T) {
 		rate quantity.Rate
 		want htbParams
 	}{
-		{256 * quantity.Kbit, htbParams{rateBytes: 32000, burst: 3028, quantum: 1514, limit: 32}},
-		{2 * quantity.Mbit, htbParams{rateBytes: 250000, burst: 3028, quantum: 1514, limit: 32}},
-		{20 * quantity.Mbit, htbParams{rateBytes: 2500000, burst: 25000, quantum: 1514, limit: 165}},
-		{100 * quantity.Mbit, htbParams{rateBytes: 12500000, burst: 125000, quantum: 1514, limit: 825}},
-		{quantity.Gbit, htbParams{rateBytes: 125000000, burst: 1250000, quantum: 1514, limit: 1000}},
+		// Classes run at limit*1514/1448 so that TCP payload meets the limit.
+		{256 * quantity.Kbit, htbParams{rateBytes: 33458, burst: 3028, quantum: 1514, limit: 32}},
+		{2 * quantity.Mbit, htbParams{rateBytes: 261395, burst: 3028, quantum: 1514, limit: 32}},
+		{20 * quantity.Mbit, htbParams{rateBytes: 2613950, burst: 26139, quantum: 1514, limit: 172}},
+		{100 * quantity.Mbit, htbParams{rateBytes: 13069751, burst: 130697, quantum: 1514, limit: 863}},
+		{quantity.Gbit, htbParams{rateBytes: 130697513, burst: 1306975, quantum: 1514, limit: 1000}},
 	}
 	for _, tt := range tests {
 		if got := paramsFor(tt.rate); got != tt.want {
@@ -453,9 +466,16 @@ func TestParseTCRate(t *testing.T) {
 }
 
 func TestRateClose(t *testing.T) {
-	// tc prints 12345678bit as 12345Kbit: still the rate we set.
-	if !rateClose(12345000, 12345678) {
-		t.Error("12345Kbit should match 12345678bit")
+	// tc prints 12908395bit as 12908Kbit: still the rate we set for a
+	// limit of 12345678bit (12908395 on the wire).
+	if w := wireBits(12345678); w != 12908395 {
+		t.Fatalf("wireBits(12345678) = %d", w)
+	}
+	if !rateClose(12908000, 12345678) {
+		t.Error("12908Kbit should match a limit of 12345678bit")
+	}
+	if got := limitOfWire(wireBits(20 * quantity.Mbit)); got != 20*quantity.Mbit {
+		t.Errorf("limitOfWire(wireBits(20mbit)) = %v", got)
 	}
 	if rateClose(7e6, 2*quantity.Mbit) {
 		t.Error("7Mbit should not match 2mbit")
