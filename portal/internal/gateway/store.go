@@ -11,6 +11,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Session is one resident's authorised session: the store of record.
@@ -63,7 +64,7 @@ func OpenStore(dir string) (*Store, error) {
 	path := filepath.Join(dir, "sessions.db")
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("opening %s: another portal daemon holds it", path)
 		}
 		return nil, fmt.Errorf("opening %s: %w", path, err)
