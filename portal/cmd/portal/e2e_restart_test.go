@@ -220,3 +220,15 @@ func TestTeardownRemovesOnlyOurs(t *testing.T) {
 		t.Errorf("dnsmasq still running after teardown: %s", pids)
 	}
 }
+
+func TestTeardownRefusesWhileRunning(t *testing.T) {
+	s := newSite(t, 1)
+	ctx := context.Background()
+	out, err := s.l.Gateway.Run(ctx, s.bin, "teardown", "-config", s.cfg)
+	if err == nil || !strings.Contains(out, "daemon is running") {
+		t.Fatalf("teardown with the daemon running: err=%v out=%s", err, out)
+	}
+	if out, _ := s.l.Gateway.Run(ctx, "iptables", "-S", "cw-fwd"); !strings.Contains(out, "cw-captive") {
+		t.Fatalf("teardown removed rules of a running daemon:\n%s", out)
+	}
+}

@@ -172,6 +172,8 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(stderr, *logFormat)
+	// No reload yet: a stray SIGHUP must not kill the gateway.
+	signal.Ignore(syscall.SIGHUP)
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -321,6 +323,14 @@ func cmdTeardown(ctx context.Context, args []string, stderr io.Writer) int {
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	// A running daemon would put everything back at its next reconcile.
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_, err = control.NewClient(cfg.ControlSocket).Status(sctx)
+	cancel()
+	if err == nil {
+		fmt.Fprintf(stderr, "portal teardown: the gateway daemon is running (it answers on %s); stop it first (systemctl stop civicwifi-portal)\n", cfg.ControlSocket)
 		return 1
 	}
 	p, err := build(cfg, log)
