@@ -237,9 +237,6 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err := checkUplink(cfg); err != nil {
 		return err
 	}
-	if err := tuneKernel(log); err != nil {
-		return err
-	}
 	p, err := build(cfg, log)
 	if err != nil {
 		return err
@@ -261,6 +258,11 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Log:        log.With("component", "gateway"),
 	})
 	if err := gw.Start(ctx); err != nil {
+		return err
+	}
+	// Forwarding goes on only once the firewall is in place: fail closed
+	// at boot (keep net.ipv4.ip_forward=0 in /etc/sysctl.conf).
+	if err := tuneKernel(log); err != nil {
 		return err
 	}
 	log.Info("gateway running", "site", cfg.Site, "version", version, "clients", cfg.ClientIf, "uplink", cfg.UplinkIf)
