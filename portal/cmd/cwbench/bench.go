@@ -107,6 +107,9 @@ func (b *bench) run(ctx context.Context) error {
 		if err := lat.measure(ctx, scale); err != nil {
 			return fmt.Errorf("measuring allow latency at %d clients: %w", scale, err)
 		}
+		if err := b.repairs(ctx, scale); err != nil {
+			return err
+		}
 		if err := b.rss(ctx, scale); err != nil {
 			return err
 		}
@@ -129,6 +132,12 @@ func (b *bench) run(ctx context.Context) error {
 				return err
 			}
 			if err := b.kernelReads(ctx, scale); err != nil {
+				return fmt.Errorf("profiling: %w", err)
+			}
+			if err := b.clientsCost(ctx, scale); err != nil {
+				return fmt.Errorf("profiling: %w", err)
+			}
+			if err := b.pausedForwarding(ctx, scale); err != nil {
 				return fmt.Errorf("profiling: %w", err)
 			}
 			if err := b.restart(ctx, scale); err != nil {
@@ -171,6 +180,9 @@ func (b *bench) setup(ctx context.Context) error {
 	b.ctl = control.NewClient(b.sock)
 	if _, _, err := b.start(ctx); err != nil {
 		return err
+	}
+	if st, err := b.ctl.Status(ctx); err == nil {
+		b.note("The daemon's repair count right after its first start (empty store): %d.", st.Repairs)
 	}
 	// Clients still reach the gateway with the bridge's new address.
 	for _, c := range l.Clients {

@@ -484,32 +484,57 @@ func (b *bench) reboot(ctx context.Context, scale int) error {
 	if b.passes(ctx) {
 		return fmt.Errorf("client passes with the kernel state removed: the check proves nothing")
 	}
+	// Watch the kernel from the exec on, independently of the control
+	// socket (which answers only once shaping is restored too).
+	type result struct {
+		d   time.Duration
+		err error
+	}
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	watched := make(chan result, 1)
 	t0 := time.Now()
+	go func() {
+		deadline := t0.Add(90 * time.Second)
+		for {
+			if b.authCount(wctx) >= scale && b.passes(wctx) {
+				watched <- result{d: time.Since(t0)}
+				return
+			}
+			if time.Now().After(deadline) {
+				watched <- result{err: fmt.Errorf("not all %d sessions in cw-auth 90 s after the start (%d)", scale, b.authCount(wctx))}
+				return
+			}
+			if err := sleepCtx(wctx, 20*time.Millisecond); err != nil {
+				watched <- result{err: err}
+				return
+			}
+		}
+	}()
 	ready, took, err := b.start(ctx)
 	if err != nil {
 		return err
 	}
-	var all time.Duration
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if b.authCount(ctx) >= scale && b.passes(ctx) {
-			all = time.Since(t0)
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not all %d sessions enforced 60 s after the start (cw-auth %d)", scale, b.authCount(ctx))
-		}
-		if err := sleepCtx(ctx, 5*time.Millisecond); err != nil {
-			return err
-		}
+	w := <-watched
+	if w.err != nil {
+		return w.err
 	}
+	all := w.d
 	b.logs = startLog(b.l.LogFile(fmt.Sprintf("portal-%d", b.starts)))
 	b.add(row{
 		Metric:  "\"reboot\": kill -9 + teardown (store kept), start: exec → all in cw-auth and a client passes",
 		Clients: strconv.Itoa(scale),
-		Result:  fmt.Sprintf("%s (control socket after %s; daemon's `took=%s`)", fmtDur(all), fmtDur(ready), took),
+		Result: fmt.Sprintf("%s; shaping restored too (daemon's `sessions enforced took=%s`, control socket answers) after %s",
+			fmtDur(all), took, fmtDur(ready)),
+		Target: "< 2 s",
+		OK:     okMark(all < 2*time.Second),
+	})
+	b.add(row{
+		Metric:  "\"reboot\": exec → everything enforced again, shaping included (control socket answers)",
+		Clients: strconv.Itoa(scale),
+		Result:  fmtDur(ready),
 		Target:  "< 2 s",
-		OK:      okMark(all < 2*time.Second),
+		OK:      okMark(ready < 2*time.Second),
 	})
 	return nil
 }

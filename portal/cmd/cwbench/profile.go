@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -217,4 +218,55 @@ func startLog(path string) []string {
 		}
 	}
 	return out
+}
+
+// clientsCost times one `ctl clients` call (every session as JSON).
+func (b *bench) clientsCost(ctx context.Context, scale int) error {
+	t0 := time.Now()
+	cs, err := b.ctl.Clients(ctx)
+	if err != nil {
+		return err
+	}
+	b.prof(fmt.Sprintf("`ctl clients` (control API, %d clients as JSON)", len(cs)), scale, fmtDur(time.Since(t0)))
+	return nil
+}
+
+// repairs reports the daemon's count of drift repairs. Nothing but the
+// daemon touches the kernel during the bench (until the "reboot"), so
+// every repair means its periodic reconcile undid something it had just
+// done itself: a reconcile that plans from a snapshot of the sessions
+// taken before a concurrent allow removes that allow's set element and
+// classes, and the next reconcile (2 s later) puts them back.
+func (b *bench) repairs(ctx context.Context, scale int) error {
+	st, err := b.ctl.Status(ctx)
+	if err != nil {
+		return err
+	}
+	b.add(row{
+		Metric:  "drift repairs by the daemon's reconcile, with no outside drift (cumulative since start)",
+		Clients: strconv.Itoa(scale),
+		Result:  strconv.FormatUint(st.Repairs, 10),
+		Target:  "0",
+		OK:      okMark(st.Repairs == 0),
+	})
+	return nil
+}
+
+// pausedForwarding measures forwarding with the daemon stopped
+// (SIGSTOP), to tell the kernel's per-packet cost at this scale from the
+// CPU the daemon's background work takes away on a small machine.
+func (b *bench) pausedForwarding(ctx context.Context, scale int) error {
+	pid := b.daemon.Process.Pid
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		return err
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	for i, dir := range []string{"upload", "download"} {
+		bps, err := b.iperf3(ctx, b.bulk, i == 1)
+		if err != nil {
+			return err
+		}
+		b.prof("forwarding, unshaped client, "+dir+", with the daemon paused (SIGSTOP)", scale, fmt.Sprintf("%.0f Mbit/s", bps/1e6))
+	}
+	return nil
 }
