@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -35,7 +36,9 @@ func TestRestartKeepsResidentsAndRepairsDrift(t *testing.T) {
 	// A transfer in progress while the daemon dies.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	streamCmd := c1.Command(ctx, "curl", "-sS", "-o", "/dev/null", "--max-time", "8", other+"stream")
+	var streamOut strings.Builder
+	streamCmd := c1.Command(ctx, "curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "8", other+"stream")
+	streamCmd.Stdout = &streamOut
 	if err := streamCmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -64,6 +67,11 @@ func TestRestartKeepsResidentsAndRepairsDrift(t *testing.T) {
 		if ee, ok := err.(interface{ ExitCode() int }); !ok || ee.ExitCode() != 28 {
 			t.Fatalf("transfer across the restart: %v", err)
 		}
+	}
+	// The stream sends 1 KiB every 100 ms: about 80 KiB in 8 s if it never
+	// stalled across the kill and the restart.
+	if n, _ := strconv.Atoi(strings.TrimSpace(streamOut.String())); n < 70*1024 {
+		t.Fatalf("the transfer stalled across the restart: %d bytes in 8 s", n)
 	}
 	t.Run("adopted with counters", func(t *testing.T) {
 		cs := s.clients()
@@ -122,7 +130,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 	l := s.l
 	ctx := context.Background()
 	rules := func() string {
-		out, _ := l.Gateway.Run(ctx, "sh", "-c", "iptables-save | grep -v '^#' | sed 's/\\[[0-9]*:[0-9]*\\]//'; ipset list -n")
+		out, _ := l.Gateway.Run(ctx, "sh", "-c", "iptables-save | grep -v '^#' | sed 's/\\[[0-9]*:[0-9]*\\]//'; ipset save | sed 's/ timeout [0-9]*//; s/ packets [0-9]* bytes [0-9]*//'")
 		return out
 	}
 	base := rules()
@@ -138,6 +146,9 @@ func TestBadInputChangesNothing(t *testing.T) {
 			{[]string{"allow", "--ip", "10.20.0.50", "--down", "5 Mbps"}, "5 Mbps"},
 			{[]string{"kick", "--mac", "zz:00:00:00:00:01"}, "zz:00:00:00:00:01"},
 			{[]string{"allow"}, "--mac"},
+			// Passes every syntax check; the gateway refuses it before
+			// anything is recorded (the shaper's smallest rate is 8kbit).
+			{[]string{"allow", "--ip", "10.20.0.11", "--mac", "02:00:00:00:00:01", "--down", "1kbit"}, "1kbit"},
 		} {
 			out, err := s.ctl(ctx, tc.args...)
 			if err == nil {

@@ -195,7 +195,10 @@ type gate struct {
 
 func (g gate) Authorised(ip netip.Addr) bool { _, ok := g.gw.SessionFor(ip); return ok }
 func (g gate) ClickThrough(ctx context.Context, ip netip.Addr) error {
-	_, err := g.gw.Open(ctx, gateway.Grant{IP: ip, Method: "click-through", Limits: g.cfg.Limits})
+	_, err := g.gw.ClickThrough(ctx, ip)
+	if errors.Is(err, gateway.ErrRefused) {
+		return fmt.Errorf("%w: %w", captive.ErrRefused, err)
+	}
 	return err
 }
 
@@ -246,6 +249,9 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	defer store.Close()
+	store.Corrupt = func(id string, err error) {
+		log.Error("skipping an unreadable session record", "session", id, "err", err)
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -21,6 +21,10 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 )
 
+// ErrRefused is wrapped by a Gate's refusals (the site's rules say no, as
+// opposed to a failure): the resident sees why.
+var ErrRefused = errors.New("refused")
+
 // Gate is what the portal needs from the gateway.
 type Gate interface {
 	// Authorised reports whether ip has an active session.
@@ -178,6 +182,9 @@ func (s *Server) grant(c echo.Context) error {
 	}
 	if err := s.gate.ClickThrough(c.Request().Context(), ip); err != nil {
 		s.log.Warn("click-through grant", "ip", ip, "err", err)
+		if errors.Is(err, ErrRefused) {
+			return c.String(http.StatusForbidden, "Accesso non consentito ora: "+err.Error()+"\n")
+		}
 		return c.String(http.StatusServiceUnavailable, "Non è stato possibile connettersi, riprova tra poco.\n")
 	}
 	if target != "" {

@@ -60,8 +60,17 @@ type Gateway struct {
 	log *slog.Logger
 	now func() time.Time
 
+	// kmu serialises every change to the kernel (Open, Close, ends,
+	// reconcile), so a reconcile never works from a list that an Open or
+	// Close made stale. Taken before mu.
+	kmu sync.Mutex
+
 	mu       sync.Mutex
 	sessions map[string]*Session // active, by ID
+	// lockout keeps a device that was kicked or used up its quota from
+	// letting itself in again by click-through before the session would
+	// have expired.
+	lockout map[string]time.Time
 	byIP     map[netip.Addr]*Session
 	started  time.Time
 	lastRec  time.Time
@@ -90,6 +99,7 @@ func New(o Options) *Gateway {
 		o: o, log: o.Log, now: o.Now,
 		sessions: map[string]*Session{},
 		byIP:     map[netip.Addr]*Session{},
+		lockout:  map[string]time.Time{},
 	}
 }
 
@@ -108,8 +118,15 @@ func (g *Gateway) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("loading sessions: %w", err)
 	}
+	previous, err := g.o.Store.Ended()
+	if err != nil {
+		return fmt.Errorf("loading ended sessions: %w", err)
+	}
 	g.mu.Lock()
 	now := g.now()
+	for _, s := range previous {
+		g.noteLockout(s, now)
+	}
 	var ended []*Session
 	for _, s := range stored {
 		if !s.Expires.IsZero() && !now.Before(s.Expires) {
@@ -207,14 +224,20 @@ func (g *Gateway) reconcile(ctx context.Context) (int, error) {
 	if err := g.poll(ctx); err != nil {
 		g.log.Warn("reading counters before reconcile", "err", err)
 	}
+	g.kmu.Lock()
+	defer g.kmu.Unlock()
 	grants, limits := g.grants()
-	fr, err := g.o.FW.Reconcile(ctx, grants)
-	if err != nil {
-		return 0, fmt.Errorf("reconciling firewall: %w", err)
+	// One part failing must not keep the other from being repaired.
+	fr, ferr := g.o.FW.Reconcile(ctx, grants)
+	if ferr != nil {
+		ferr = fmt.Errorf("reconciling firewall: %w", ferr)
 	}
-	sr, err := g.o.Shaper.Reconcile(ctx, limits)
-	if err != nil {
-		return 0, fmt.Errorf("reconciling shaper: %w", err)
+	sr, serr := g.o.Shaper.Reconcile(ctx, limits)
+	if serr != nil {
+		serr = fmt.Errorf("reconciling shaper: %w", serr)
+	}
+	if err := errors.Join(ferr, serr); err != nil {
+		return 0, err
 	}
 	m := g.o.Metrics
 	m.repairs.WithLabelValues("rules").Add(float64(fr.Rules))
@@ -234,6 +257,10 @@ func (g *Gateway) reconcile(ctx context.Context) (int, error) {
 
 // poll reads the kernel counters and ends sessions that ran out.
 func (g *Gateway) poll(ctx context.Context) error {
+	// Under kmu: the counters read must still belong to the sessions they
+	// are applied to (an Open or Close in between could reuse an address).
+	g.kmu.Lock()
+	defer g.kmu.Unlock()
 	usage, err := g.o.FW.Usage(ctx)
 	if err != nil {
 		return err
@@ -245,9 +272,10 @@ func (g *Gateway) poll(ctx context.Context) error {
 	for _, s := range g.sessions {
 		u, ok := usage[s.IP]
 		if ok {
-			// Counters only grow; a smaller value means the element was
-			// re-created by someone else: keep ours (reconcile re-adds).
-			if u.Bytes >= s.BytesDown+s.BytesUp && u.DownBytes <= u.Bytes {
+			// Counters only grow, in each direction; a smaller value means
+			// an element was re-created by someone else: keep ours
+			// (reconcile re-adds it with them).
+			if u.DownBytes <= u.Bytes && u.DownBytes >= s.BytesDown && u.Bytes-u.DownBytes >= s.BytesUp {
 				if u.Packets != s.Packets || s.LastActive.IsZero() {
 					if u.Packets > s.Packets {
 						s.LastActive = now
@@ -278,6 +306,7 @@ func (g *Gateway) poll(ctx context.Context) error {
 	}
 	for _, s := range ending {
 		g.forget(s)
+		g.noteLockout(s, now)
 	}
 	g.o.Metrics.addBytes(down, up)
 	g.mu.Unlock()
@@ -289,6 +318,22 @@ func (g *Gateway) forget(s *Session) {
 	delete(g.sessions, s.ID)
 	if g.byIP[s.IP] == s {
 		delete(g.byIP, s.IP)
+	}
+}
+
+// noteLockout remembers a device that must not let itself in again by
+// click-through: kicked, or out of quota, until the session would have
+// expired (an hour if it had no end). Caller holds g.mu.
+func (g *Gateway) noteLockout(s *Session, now time.Time) {
+	if s.EndReason != "kicked" && s.EndReason != "quota" {
+		return
+	}
+	until := s.Expires
+	if until.IsZero() {
+		until = s.Ended.Add(time.Hour)
+	}
+	if until.After(now) {
+		g.lockout[s.MAC.String()] = until
 	}
 }
 
@@ -336,7 +381,9 @@ func (g *Gateway) flush() error {
 	}
 	g.dirty = false
 	g.mu.Unlock()
-	return g.o.Store.Put(snap...)
+	// A session that ended after the snapshot must not be written back
+	// as active: UpdateActive skips sessions no longer in the active bucket.
+	return g.o.Store.UpdateActive(snap...)
 }
 
 // Grant is a request to open a session, already parsed.
@@ -347,14 +394,88 @@ type Grant struct {
 	Limits config.Limits
 }
 
-// Open authorises a client. An existing session of the same client is
-// updated in place (limits replaced, counters kept).
+// maxQuota bounds a quota well below the firewall's counter offset.
+const maxQuota = 1 << 50
+
+// checkLimits refuses limits the kernel cannot enforce, before anything is
+// recorded.
+func checkLimits(l config.Limits) error {
+	for _, r := range []struct {
+		name string
+		v    quantity.Rate
+	}{{"down", l.Down}, {"up", l.Up}} {
+		if r.v != 0 && r.v < shaper.MinRate {
+			return fmt.Errorf("%w: %s: %s is below the smallest rate, %s (0 for no limit)", control.ErrBadRequest, r.name, r.v, shaper.MinRate)
+		}
+	}
+	if l.Quota > maxQuota {
+		return fmt.Errorf("%w: quota: %s is too large", control.ErrBadRequest, l.Quota)
+	}
+	if l.Session < 0 || l.Idle < 0 {
+		return fmt.Errorf("%w: durations must not be negative", control.ErrBadRequest)
+	}
+	return nil
+}
+
+// Open authorises a client (the operator's or the controller's decision).
+// An existing session of the same client is updated in place (limits
+// replaced, counters kept); a session of another device on the same address
+// ends. If the kernel refuses, nothing is left behind: a new session is
+// ended and revoked, an updated one goes back to what it was.
 func (g *Gateway) Open(ctx context.Context, req Grant) (*Session, error) {
-	t0 := time.Now()
+	if err := checkLimits(req.Limits); err != nil {
+		return nil, err
+	}
 	mac, ip, err := g.identify(req.MAC, req.IP)
 	if err != nil {
 		return nil, err
 	}
+	g.kmu.Lock()
+	defer g.kmu.Unlock()
+	return g.open(ctx, mac, ip, req)
+}
+
+// ClickThrough lets a captive device in by itself, with the site's default
+// limits. It never changes an existing session (a resident cannot lift the
+// limits an operator set), never takes an address from another device's
+// session, and refuses a device that was kicked or used up its quota until
+// that session would have expired.
+func (g *Gateway) ClickThrough(ctx context.Context, ip netip.Addr) (*Session, error) {
+	mac, ip, err := g.identify(nil, ip)
+	if err != nil {
+		return nil, err
+	}
+	g.kmu.Lock()
+	defer g.kmu.Unlock()
+	g.mu.Lock()
+	if s := g.byIP[ip]; s != nil {
+		c := *s
+		g.mu.Unlock()
+		if sameMAC(s.MAC, mac) {
+			return &c, nil // already in
+		}
+		return nil, fmt.Errorf("%w: %s is in use by another device's session", ErrRefused, ip)
+	}
+	for _, s := range g.sessions {
+		if sameMAC(s.MAC, mac) {
+			g.mu.Unlock()
+			return nil, fmt.Errorf("%w: %s already has a session on %s", ErrRefused, mac, s.IP)
+		}
+	}
+	if until, ok := g.lockout[mac.String()]; ok && g.now().Before(until) {
+		g.mu.Unlock()
+		return nil, fmt.Errorf("%w: %s may not log in again before %s", ErrRefused, mac, until.Format(time.RFC3339))
+	}
+	g.mu.Unlock()
+	return g.open(ctx, mac, ip, Grant{Method: "click-through", Limits: g.o.Config.Limits})
+}
+
+// ErrRefused marks a login the site's rules refuse.
+var ErrRefused = errors.New("refused")
+
+// open does the work of Open; the caller holds kmu.
+func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, req Grant) (*Session, error) {
+	t0 := time.Now()
 	now := g.now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -365,11 +486,15 @@ func (g *Gateway) Open(ctx context.Context, req Grant) (*Session, error) {
 		// The address now belongs to another device: the old session ends.
 		displaced, s = s, nil
 	}
+	var prev *Session // the session before this update, to roll back to
 	if s == nil {
 		if max := g.o.Config.Limits.MaxClients; max > 0 && len(g.sessions) >= max && displaced == nil {
-			return nil, fmt.Errorf("%w: the site is full (%d clients)", control.ErrBadRequest, max)
+			return nil, fmt.Errorf("%w: %w: the site is full (%d clients)", control.ErrBadRequest, ErrRefused, max)
 		}
 		s = &Session{ID: newID(), MAC: mac, IP: ip, Started: now, LastActive: now}
+	} else {
+		c := *s
+		prev = &c
 	}
 	s.Method = req.Method
 	l := req.Limits
@@ -388,6 +513,12 @@ func (g *Gateway) Open(ctx context.Context, req Grant) (*Session, error) {
 		toPut = append(toPut, displaced)
 	}
 	if err := g.o.Store.Put(toPut...); err != nil {
+		if prev != nil {
+			*s = *prev
+		}
+		if displaced != nil {
+			displaced.Ended, displaced.EndReason = time.Time{}, ""
+		}
 		return nil, fmt.Errorf("recording session: %w", err)
 	}
 	if displaced != nil {
@@ -399,20 +530,10 @@ func (g *Gateway) Open(ctx context.Context, req Grant) (*Session, error) {
 	g.sessions[s.ID] = s
 	g.byIP[ip] = s
 
-	// Shape first so the first forwarded packet is already limited.
-	var kerr error
-	if s.DownRate > 0 || s.UpRate > 0 {
-		kerr = g.o.Shaper.Set(ctx, limitOf(s))
-	} else {
-		kerr = g.o.Shaper.Remove(ctx, ip)
-	}
-	if kerr == nil {
-		kerr = g.o.FW.Allow(ctx, grantOf(s))
-	}
-	if kerr != nil {
-		// Recorded but not enforced: the reconcile loop retries.
+	if err := g.enforce(ctx, s); err != nil {
 		g.o.Metrics.errors.WithLabelValues("allow").Inc()
-		return nil, fmt.Errorf("authorising %s: %w", mac, kerr)
+		g.rollback(ctx, s, prev, now)
+		return nil, fmt.Errorf("authorising %s: %w", mac, err)
 	}
 	g.o.Metrics.authorisations.WithLabelValues(s.Method).Inc()
 	g.o.Metrics.allowSeconds.Observe(time.Since(t0).Seconds())
@@ -422,8 +543,48 @@ func (g *Gateway) Open(ctx context.Context, req Grant) (*Session, error) {
 	return &c, nil
 }
 
+// enforce puts one session in the kernel: shaping first, so the first
+// forwarded packet is already limited.
+func (g *Gateway) enforce(ctx context.Context, s *Session) error {
+	var err error
+	if s.DownRate > 0 || s.UpRate > 0 {
+		err = g.o.Shaper.Set(ctx, limitOf(s))
+	} else {
+		err = g.o.Shaper.Remove(ctx, s.IP)
+	}
+	if err == nil {
+		err = g.o.FW.Allow(ctx, grantOf(s))
+	}
+	return err
+}
+
+// rollback undoes an open the kernel refused. Caller holds kmu and mu.
+func (g *Gateway) rollback(ctx context.Context, s, prev *Session, now time.Time) {
+	if prev != nil {
+		// An update: back to the limits the session had.
+		*s = *prev
+		if err := g.o.Store.Put(s); err != nil {
+			g.log.Error("restoring session after a refused update", "session", s.ID, "err", err)
+		}
+		if err := g.enforce(ctx, s); err != nil {
+			g.log.Error("restoring session after a refused update", "session", s.ID, "err", err)
+		}
+		return
+	}
+	s.Ended, s.EndReason = now, "failed"
+	g.forget(s)
+	if err := g.o.Store.Put(s); err != nil {
+		g.log.Error("recording failed session", "session", s.ID, "err", err)
+	}
+	if err := g.revokeKernel(ctx, s); err != nil {
+		g.log.Error("revoking failed session", "session", s.ID, "err", err)
+	}
+}
+
 // Close ends the session of a client (by MAC or IP) with reason.
 func (g *Gateway) Close(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, reason string) (*Session, error) {
+	g.kmu.Lock()
+	defer g.kmu.Unlock()
 	g.mu.Lock()
 	var s *Session
 	if ip.IsValid() {
@@ -443,8 +604,10 @@ func (g *Gateway) Close(ctx context.Context, mac net.HardwareAddr, ip netip.Addr
 		g.mu.Unlock()
 		return nil, fmt.Errorf("%w: no session for %s", control.ErrNotFound, describe(mac, ip))
 	}
-	s.Ended, s.EndReason = g.now(), reason
+	now := g.now()
+	s.Ended, s.EndReason = now, reason
 	g.forget(s)
+	g.noteLockout(s, now)
 	g.mu.Unlock()
 	if err := g.end(ctx, []*Session{s}); err != nil {
 		return nil, err
@@ -480,11 +643,8 @@ func (g *Gateway) identify(mac net.HardwareAddr, ip netip.Addr) (net.HardwareAdd
 	cfg := g.o.Config
 	if ip.IsValid() {
 		ip = ip.Unmap()
-		switch {
-		case !ip.Is4() || !cfg.ClientSubnet.Contains(ip):
-			return nil, netip.Addr{}, fmt.Errorf("%w: %s is not in the client network %s", control.ErrBadRequest, ip, cfg.ClientSubnet)
-		case ip == cfg.GatewayIP || ip == cfg.ClientSubnet.Addr():
-			return nil, netip.Addr{}, fmt.Errorf("%w: %s is the gateway's or the network's own address", control.ErrBadRequest, ip)
+		if err := g.checkClientIP(ip); err != nil {
+			return nil, netip.Addr{}, err
 		}
 	}
 	if mac != nil && (len(mac) != 6 || mac[0]&1 == 1 || isZero(mac)) {
@@ -523,10 +683,31 @@ func (g *Gateway) identify(mac net.HardwareAddr, ip netip.Addr) (net.HardwareAdd
 	if !ok {
 		return nil, netip.Addr{}, fmt.Errorf("%w: %s has not been seen on %s; give both --mac and --ip", control.ErrNotFound, describe(mac, ip), cfg.ClientIf)
 	}
-	if ip == cfg.GatewayIP {
-		return nil, netip.Addr{}, fmt.Errorf("%w: %s is the gateway's own address", control.ErrBadRequest, ip)
+	if err := g.checkClientIP(found.IP); err != nil {
+		return nil, netip.Addr{}, err
 	}
 	return found.MAC, found.IP, nil
+}
+
+// checkClientIP refuses addresses that can never be a client's.
+func (g *Gateway) checkClientIP(ip netip.Addr) error {
+	cfg := g.o.Config
+	switch {
+	case !ip.Is4() || !cfg.ClientSubnet.Contains(ip):
+		return fmt.Errorf("%w: %s is not in the client network %s", control.ErrBadRequest, ip, cfg.ClientSubnet)
+	case ip == cfg.GatewayIP || ip == cfg.ClientSubnet.Addr() || ip == lastAddr(cfg.ClientSubnet):
+		return fmt.Errorf("%w: %s is the gateway's, the network's or the broadcast address", control.ErrBadRequest, ip)
+	}
+	return nil
+}
+
+// lastAddr is the broadcast address of an IPv4 prefix.
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	for i := p.Bits(); i < 32; i++ {
+		a[i/8] |= 1 << (7 - i%8)
+	}
+	return netip.AddrFrom4(a)
 }
 
 func describe(mac net.HardwareAddr, ip netip.Addr) string {

@@ -441,3 +441,115 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+func TestClickThroughRules(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, "", nil)
+	// An operator's session with tight limits cannot be lifted by a click.
+	if _, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String(), Down: "128kbit", Quota: "1MB"}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := r.gw.ClickThrough(ctx, ip1)
+	if err != nil || s.DownRate != uint64(128*quantity.Kbit) || s.QuotaBytes != 1e6 {
+		t.Fatalf("click on an existing session = %+v, %v; want it unchanged", s, err)
+	}
+	// The same device on another address cannot open a second session.
+	r.gw.o.Hosts = fakeHosts{hosts: []discovery.Host{{MAC: mac1, IP: ip2, LastSeen: r.clk.now()}}}
+	if _, err := r.gw.ClickThrough(ctx, ip2); !errors.Is(err, ErrRefused) {
+		t.Fatalf("second session for one MAC: %v, want refused", err)
+	}
+	// Another device cannot take the address of a session by clicking.
+	r.gw.o.Hosts = fakeHosts{hosts: []discovery.Host{{MAC: mac2, IP: ip1, LastSeen: r.clk.now()}}}
+	if _, err := r.gw.ClickThrough(ctx, ip1); !errors.Is(err, ErrRefused) {
+		t.Fatalf("click taking another device's address: %v, want refused", err)
+	}
+	if got := r.fw.allowed[ip1]; got.MAC.String() != mac1.String() {
+		t.Fatalf("the session's owner changed: %+v", got)
+	}
+	// Kicked: no way back in by click-through until the session would have expired.
+	r.gw.o.Hosts = fakeHosts{hosts: []discovery.Host{{MAC: mac1, IP: ip1, LastSeen: r.clk.now()}}}
+	if _, err := r.gw.Kick(ctx, control.KickRequest{IP: ip1.String()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.gw.ClickThrough(ctx, ip1); !errors.Is(err, ErrRefused) {
+		t.Fatalf("click after kick: %v, want refused", err)
+	}
+	r.clk.add(2 * time.Hour)
+	if s, err := r.gw.ClickThrough(ctx, ip1); err != nil || s.Method != "click-through" {
+		t.Fatalf("click after the lockout: %+v, %v", s, err)
+	}
+}
+
+func TestRefusedAllowLeavesNothing(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, "", nil)
+	if _, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String(), Down: "1kbit"}); !errors.Is(err, control.ErrBadRequest) {
+		t.Fatalf("rate below the minimum: %v, want bad request", err)
+	}
+	r.fw.fail = errors.New("kernel says no")
+	if _, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String()}); err == nil {
+		t.Fatal("allow succeeded although the kernel refused")
+	}
+	if len(r.gw.Sessions()) != 0 || len(r.fw.allowed) != 0 {
+		t.Fatalf("a refused allow left a session: %+v", r.gw.Sessions())
+	}
+	if _, err := r.gw.reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.fw.allowed) != 0 {
+		t.Fatal("reconcile let in a client whose allow was refused")
+	}
+	active, _ := r.store.Active()
+	if len(active) != 0 {
+		t.Fatalf("store keeps %d active sessions", len(active))
+	}
+	// A refused update keeps the session as it was.
+	r.fw.fail = nil
+	if _, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String(), Down: "2mbit"}); err != nil {
+		t.Fatal(err)
+	}
+	r.fw.fail = errors.New("kernel says no")
+	if _, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String(), Down: "50mbit"}); err == nil {
+		t.Fatal("update succeeded although the kernel refused")
+	}
+	if got := r.gw.Sessions(); len(got) != 1 || got[0].DownRate != uint64(2*quantity.Mbit) {
+		t.Fatalf("after a refused update: %+v", got)
+	}
+}
+
+func TestCountersNeverMoveBetweenDirections(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, "", nil)
+	if _, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String()}); err != nil {
+		t.Fatal(err)
+	}
+	r.fw.set(ip1, firewall.Usage{Bytes: 1000, DownBytes: 800, Packets: 5})
+	r.gw.poll(ctx)
+	// Someone flushed cw-dl: the kernel now says all bytes went up.
+	r.fw.set(ip1, firewall.Usage{Bytes: 1100, DownBytes: 0, Packets: 6})
+	r.gw.poll(ctx)
+	if s := r.gw.Sessions()[0]; s.BytesDown != 800 || s.BytesUp != 200 {
+		t.Fatalf("counters = %d down / %d up, want 800 / 200 kept", s.BytesDown, s.BytesUp)
+	}
+}
+
+func TestFlushDoesNotResurrectEndedSessions(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, "", nil)
+	if _, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String()}); err != nil {
+		t.Fatal(err)
+	}
+	r.fw.set(ip1, firewall.Usage{Bytes: 10, Packets: 1})
+	r.gw.poll(ctx)
+	// A copy taken before the kick, written after it.
+	stale := r.gw.Sessions()[0]
+	if _, err := r.gw.Kick(ctx, control.KickRequest{IP: ip1.String()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.store.UpdateActive(&stale); err != nil {
+		t.Fatal(err)
+	}
+	if active, _ := r.store.Active(); len(active) != 0 {
+		t.Fatalf("a kicked session is active again in the store: %+v", active[0])
+	}
+}

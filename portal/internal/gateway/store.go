@@ -49,6 +49,8 @@ func (s *Session) Active() bool { return s.Ended.IsZero() }
 // is reconciled to; ended ones are kept for accounting until pruned.
 type Store struct {
 	db *bolt.DB
+	// Corrupt, if set, is told about records that cannot be decoded.
+	Corrupt func(id string, err error)
 }
 
 var (
@@ -131,19 +133,47 @@ func (s *Store) Put(sessions ...*Session) error {
 	})
 }
 
+// UpdateActive writes sessions that are still active in the store and skips
+// the others (ended since the caller took its copy), in one transaction.
+func (s *Store) UpdateActive(sessions ...*Session) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		act := tx.Bucket(bucketActive)
+		for _, sess := range sessions {
+			key := []byte(sess.ID)
+			if !sess.Active() || act.Get(key) == nil {
+				continue
+			}
+			b, err := encode(sess)
+			if err != nil {
+				return fmt.Errorf("encoding session %s: %w", sess.ID, err)
+			}
+			if err := act.Put(key, b); err != nil {
+				return fmt.Errorf("writing session %s: %w", sess.ID, err)
+			}
+		}
+		return nil
+	})
+}
+
 // Active returns every active session.
 func (s *Store) Active() ([]*Session, error) { return s.list(bucketActive) }
 
 // Ended returns ended sessions (kept until pruned).
 func (s *Store) Ended() ([]*Session, error) { return s.list(bucketEnded) }
 
+// list decodes a bucket. A record that cannot be decoded is skipped and
+// reported through Corrupt: one bad record must not keep the gateway (and
+// every other resident) from starting.
 func (s *Store) list(bucket []byte) ([]*Session, error) {
 	var out []*Session
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
 			sess, err := decode(v)
 			if err != nil {
-				return fmt.Errorf("decoding session %s: %w", k, err)
+				if s.Corrupt != nil {
+					s.Corrupt(string(k), err)
+				}
+				return nil
 			}
 			out = append(out, sess)
 			return nil
