@@ -71,11 +71,11 @@ type Gateway struct {
 	// letting itself in again by click-through before the session would
 	// have expired.
 	lockout map[string]time.Time
-	byIP     map[netip.Addr]*Session
-	started  time.Time
-	lastRec  time.Time
-	repairs  uint64
-	dirty    bool
+	byIP    map[netip.Addr]*Session
+	started time.Time
+	lastRec time.Time
+	repairs uint64
+	dirty   bool
 }
 
 // New makes a Gateway; Run starts it.
