@@ -226,6 +226,9 @@ func TestTeardownRemovesOnlyOurs(t *testing.T) {
 			t.Errorf("teardown removed someone else's %q", keep)
 		}
 	}
+	if fwd, _ := l.Gateway.Run(ctx, "cat", "/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(fwd) != "0" {
+		t.Errorf("after teardown ip_forward = %q, want 0 (clients would be routed unfiltered)", fwd)
+	}
 	pids, _ := l.Gateway.Run(ctx, "sh", "-c", "pgrep -a dnsmasq || true")
 	if strings.Contains(pids, filepath.Join(l.Dir, "state")) {
 		t.Errorf("dnsmasq still running after teardown: %s", pids)

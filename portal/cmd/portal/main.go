@@ -356,10 +356,15 @@ func cmdTeardown(ctx context.Context, args []string, stderr io.Writer) int {
 	if err := p.fw.Teardown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("removing firewall: %w", err))
 	}
+	// Without the gateway's rules, forwarding would route clients out
+	// unfiltered: turn it off again (the daemon turned it on).
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("0"), 0o644); err != nil {
+		errs = append(errs, fmt.Errorf("turning IPv4 forwarding off: %w", err))
+	}
 	if err := errors.Join(errs...); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	fmt.Fprintln(stderr, "portal: removed every chain, set, qdisc and process the gateway made; sessions are kept in", cfg.StateDir)
+	fmt.Fprintln(stderr, "portal: removed every chain, set, qdisc and process the gateway made and turned IPv4 forwarding off; sessions are kept in", cfg.StateDir)
 	return 0
 }
