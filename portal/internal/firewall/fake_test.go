@@ -115,7 +115,11 @@ func (f family) cmd() string {
 
 func (f *fakeKernel) Run(ctx context.Context, stdin string, argv ...string) (string, error) {
 	line := strings.Join(argv, " ")
-	f.cmds = append(f.cmds, line)
+	if argv[0] == "ipset" && argv[len(argv)-1] == "restore" {
+		f.cmds = append(f.cmds, line+"\n"+stdin)
+	} else {
+		f.cmds = append(f.cmds, line)
+	}
 	for prefix, out := range f.fail {
 		if strings.HasPrefix(line, prefix) {
 			return out, fmt.Errorf("running %q: exit status 1\n%s", argv, out)
@@ -176,6 +180,18 @@ func (f *fakeKernel) ipset(args []string, stdin string) (string, error) {
 	args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "-exist" })
 	switch args[0] {
 	case "list":
+		if args[1] == "-t" { // -t -o save: the create line of every set
+			names := []string{}
+			for n := range f.sets {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			var b strings.Builder
+			for _, n := range names {
+				fmt.Fprintf(&b, "create %s %s\n", n, f.sets[n].header())
+			}
+			return b.String(), nil
+		}
 		if args[1] == "-n" {
 			names := []string{}
 			for n := range f.sets {
@@ -209,19 +225,40 @@ func (f *fakeKernel) ipset(args []string, stdin string) (string, error) {
 			return err.Error() + "\n", fmt.Errorf("exit status 1")
 		}
 		return "", nil
+	case "swap":
+		a, okA := f.sets[args[1]]
+		b, okB := f.sets[args[2]]
+		if !okA || !okB {
+			return "no such set\n", fmt.Errorf("exit status 1")
+		}
+		f.sets[args[1]], f.sets[args[2]] = b, a
+		return "", nil
 	case "restore":
-		for _, l := range strings.Split(strings.TrimSpace(stdin), "\n") {
+		// As ipset: lines apply in order; the first failure stops it.
+		for i, l := range strings.Split(strings.TrimSpace(stdin), "\n") {
 			fl, err := splitQuoted(l)
 			if err != nil {
 				return "", err
 			}
 			if err := f.element(fl, exist); err != nil {
-				return "", err
+				return fmt.Sprintf("ipset v7.17: Error in line %d: %v\n", i+1, err), fmt.Errorf("exit status 1")
 			}
 		}
 		return "", nil
 	}
 	return "", fmt.Errorf("fake ipset: unknown %q", args)
+}
+
+// header is the create line's options as the kernel prints them: a range
+// as first-last.
+func (s *fakeSet) header() string {
+	f := strings.Fields(s.create)
+	for i := range f {
+		if i > 0 && f[i-1] == "range" {
+			f[i] = rangeOf(f[i])
+		}
+	}
+	return strings.Join(f, " ")
 }
 
 func (f *fakeKernel) element(args []string, exist bool) error {
@@ -233,6 +270,9 @@ func (f *fakeKernel) element(args []string, exist bool) error {
 	e, err := parseEntry(args[2], args[3:])
 	if err != nil {
 		return err
+	}
+	if r := parseHeader(strings.Fields(s.header())).opts["range"]; r != "" && !inRange(r, e.Key) {
+		return fmt.Errorf("Element is out of the range of the set")
 	}
 	old, had := s.elems[e.Key]
 	switch op {

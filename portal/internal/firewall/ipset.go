@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -19,14 +20,133 @@ type setSpec struct {
 	args []string // after "create <name>"
 }
 
+// gardenTimeout is the default timeout (seconds) of the dynamic walled
+// garden: dnsmasq adds an address on every lookup of a garden name (which
+// renews it), so an address the name no longer resolves to goes away.
+const gardenTimeout = 3600
+
+// The sets, in creation order. cw-auth, cw-acct and cw-dl all take the
+// session's timeout per element, so a session the kernel ends stops in both
+// directions and stops being counted.
 func (cfg Config) sets() []setSpec {
 	r := cfg.Subnet.Masked().String()
 	return []setSpec{
 		{AuthSet, []string{"bitmap:ip,mac", "range", r, "timeout", "0"}},
-		{AcctSet, []string{"bitmap:ip", "range", r, "counters", "comment"}},
-		{DownSet, []string{"bitmap:ip", "range", r, "counters"}},
-		{GardenSet, []string{"hash:net", "timeout", "0"}},
+		{AcctSet, []string{"bitmap:ip", "range", r, "timeout", "0", "counters", "comment"}},
+		{DownSet, []string{"bitmap:ip", "range", r, "timeout", "0", "counters"}},
+		{GardenNetSet, []string{"hash:net"}},
+		{GardenSet, []string{"hash:net", "timeout", strconv.Itoa(gardenTimeout)}},
 	}
+}
+
+// tmpName is the name a set is re-created under before it is swapped in.
+func (s setSpec) tmpName() string { return s.name + "-new" }
+
+// header is the part of a set's create line that matters to us: its type
+// and the options we set (range, timeout, counters, comment). Sizes, hash
+// seeds and the like are left out.
+type header struct {
+	typ  string
+	opts map[string]string // "range" -> "10.20.0.0-10.20.3.255", "counters" -> ""
+}
+
+// parseHeaders reads `ipset list -t -o save`: one create line per set.
+func parseHeaders(out string) map[string]header {
+	hs := map[string]header{}
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 3 || f[0] != "create" {
+			continue
+		}
+		hs[f[1]] = parseHeader(f[2:])
+	}
+	return hs
+}
+
+// parseHeader parses a set type and its create options.
+func parseHeader(f []string) header {
+	h := header{typ: f[0], opts: map[string]string{}}
+	for i := 1; i < len(f); i++ {
+		switch f[i] {
+		case "counters", "comment", "skbinfo", "forceadd":
+			h.opts[f[i]] = ""
+		case "range", "timeout":
+			if i+1 < len(f) {
+				v := f[i+1]
+				if f[i] == "range" {
+					v = rangeOf(v)
+				}
+				h.opts[f[i]] = v
+				i++
+			}
+		default: // family, hashsize, maxelem, bucketsize, initval, size, ...: a value follows
+			i++
+		}
+	}
+	return h
+}
+
+// rangeOf turns a prefix into the "first-last" form ipset prints.
+func rangeOf(v string) string {
+	p, err := netip.ParsePrefix(v)
+	if err != nil {
+		return v
+	}
+	p = p.Masked()
+	a := p.Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	n |= host
+	last := netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+	return p.Addr().String() + "-" + last.String()
+}
+
+func (h header) equal(o header) bool {
+	if h.typ != o.typ || len(h.opts) != len(o.opts) {
+		return false
+	}
+	for k, v := range h.opts {
+		if w, ok := o.opts[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (h header) String() string {
+	keys := make([]string, 0, len(h.opts))
+	for k := range h.opts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	s := h.typ
+	for _, k := range keys {
+		s += " " + k
+		if h.opts[k] != "" {
+			s += " " + h.opts[k]
+		}
+	}
+	return s
+}
+
+// copyLine renders e as an add line for set name with header h, keeping
+// the options h supports (timeout left, counters, comment). A timeout of 0
+// is left out, so the set's default applies.
+func copyLine(name string, h header, e entry) string {
+	s := "add " + name + " " + e.Key
+	if e.MAC != "" {
+		s += "," + e.MAC
+	}
+	if _, ok := h.opts["timeout"]; ok && e.Timeout > 0 {
+		s += fmt.Sprintf(" timeout %d", e.Timeout)
+	}
+	if _, ok := h.opts["counters"]; ok && e.HasCounters {
+		s += fmt.Sprintf(" packets %d bytes %d", e.Packets, e.Bytes)
+	}
+	if _, ok := h.opts["comment"]; ok && e.Comment != "" {
+		s += fmt.Sprintf(" comment %q", e.Comment)
+	}
+	return s
 }
 
 // entry is one element of a set as `ipset list -o save` prints it.
@@ -205,26 +325,32 @@ func timeoutFor(exp, now time.Time) (secs int64, ok bool) {
 	return s, true
 }
 
-// addLines renders the ipset restore lines (without -exist, which the caller
-// passes to ipset) that (re)install one grant. acctBytes is the initial
-// cw-acct counter, or nil to keep the kernel's.
+// grantLines renders the ipset restore lines that (re)install one grant,
+// in the order cw-acct, cw-dl, cw-auth: a client is authorised only once it
+// is counted. acctBytes and dlBytes are the initial counters, or nil to keep
+// the kernel's (an add without counters keeps them).
 func grantLines(g Grant, timeout int64, acctBytes, dlBytes *uint64) []string {
-	ip := g.IP.String()
-	lines := []string{
-		fmt.Sprintf("add %s %s,%s timeout %d", AuthSet, ip, g.MAC, timeout),
+	return []string{acctLine(g, timeout, acctBytes), dlLine(g, timeout, dlBytes), authLine(g, timeout)}
+}
+
+func acctLine(g Grant, timeout int64, bytes *uint64) string {
+	s := fmt.Sprintf("add %s %s timeout %d", AcctSet, g.IP, timeout)
+	if bytes != nil {
+		s += fmt.Sprintf(" packets 0 bytes %d", *bytes)
 	}
-	acct := fmt.Sprintf("add %s %s", AcctSet, ip)
-	if acctBytes != nil {
-		acct += fmt.Sprintf(" packets 0 bytes %d", *acctBytes)
+	return s + fmt.Sprintf(" comment %q", quotaComment(g.QuotaBytes))
+}
+
+func dlLine(g Grant, timeout int64, bytes *uint64) string {
+	s := fmt.Sprintf("add %s %s timeout %d", DownSet, g.IP, timeout)
+	if bytes != nil {
+		s += fmt.Sprintf(" packets 0 bytes %d", *bytes)
 	}
-	acct += fmt.Sprintf(" comment %q", quotaComment(g.QuotaBytes))
-	lines = append(lines, acct)
-	if dlBytes != nil {
-		lines = append(lines, fmt.Sprintf("add %s %s packets 0 bytes %d", DownSet, ip, *dlBytes))
-	} else {
-		lines = append(lines, fmt.Sprintf("add %s %s", DownSet, ip))
-	}
-	return lines
+	return s
+}
+
+func authLine(g Grant, timeout int64) string {
+	return fmt.Sprintf("add %s %s,%s timeout %d", AuthSet, g.IP, g.MAC, timeout)
 }
 
 // indexByIP maps the elements of a bitmap set by IP.

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -200,18 +201,26 @@ func (k *Kernel) Setup(ctx context.Context) error {
 // ensureInfra makes the sets, chains and jumps match the desired state,
 // counting what it had to change.
 func (k *Kernel) ensureInfra(ctx context.Context, rep *Repairs) error {
-	out, err := k.run.Run(ctx, "", "ipset", "list", "-n")
+	out, err := k.run.Run(ctx, "", "ipset", "list", "-t", "-o", "save")
 	if err != nil {
 		return fmt.Errorf("listing sets: %w", err)
 	}
-	have := strings.Fields(out)
+	have := parseHeaders(out)
 	for _, s := range k.cfg.sets() {
-		if slices.Contains(have, s.name) {
+		h, ok := have[s.name]
+		if ok && h.equal(parseHeader(s.args)) {
 			continue
 		}
-		argv := append([]string{"ipset", "create", s.name}, s.args...)
-		if _, err := k.run.Run(ctx, "", append(argv, "-exist")...); err != nil {
-			return fmt.Errorf("creating set %s: %w", s.name, err)
+		if ok {
+			k.log.Warn("set differs, re-creating it", "set", s.name, "have", h.String(), "want", parseHeader(s.args).String())
+			if err := k.recreateSet(ctx, s); err != nil {
+				return err
+			}
+		} else {
+			argv := append([]string{"ipset", "create", s.name}, s.args...)
+			if _, err := k.run.Run(ctx, "", append(argv, "-exist")...); err != nil {
+				return fmt.Errorf("creating set %s: %w", s.name, err)
+			}
 		}
 		rep.Sets++
 	}
@@ -265,6 +274,55 @@ func (k *Kernel) ensureInfra(ctx context.Context, rep *Repairs) error {
 	return nil
 }
 
+// recreateSet replaces a set whose type or options differ from s (a new
+// client subnet, a new option): the new set is made under a temporary name,
+// filled with the old elements that fit, swapped in (rules keep pointing at
+// the name) and the old one destroyed. Reconcile then fixes the elements.
+func (k *Kernel) recreateSet(ctx context.Context, s setSpec) error {
+	tmp := s.tmpName()
+	if _, err := k.run.Run(ctx, "", "ipset", "destroy", tmp); err != nil {
+		k.log.Debug("no leftover temporary set", "set", tmp)
+	}
+	if _, err := k.run.Run(ctx, "", append([]string{"ipset", "create", tmp}, s.args...)...); err != nil {
+		return fmt.Errorf("re-creating set %s: %w", s.name, err)
+	}
+	old, err := k.list(ctx, s.name)
+	if err != nil {
+		return fmt.Errorf("re-creating set %s: %w", s.name, err)
+	}
+	h := parseHeader(s.args)
+	var lines []string
+	for _, e := range old[s.name] {
+		if r, ok := h.opts["range"]; ok && !inRange(r, e.Key) {
+			k.log.Warn("element left out of the re-created set", "set", s.name, "element", e.Key)
+			continue
+		}
+		lines = append(lines, copyLine(tmp, h, e))
+	}
+	if err := k.restoreSets(ctx, lines); err != nil {
+		k.log.Warn("copying elements to the re-created set", "set", s.name, "err", err)
+	}
+	if _, err := k.run.Run(ctx, "", "ipset", "swap", tmp, s.name); err != nil {
+		return fmt.Errorf("re-creating set %s: %w", s.name, err)
+	}
+	if _, err := k.run.Run(ctx, "", "ipset", "destroy", tmp); err != nil {
+		return fmt.Errorf("re-creating set %s: %w", s.name, err)
+	}
+	return nil
+}
+
+// inRange says whether the address key lies within r ("first-last").
+func inRange(r, key string) bool {
+	lo, hi, ok := strings.Cut(r, "-")
+	a, err1 := netip.ParseAddr(lo)
+	b, err2 := netip.ParseAddr(hi)
+	ip, err3 := netip.ParseAddr(key)
+	if !ok || err1 != nil || err2 != nil || err3 != nil {
+		return false
+	}
+	return a.Compare(ip) <= 0 && ip.Compare(b) <= 0
+}
+
 // chainsMatch says whether every chain in cs exists with exactly the
 // desired rules.
 func (k *Kernel) chainsMatch(f family, cs []chain) (bool, error) {
@@ -302,34 +360,44 @@ func (k *Kernel) restore(ctx context.Context, f family, cs []chain) error {
 	return nil
 }
 
-// ensureGarden adds the static walled-garden networks that are missing.
+// ensureGarden makes the static walled garden exactly GardenNets: missing
+// networks added, others removed. The dynamic set is dnsmasq's.
 func (k *Kernel) ensureGarden(ctx context.Context, rep *Repairs) error {
-	if len(k.cfg.GardenNets) == 0 {
-		return nil
-	}
-	sets, err := k.list(ctx, GardenSet)
+	sets, err := k.list(ctx, GardenNetSet)
 	if err != nil {
 		return err
 	}
 	have := map[string]bool{}
-	for _, e := range sets[GardenSet] {
+	for _, e := range sets[GardenNetSet] {
 		have[e.Key] = true
 	}
+	want := map[string]bool{}
 	var lines []string
 	for _, n := range k.cfg.GardenNets {
 		s := n.Masked().String()
 		if n.Bits() == 32 {
 			s = n.Addr().String() // hash:net prints host routes without /32
 		}
-		if !have[s] {
-			lines = append(lines, fmt.Sprintf("add %s %s", GardenSet, s))
+		if !have[s] && !want[s] {
+			lines = append(lines, fmt.Sprintf("add %s %s", GardenNetSet, s))
 		}
+		want[s] = true
+	}
+	var extra []string
+	for s := range have {
+		if !want[s] {
+			extra = append(extra, s)
+		}
+	}
+	slices.Sort(extra)
+	for _, s := range extra {
+		lines = append([]string{fmt.Sprintf("del %s %s", GardenNetSet, s)}, lines...)
 	}
 	if len(lines) == 0 {
 		return nil
 	}
 	if err := k.restoreSets(ctx, lines); err != nil {
-		return fmt.Errorf("adding the walled garden: %w", err)
+		return fmt.Errorf("updating the walled garden: %w", err)
 	}
 	rep.Entries += len(lines)
 	return nil
@@ -352,10 +420,40 @@ func (k *Kernel) list(ctx context.Context, names ...string) (map[string][]entry,
 	return all, nil
 }
 
-// restoreSets applies ipset commands in one batch.
+// restoreSets applies ipset commands in one `ipset -exist restore`. ipset
+// stops at the first line that fails (the lines before it are applied): that
+// line is reported and the rest is applied again, so one bad element does not
+// block the others. The error joins every failed line.
 func (k *Kernel) restoreSets(ctx context.Context, lines []string) error {
-	_, err := k.run.Run(ctx, strings.Join(lines, "\n")+"\n", "ipset", "-exist", "restore")
-	return err
+	var errs []error
+	for len(lines) > 0 {
+		out, err := k.run.Run(ctx, strings.Join(lines, "\n")+"\n", "ipset", "-exist", "restore")
+		if err == nil {
+			break
+		}
+		n := failedLine(out)
+		if n < 1 || n > len(lines) {
+			errs = append(errs, err)
+			break
+		}
+		errs = append(errs, fmt.Errorf("%q: %s", lines[n-1], strings.TrimSpace(out)))
+		lines = lines[n:]
+	}
+	return errors.Join(errs...)
+}
+
+// failedLine finds N in ipset's "Error in line N: ..."; 0 if absent.
+func failedLine(out string) int {
+	_, rest, ok := strings.Cut(out, "Error in line ")
+	if !ok {
+		return 0
+	}
+	num, _, _ := strings.Cut(rest, ":")
+	n, err := strconv.Atoi(num)
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // ErrExpired is returned by Allow for a grant whose Expires has passed.
@@ -370,37 +468,28 @@ func (k *Kernel) Allow(ctx context.Context, g Grant) error {
 	if !ok {
 		return fmt.Errorf("allowing %s: %w", g.IP, ErrExpired)
 	}
-	ip := g.IP.String()
-	ipset := func(line string) (string, error) {
-		return k.run.Run(ctx, "", append([]string{"ipset"}, splitArgs(line)...)...)
-	}
-	// A new client (the usual case) is one add per set, O(1). Only a
-	// client already counted costs a read of its counters.
-	fresh := acctOffset(g.QuotaBytes) + g.UsedBytes
-	out, err := ipset(fmt.Sprintf("add %s %s packets 0 bytes %d comment %q", AcctSet, ip, fresh, quotaComment(g.QuotaBytes)))
+	// A new client (the usual case) is one restore, no read: cw-acct,
+	// cw-dl, then cw-auth, without -exist, so a client already counted
+	// fails on its first line and keeps its counters (read, then rewritten).
+	fresh, down := acctOffset(g.QuotaBytes)+g.UsedBytes, g.UsedDownBytes
+	lines := grantLines(g, timeout, &fresh, &down)
+	out, err := k.run.Run(ctx, strings.Join(lines, "\n")+"\n", "ipset", "restore")
 	switch {
 	case err == nil:
-		if _, err := ipset(fmt.Sprintf("-exist add %s %s packets 0 bytes %d", DownSet, ip, g.UsedDownBytes)); err != nil {
-			return fmt.Errorf("allowing %s: %w", g.IP, err)
-		}
 	case strings.Contains(out, "already added"):
-		if err := k.updateCounters(ctx, g); err != nil {
+		if err := k.updateCounters(ctx, g, timeout); err != nil {
 			return fmt.Errorf("allowing %s: %w", g.IP, err)
 		}
 	default:
-		return fmt.Errorf("allowing %s: %w", g.IP, err)
-	}
-	// Authorise last, so the client never passes without being counted.
-	if _, err := ipset(fmt.Sprintf("-exist add %s %s,%s timeout %d", AuthSet, ip, g.MAC, timeout)); err != nil {
 		return fmt.Errorf("allowing %s: %w", g.IP, err)
 	}
 	k.log.Info("client allowed", "ip", g.IP, "mac", g.MAC.String(), "timeout_s", timeout, "quota", g.QuotaBytes)
 	return nil
 }
 
-// updateCounters rewrites the cw-acct and cw-dl elements of a client already
-// counted: its counters carry over, a changed quota moves the offset.
-func (k *Kernel) updateCounters(ctx context.Context, g Grant) error {
+// updateCounters rewrites the elements of a client already (partly) there:
+// its counters carry over, a changed quota moves the offset.
+func (k *Kernel) updateCounters(ctx context.Context, g Grant, timeout int64) error {
 	sets, err := k.list(ctx, AcctSet, DownSet)
 	if err != nil {
 		return err
@@ -408,13 +497,7 @@ func (k *Kernel) updateCounters(ctx context.Context, g Grant) error {
 	acct, haveAcct := indexByIP(sets[AcctSet])[g.IP]
 	dl, haveDl := indexByIP(sets[DownSet])[g.IP]
 	acctBytes, dlBytes := initialCounters(g, acct, haveAcct, dl, haveDl)
-	for _, l := range grantLines(g, 0, acctBytes, dlBytes)[1:] {
-		argv := append([]string{"ipset", "-exist"}, splitArgs(l)...)
-		if _, err := k.run.Run(ctx, "", argv...); err != nil {
-			return err
-		}
-	}
-	return nil
+	return k.restoreSets(ctx, grantLines(g, timeout, acctBytes, dlBytes))
 }
 
 // initialCounters decides the counters to (re)write for g: nil keeps the
@@ -452,13 +535,6 @@ func checkGrant(cfg Config, g Grant) error {
 		return fmt.Errorf("quota %d is too large", g.QuotaBytes)
 	}
 	return nil
-}
-
-// splitArgs splits one of our own ipset lines into argv (the only quoted
-// field is a comment without blanks).
-func splitArgs(l string) []string {
-	f, _ := splitQuoted(l)
-	return f
 }
 
 // Revoke removes the client from every set and flushes its conntrack
@@ -533,13 +609,15 @@ func (k *Kernel) Reconcile(ctx context.Context, want []Grant) (Repairs, error) {
 const timeoutSlack = 10
 
 // diffElements renders the ipset lines that make the sets match want, and
-// how many elements they add, fix or remove.
+// how many elements they add, fix or remove. Removals come first, so a
+// failing addition cannot keep an unwanted client in.
 func (k *Kernel) diffElements(want []Grant, sets map[string][]entry) (lines []string, n int) {
 	now := k.now()
 	auth := indexByIP(sets[AuthSet])
 	acct := indexByIP(sets[AcctSet])
 	dl := indexByIP(sets[DownSet])
 	wanted := map[netip.Addr]bool{}
+	var adds []string
 	for _, g := range want {
 		if checkGrant(k.cfg, g) != nil {
 			k.log.Warn("ignoring an invalid grant", "ip", g.IP, "mac", g.MAC.String())
@@ -550,24 +628,25 @@ func (k *Kernel) diffElements(want []Grant, sets map[string][]entry) (lines []st
 			continue
 		}
 		wanted[g.IP] = true
-		ip := g.IP.String()
-		a, haveAuth := auth[g.IP]
-		if !haveAuth || a.MAC != g.MAC.String() || abs(a.Timeout-timeout) > timeoutSlack {
-			lines = append(lines, fmt.Sprintf("add %s %s,%s timeout %d", AuthSet, ip, g.MAC, timeout))
-			n++
-		}
 		ac, haveAcct := acct[g.IP]
 		d, haveDl := dl[g.IP]
 		acctBytes, dlBytes := initialCounters(g, ac, haveAcct, d, haveDl)
-		if acctBytes != nil || !haveAcct {
-			lines = append(lines, grantLines(g, timeout, acctBytes, nil)[1])
+		off := func(e entry) bool { return abs(e.Timeout-timeout) > timeoutSlack }
+		// Same order as Allow: counted before authorised.
+		if acctBytes != nil || !haveAcct || off(ac) {
+			adds = append(adds, acctLine(g, timeout, acctBytes))
 			n++
 		}
-		if dlBytes != nil {
-			lines = append(lines, fmt.Sprintf("add %s %s packets 0 bytes %d", DownSet, ip, *dlBytes))
+		if dlBytes != nil || !haveDl || off(d) {
+			adds = append(adds, dlLine(g, timeout, dlBytes))
+			n++
+		}
+		if a, haveAuth := auth[g.IP]; !haveAuth || a.MAC != g.MAC.String() || off(a) {
+			adds = append(adds, authLine(g, timeout))
 			n++
 		}
 	}
+	// Unwanted: cw-auth first, so nobody passes uncounted meanwhile.
 	for _, s := range []struct {
 		name string
 		m    map[netip.Addr]entry
@@ -584,7 +663,7 @@ func (k *Kernel) diffElements(want []Grant, sets map[string][]entry) (lines []st
 			n++
 		}
 	}
-	return lines, n
+	return append(lines, adds...), n
 }
 
 func abs(x int64) int64 {
@@ -651,11 +730,13 @@ func (k *Kernel) Teardown(ctx context.Context) error {
 	} else {
 		have := strings.Fields(out)
 		for _, s := range k.cfg.sets() {
-			if !slices.Contains(have, s.name) {
-				continue
-			}
-			if _, err := k.run.Run(ctx, "", "ipset", "destroy", s.name); err != nil {
-				errs = append(errs, fmt.Errorf("destroying set %s: %w", s.name, err))
+			for _, name := range []string{s.name, s.tmpName()} {
+				if !slices.Contains(have, name) {
+					continue
+				}
+				if _, err := k.run.Run(ctx, "", "ipset", "destroy", name); err != nil {
+					errs = append(errs, fmt.Errorf("destroying set %s: %w", name, err))
+				}
 			}
 		}
 	}

@@ -518,7 +518,7 @@ func TestKernelReconcileRepairsDrift(t *testing.T) {
 			{"iptables", "-t", "nat", "-F", "cw-pre"},
 			{"iptables", "-t", "nat", "-X", "cw-pre"},
 			{"ip6tables", "-D", "FORWARD", "-j", "cw-fwd"},
-			{"ipset", "del", "cw-garden", s.GardenIP.String()},
+			{"ipset", "del", "cw-garden-net", s.GardenIP.String()},
 		}, Repairs{Rules: 3, Entries: 1}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

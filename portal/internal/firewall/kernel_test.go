@@ -156,11 +156,12 @@ func TestAllowUsageRevoke(t *testing.T) {
 	if err := k.Allow(ctx, g); err != nil {
 		t.Fatal(err)
 	}
-	// A new client costs one add per set and no read: O(1).
-	if diff := cmp.Diff([]string{
-		`ipset add cw-acct 10.20.0.11 packets 0 bytes 4611686018426390904 comment q=1000000`,
-		`ipset -exist add cw-dl 10.20.0.11 packets 0 bytes 2000`,
-		`ipset -exist add cw-auth 10.20.0.11,02:00:00:00:00:01 timeout 3600`,
+	// A new client costs one restore (cw-acct, cw-dl, cw-auth) and no
+	// read: O(1).
+	if diff := cmp.Diff([]string{"ipset restore\n" +
+		"add cw-acct 10.20.0.11 timeout 3600 packets 0 bytes 4611686018426390904 comment \"q=1000000\"\n" +
+		"add cw-dl 10.20.0.11 timeout 3600 packets 0 bytes 2000\n" +
+		"add cw-auth 10.20.0.11,02:00:00:00:00:01 timeout 3600\n",
 	}, f.cmds); diff != "" {
 		t.Errorf("commands of Allow (-want +got):\n%s", diff)
 	}
@@ -168,7 +169,7 @@ func TestAllowUsageRevoke(t *testing.T) {
 	if !strings.Contains(f.render(), wantElems) {
 		t.Errorf("state after Allow lacks %q:\n%s", wantElems, f.render())
 	}
-	if want := "add cw-acct 10.20.0.11 packets 0 bytes 4611686018426390904 comment \"q=1000000\"\n"; !strings.Contains(f.render(), want) {
+	if want := "add cw-acct 10.20.0.11 timeout 3600 packets 0 bytes 4611686018426390904 comment \"q=1000000\"\n"; !strings.Contains(f.render(), want) {
 		t.Errorf("state after Allow lacks %q:\n%s", want, f.render())
 	}
 	usage := func() Usage {
@@ -280,7 +281,18 @@ func TestReconcileRepairs(t *testing.T) {
 			e.MAC = "02:00:00:00:00:99"
 			f.sets[AuthSet].elems["10.20.0.11"] = e
 		}, []Grant{g1, g2}, Repairs{Entries: 1}},
-		{"garden entry gone", func(f *fakeKernel) { delete(f.sets[GardenSet].elems, "203.0.113.0/24") }, []Grant{g1, g2}, Repairs{Entries: 1}},
+		{"garden entry gone", func(f *fakeKernel) { delete(f.sets[GardenNetSet].elems, "203.0.113.0/24") }, []Grant{g1, g2}, Repairs{Entries: 1}},
+		{"garden net no longer configured", func(f *fakeKernel) {
+			f.sets[GardenNetSet].elems["192.0.2.0/24"] = entry{Key: "192.0.2.0/24"}
+		}, []Grant{g1, g2}, Repairs{Entries: 1}},
+		{"flushed cw-dl", func(f *fakeKernel) { f.sets[DownSet].elems = map[string]entry{} }, []Grant{g1, g2}, Repairs{Entries: 2}},
+		{"counters without the session's timeout", func(f *fakeKernel) {
+			for _, set := range []string{AcctSet, DownSet} {
+				e := f.sets[set].elems["10.20.0.11"]
+				e.Timeout = 0
+				f.sets[set].elems["10.20.0.11"] = e
+			}
+		}, []Grant{g1, g2}, Repairs{Entries: 2}},
 		{"client no longer wanted", func(*fakeKernel) {}, []Grant{g1}, Repairs{Entries: 3}},
 		{"expired grant", func(*fakeKernel) {}, []Grant{g1, func() Grant { g := g2; g.Expires = t0.Add(-time.Second); return g }()}, Repairs{Entries: 3}},
 	} {
@@ -330,6 +342,145 @@ func TestReconcileRepairs(t *testing.T) {
 				t.Errorf("Usage of %s after Reconcile = %+v, want the grant's 500/300", ip1, got)
 			}
 		})
+	}
+}
+
+func TestReconcileKeepsDynamicGarden(t *testing.T) {
+	ctx := t.Context()
+	k, f := newFake(t)
+	if err := k.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// What dnsmasq added stays; the static set is exactly GardenNets.
+	f.sets[GardenSet].elems["192.0.2.7"] = entry{Key: "192.0.2.7", Timeout: 3000}
+	f.sets[GardenNetSet].elems["192.0.2.0/24"] = entry{Key: "192.0.2.0/24"}
+	if _, err := k.Reconcile(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := "create cw-garden hash:net timeout 3600\nadd cw-garden 192.0.2.7 timeout 3000\n" +
+		"create cw-garden-net hash:net\nadd cw-garden-net 198.51.100.10\nadd cw-garden-net 203.0.113.0/24\n"
+	if got := f.render(); !strings.HasSuffix(got, want) {
+		t.Errorf("garden sets after Reconcile:\n%s\nwant them to end with:\n%s", got, want)
+	}
+}
+
+// A set made with other options (an older version, another client subnet)
+// is re-created in place, keeping the elements that fit.
+func TestSetupRecreatesChangedSets(t *testing.T) {
+	ctx := t.Context()
+	k, f := newFake(t)
+	f.sets[AcctSet] = &fakeSet{create: "bitmap:ip range 10.20.0.0/22 counters comment", elems: map[string]entry{
+		"10.20.0.11": {Key: "10.20.0.11", Packets: 4, Bytes: 4000, Comment: "q=0", HasCounters: true},
+	}}
+	f.sets[GardenSet] = &fakeSet{create: "hash:net timeout 0", elems: map[string]entry{
+		"192.0.2.7": {Key: "192.0.2.7"},
+	}}
+	if err := k.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"create cw-acct bitmap:ip range 10.20.0.0/22 timeout 0 counters comment\nadd cw-acct 10.20.0.11 timeout 0 packets 4 bytes 4000 comment \"q=0\"\n",
+		"create cw-garden hash:net timeout 3600\nadd cw-garden 192.0.2.7 timeout 0\n",
+	} {
+		if got := f.render(); !strings.Contains(got, want) {
+			t.Errorf("after Setup:\n%s\nwant it to contain:\n%s", got, want)
+		}
+	}
+	if n := f.count(AcctSet + "-new"); n != "none" {
+		t.Errorf("temporary set left behind (%s elements)", n)
+	}
+
+	// The client subnet grows from /22 to /21: every bitmap set follows,
+	// and a client in the new part can be allowed.
+	g := Grant{Client: Client{IP: netip.MustParseAddr("10.20.0.11"), MAC: mac("02:00:00:00:00:01")}, Expires: t0.Add(time.Hour), UsedBytes: 4000, UsedDownBytes: 1000}
+	if err := k.Allow(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.Subnet = netip.MustParsePrefix("10.20.0.0/21")
+	k2 := newKernel(cfg, nil, f, f.ipt(v4), f.ipt(v6))
+	k2.now = k.now
+	g2 := Grant{Client: Client{IP: netip.MustParseAddr("10.20.5.5"), MAC: mac("02:00:00:00:00:02")}, Expires: t0.Add(time.Hour)}
+	rep, err := k2.Reconcile(ctx, []Grant{g, g2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Sets != 3 {
+		t.Errorf("Reconcile after the subnet change = %+v, want 3 sets re-created", rep)
+	}
+	u, err := k2.Usage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[netip.Addr]Usage{g.IP: {Bytes: 4000, Packets: 4, DownBytes: 1000}, g2.IP: {}}, u); diff != "" {
+		t.Errorf("Usage after the subnet change (-want +got):\n%s", diff)
+	}
+	if again, err := k2.Reconcile(ctx, []Grant{g, g2}); err != nil || again.Total() != 0 {
+		t.Errorf("second Reconcile = %+v, %v; want nothing", again, err)
+	}
+}
+
+// One element ipset refuses does not keep the others from being repaired,
+// and removals go first.
+func TestRestoreSetsSkipsABadLine(t *testing.T) {
+	ctx := t.Context()
+	k, f := newFake(t)
+	if err := k.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.sets[AuthSet].elems["10.20.0.99"] = entry{Key: "10.20.0.99", MAC: "02:00:00:00:00:99"}
+	err := k.restoreSets(ctx, []string{
+		"del cw-auth 10.20.0.99",
+		"add cw-dl 10.99.0.1",
+		"add cw-dl 10.20.0.12",
+		"add cw-dl 10.99.0.2",
+		"add cw-dl 10.20.0.13",
+	})
+	if err == nil || !strings.Contains(err.Error(), "add cw-dl 10.99.0.1") || !strings.Contains(err.Error(), "add cw-dl 10.99.0.2") {
+		t.Errorf("restoreSets error = %v, want both bad lines named", err)
+	}
+	if n := f.count(DownSet); n != "2" {
+		t.Errorf("cw-dl has %s elements, want the 2 good ones", n)
+	}
+	if n := f.count(AuthSet); n != "0" {
+		t.Errorf("cw-auth has %s elements, want the stranger removed", n)
+	}
+
+	stranger := map[string][]entry{AuthSet: {{Key: "10.20.0.99", MAC: "02:00:00:00:00:99"}}}
+	g := Grant{Client: Client{IP: netip.MustParseAddr("10.20.0.11"), MAC: mac("02:00:00:00:00:01")}}
+	lines, n := k.diffElements([]Grant{g}, stranger)
+	if diff := cmp.Diff([]string{
+		"del cw-auth 10.20.0.99",
+		"add cw-acct 10.20.0.11 timeout 0 packets 0 bytes 0 comment \"q=0\"",
+		"add cw-dl 10.20.0.11 timeout 0 packets 0 bytes 0",
+		"add cw-auth 10.20.0.11,02:00:00:00:00:01 timeout 0",
+	}, lines); diff != "" || n != 4 {
+		t.Errorf("diffElements = %d lines (-want +got):\n%s", n, diff)
+	}
+}
+
+func TestAllowKeepsCountersOfAKnownClient(t *testing.T) {
+	ctx := t.Context()
+	k, f := newFake(t)
+	if err := k.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	g := Grant{Client: Client{IP: netip.MustParseAddr("10.20.0.11"), MAC: mac("02:00:00:00:00:01")}, Expires: t0.Add(time.Hour)}
+	// A stale cw-dl element (no cw-acct): the fresh restore stops at it,
+	// Allow reads and rewrites, and the larger counter wins.
+	f.sets[DownSet].elems["10.20.0.11"] = entry{Key: "10.20.0.11", Bytes: 777, Packets: 1, HasCounters: true}
+	if err := k.Allow(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	u, err := k.Usage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := u[g.IP]; got.DownBytes != 777 {
+		t.Errorf("Usage = %+v, want the 777 bytes down kept", got)
+	}
+	if n := f.count(AuthSet); n != "1" {
+		t.Errorf("cw-auth has %s elements, want the client", n)
 	}
 }
 

@@ -8,10 +8,15 @@ import (
 // Names of the kernel objects this package owns. Everything starts with "cw-"
 // so Teardown can tell ours from anybody else's.
 const (
-	AuthSet   = "cw-auth"   // bitmap:ip,mac: authorised IP+MAC pairs
-	AcctSet   = "cw-acct"   // bitmap:ip counters comment: both directions, quota offset
-	DownSet   = "cw-dl"     // bitmap:ip counters: download only
-	GardenSet = "cw-garden" // hash:net: walled garden (dnsmasq ipset= adds to it)
+	AuthSet = "cw-auth" // bitmap:ip,mac: authorised IP+MAC pairs
+	AcctSet = "cw-acct" // bitmap:ip counters comment: both directions, quota offset
+	DownSet = "cw-dl"   // bitmap:ip counters: download only
+	// GardenSet is the dynamic walled garden, the set dnsmasq fills
+	// (ipset=/domain/cw-garden): hash:net with a default timeout, so
+	// addresses a garden name stopped resolving to expire.
+	GardenSet = "cw-garden"
+	// GardenNetSet is the static walled garden: exactly Config.GardenNets.
+	GardenNetSet = "cw-garden-net"
 
 	chainFwd     = "cw-fwd"
 	chainCaptive = "cw-captive"
@@ -73,12 +78,27 @@ func (cfg Config) chains() []chain {
 	kick := "-m hashlimit --hashlimit-upto " + kickRate + " --hashlimit-burst " + kickBurst +
 		" --hashlimit-mode dstip --hashlimit-name " + kickTable
 
-	captive := chain{fam: v4, table: "filter", name: chainCaptive, rules: []string{
-		f("-m set --match-set %s dst -j ACCEPT", GardenSet),
+	// A captive client reaches the walled garden (static or dynamic) only
+	// through the uplink and only for web traffic: tcp 80/443, udp 443
+	// (QUIC). A garden name on a CDN address must not open every port.
+	var gardenRules []string
+	for _, set := range []string{GardenNetSet, GardenSet} {
+		gardenRules = append(gardenRules,
+			f("-o %s -p tcp -m multiport --dports 80,443 -m set --match-set %s dst -j ACCEPT", up, set))
+	}
+	for _, set := range []string{GardenNetSet, GardenSet} {
+		gardenRules = append(gardenRules,
+			f("-o %s -p udp -m udp --dport 443 -m set --match-set %s dst -j ACCEPT", up, set))
+	}
+	captive := chain{fam: v4, table: "filter", name: chainCaptive, rules: append(gardenRules,
 		"-p tcp -j REJECT --reject-with tcp-reset",
 		"-j REJECT --reject-with icmp-port-unreachable",
-	}}
+	)}
+	// A client never uses an address outside the client network (e.g. to
+	// inject spoofed replies into the gateway's own DNS queries).
+	antiSpoof := f("! -s %s -i %s -j DROP", cfg.Subnet.Masked(), cli)
 	fwd := chain{fam: v4, table: "filter", name: chainFwd, builtin: "FORWARD", rules: []string{
+		antiSpoof,
 		// Clients never talk to each other through the gateway.
 		f("-i %s -o %s -j DROP", cli, cli),
 		// Upload: not an authorised IP+MAC pair -> captive.
@@ -86,8 +106,9 @@ func (cfg Config) chains() []chain {
 		// Over quota (non-counting lookups) -> fast failure.
 		f("-i %s -p tcp %s -j REJECT --reject-with tcp-reset", cli, overQuota("src")),
 		f("-i %s %s -j REJECT --reject-with icmp-port-unreachable", cli, overQuota("src")),
-		// The one counting lookup for upload.
-		f("-i %s -m set --match-set %s src -j ACCEPT", cli, AcctSet),
+		// The one counting lookup for upload, out of the uplink only: never
+		// to another network of the gateway (management, APs).
+		f("-i %s -o %s -m set --match-set %s src -j ACCEPT", cli, up, AcctSet),
 		f("-i %s -j REJECT --reject-with icmp-port-unreachable", cli),
 		// Download. A client over quota, or no longer authorised, still
 		// gets a trickle of its open TCP connections (uncounted, at most
@@ -97,13 +118,17 @@ func (cfg Config) chains() []chain {
 		f("-o %s -p tcp -m conntrack --ctstate ESTABLISHED %s %s -j ACCEPT", cli, overQuota("dst"), kick),
 		f("-o %s %s -j DROP", cli, overQuota("dst")),
 		// The counting lookups for download: cw-dl and cw-acct, once each.
-		f("-o %s -m conntrack --ctstate RELATED,ESTABLISHED -m set --match-set %s dst -m set --match-set %s dst -j ACCEPT", cli, DownSet, AcctSet),
+		f("-i %s -o %s -m conntrack --ctstate RELATED,ESTABLISHED -m set --match-set %s dst -m set --match-set %s dst -j ACCEPT", up, cli, DownSet, AcctSet),
 		// Walled-garden replies to captive clients.
-		f("-o %s -m conntrack --ctstate RELATED,ESTABLISHED -m set --match-set %s src -j ACCEPT", cli, GardenSet),
+		f("-i %s -o %s -m conntrack --ctstate RELATED,ESTABLISHED -m set --match-set %s src -j ACCEPT", up, cli, GardenNetSet),
+		f("-i %s -o %s -m conntrack --ctstate RELATED,ESTABLISHED -m set --match-set %s src -j ACCEPT", up, cli, GardenSet),
 		f("-o %s -p tcp -m conntrack --ctstate ESTABLISHED %s -j ACCEPT", cli, kick),
 		f("-o %s -j DROP", cli),
 	}}
 	in := chain{fam: v4, table: "filter", name: chainIn, builtin: "INPUT", rules: []string{
+		// DHCP discover/request come from 0.0.0.0.
+		f("-s 0.0.0.0/32 -i %s -p udp -m udp --dport 67 -j ACCEPT", cli),
+		antiSpoof,
 		f("-i %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", cli),
 		f("-i %s -p udp -m udp --dport 67 -j ACCEPT", cli),
 		f("-i %s -p udp -m udp --dport 53 -j ACCEPT", cli),
@@ -116,7 +141,8 @@ func (cfg Config) chains() []chain {
 	}}
 	pre := chain{fam: v4, table: "nat", name: chainPre, builtin: "PREROUTING", rules: []string{
 		f("-i %s -m set --match-set %s src,src -j RETURN", cli, AuthSet),
-		f("-i %s -m set --match-set %s dst -j RETURN", cli, GardenSet),
+		f("-i %s -p tcp -m tcp --dport 80 -m set --match-set %s dst -j RETURN", cli, GardenNetSet),
+		f("-i %s -p tcp -m tcp --dport 80 -m set --match-set %s dst -j RETURN", cli, GardenSet),
 		f("-i %s -p tcp -m tcp --dport 80 -j DNAT --to-destination %s:%d", cli, cfg.GatewayIP, cfg.PortalHTTPPort),
 	}}
 	post := chain{fam: v4, table: "nat", name: chainPost, builtin: "POSTROUTING", rules: []string{
