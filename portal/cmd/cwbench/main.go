@@ -103,6 +103,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	b := &bench{o: o, progress: stderr, started: time.Now()}
 	err = b.run(ctx)
+	if err != nil && ctx.Err() != nil {
+		// Say why the step failed: the signal or the -timeout.
+		err = fmt.Errorf("%w: %v", ctx.Err(), err)
+	}
 	if cerr := b.close(); cerr != nil {
 		fmt.Fprintln(stderr, "cwbench: cleaning up:", cerr)
 	}
@@ -120,8 +124,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "wrote", o.out)
 	}
 	if err != nil {
-		if errors.Is(err, context.Canceled) {
-			fmt.Fprintln(stderr, "cwbench: interrupted; partial results above")
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			fmt.Fprintln(stderr, "cwbench: interrupted or timed out; partial results above:", err)
 		} else {
 			fmt.Fprintln(stderr, "cwbench:", err)
 		}

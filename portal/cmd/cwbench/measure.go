@@ -369,12 +369,16 @@ func (b *bench) shaping(ctx context.Context, scale int) error {
 
 // rss reads the daemon's resident memory, and the Go runtime's view of it.
 func (b *bench) rss(ctx context.Context, scale int) error {
-	kb, err := vmRSS(b.daemon.Process.Pid)
+	st, err := procStatus(b.daemon.Process.Pid)
 	if err != nil {
 		return err
 	}
+	kb, ok := st["VmRSS"]
+	if !ok {
+		return fmt.Errorf("no VmRSS in /proc/%d/status", b.daemon.Process.Pid)
+	}
 	mb := float64(kb) / 1024
-	res := fmt.Sprintf("%.1f MB", mb)
+	res := fmt.Sprintf("%.1f MB = anon %.1f + file %.1f", mb, float64(st["RssAnon"])/1024, float64(st["RssFile"])/1024)
 	if ms := b.memStats(ctx); ms != "" {
 		res += " (" + ms + ")"
 	}
@@ -382,22 +386,28 @@ func (b *bench) rss(ctx context.Context, scale int) error {
 	return nil
 }
 
-func vmRSS(pid int) (int, error) {
+// procStatus returns the kB figures of /proc/<pid>/status (VmRSS, RssAnon, ...).
+func procStatus(pid int) (map[string]int, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer f.Close()
+	out := map[string]int{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			f := strings.Fields(v)
-			if len(f) > 0 {
-				return strconv.Atoi(f[0])
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		fs := strings.Fields(v)
+		if len(fs) == 2 && fs[1] == "kB" {
+			if n, err := strconv.Atoi(fs[0]); err == nil {
+				out[k] = n
 			}
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+	return out, sc.Err()
 }
 
 // authCount is the number of elements in cw-auth (-1 if it is missing).
