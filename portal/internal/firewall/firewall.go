@@ -6,7 +6,11 @@
 //	cw-auth  bitmap:ip,mac  the authorised IP+MAC pairs (upload check, O(1)); kernel timeout = session end
 //	cw-acct  bitmap:ip      counters: bytes/packets both directions; quota enforced with --bytes-gt
 //	cw-dl    bitmap:ip      counters: download direction only (so up = acct - dl)
-//	cw-garden hash:net      walled-garden destinations (static CIDRs, and dnsmasq adds resolved names)
+//	cw-garden-net hash:net  static walled garden (exactly Config.GardenNets)
+//	cw-garden hash:net      dynamic walled garden: dnsmasq adds resolved names, 1 h timeout
+//
+// cw-auth, cw-acct and cw-dl elements share the session's timeout. Clients
+// are forwarded out of the uplink only; the garden is tcp 80/443, udp 443.
 //
 // Own chains (prefix "cw-") hold all rules; each built-in chain gets exactly one
 // jump. Rules stay in place when the daemon stops, so the site fails closed
