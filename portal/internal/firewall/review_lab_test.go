@@ -343,3 +343,27 @@ func TestKernelSetsFollowTheConfig(t *testing.T) {
 	}
 	wantBody(t, "client1 after the re-creation", s.curl(t, c1.NS, "http://"+s.OtherIP.String()+"/"), "upstream ok\n")
 }
+
+// ipset stops a restore at the first failing line; restoreSets names it and
+// applies the rest, so one bad element does not block the others.
+func TestKernelRestoreSkipsABadLine(t *testing.T) {
+	s := newSite(t)
+	s.setup(t)
+	err := s.fw.restoreSets(t.Context(), []string{
+		"add cw-dl 10.20.0.12 packets 0 bytes 5",
+		"add cw-dl 10.99.0.1",
+		"add cw-dl 10.20.0.13 packets 0 bytes 7",
+	})
+	if err == nil || !strings.Contains(err.Error(), `"add cw-dl 10.99.0.1"`) || !strings.Contains(err.Error(), "out of the range") {
+		t.Errorf("restoreSets error = %v, want the bad line named", err)
+	}
+	out, err := s.Gateway.Run(t.Context(), "ipset", "list", DownSet, "-o", "save")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"add cw-dl 10.20.0.12 timeout 0 packets 0 bytes 5", "add cw-dl 10.20.0.13 timeout 0 packets 0 bytes 7"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("cw-dl lacks %q:\n%s", want, out)
+		}
+	}
+}
