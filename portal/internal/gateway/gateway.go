@@ -49,9 +49,13 @@ type Options struct {
 	Log        *slog.Logger
 
 	PollInterval      time.Duration // counters, idle, quota, expiry (default 1s)
-	ReconcileInterval time.Duration // drift repair (default 2s)
-	FlushInterval     time.Duration // counters to the store (default 10s)
-	Now               func() time.Time
+	ReconcileInterval time.Duration // drift repair: firewall in full, shaper's qdiscs (default 2s)
+	// FullReconcileInterval is how often the shaper's every class and
+	// filter is checked too (default 30s): with thousands of clients that
+	// read costs a quarter of a second of tc, too much for every 2 s.
+	FullReconcileInterval time.Duration
+	FlushInterval         time.Duration // counters to the store (default 10s)
+	Now                   func() time.Time
 }
 
 // Gateway is the daemon's core.
@@ -85,6 +89,9 @@ func New(o Options) *Gateway {
 	}
 	if o.ReconcileInterval == 0 {
 		o.ReconcileInterval = 2 * time.Second
+	}
+	if o.FullReconcileInterval == 0 {
+		o.FullReconcileInterval = 30 * time.Second
 	}
 	if o.FlushInterval == 0 {
 		o.FlushInterval = 10 * time.Second
@@ -144,7 +151,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 	if err := g.o.Store.Put(ended...); err != nil {
 		return fmt.Errorf("recording expired sessions: %w", err)
 	}
-	if _, err := g.reconcile(ctx); err != nil {
+	if _, err := g.reconcile(ctx, true); err != nil {
 		return err
 	}
 	g.o.Metrics.restoreSeconds.Set(time.Since(t0).Seconds())
@@ -160,6 +167,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	defer poll.Stop()
 	rec := time.NewTicker(g.o.ReconcileInterval)
 	defer rec.Stop()
+	lastFull := time.Now()
 	flush := time.NewTicker(g.o.FlushInterval)
 	defer flush.Stop()
 	for {
@@ -176,11 +184,15 @@ func (g *Gateway) Run(ctx context.Context) error {
 				g.log.Error("polling counters", "err", err)
 			}
 		case <-rec.C:
-			if _, err := g.reconcile(ctx); err != nil {
+			full := time.Since(lastFull) >= g.o.FullReconcileInterval
+			if full {
+				lastFull = time.Now()
+			}
+			if _, err := g.reconcile(ctx, full); err != nil {
 				g.o.Metrics.errors.WithLabelValues("reconcile").Inc()
 				g.log.Error("reconciling", "err", err)
 			}
-			g.Clients(ctx) // refreshes the clients gauges
+			g.refreshGauges()
 		case <-flush.C:
 			if err := g.flush(); err != nil {
 				g.o.Metrics.errors.WithLabelValues("store").Inc()
@@ -219,8 +231,10 @@ func limitOf(s *Session) shaper.Limit {
 }
 
 // reconcile makes the kernel match the store. The usage poll runs first so
-// that elements re-added after drift carry their latest counters.
-func (g *Gateway) reconcile(ctx context.Context) (int, error) {
+// that elements re-added after drift carry their latest counters. The
+// firewall is reconciled in full every time; the shaper in full when asked
+// or when its cheap check finds its qdiscs or IFB device gone.
+func (g *Gateway) reconcile(ctx context.Context, full bool) (int, error) {
 	if err := g.poll(ctx); err != nil {
 		g.log.Warn("reading counters before reconcile", "err", err)
 	}
@@ -232,9 +246,17 @@ func (g *Gateway) reconcile(ctx context.Context) (int, error) {
 	if ferr != nil {
 		ferr = fmt.Errorf("reconciling firewall: %w", ferr)
 	}
-	sr, serr := g.o.Shaper.Reconcile(ctx, limits)
-	if serr != nil {
-		serr = fmt.Errorf("reconciling shaper: %w", serr)
+	var sr int
+	var serr error
+	if !full {
+		intact, err := g.o.Shaper.Intact(ctx)
+		full = err != nil || !intact
+	}
+	if full {
+		sr, serr = g.o.Shaper.Reconcile(ctx, limits)
+		if serr != nil {
+			serr = fmt.Errorf("reconciling shaper: %w", serr)
+		}
 	}
 	if err := errors.Join(ferr, serr); err != nil {
 		return 0, err

@@ -121,7 +121,8 @@ func (s *fakeShaper) Reconcile(_ context.Context, want []shaper.Limit) (int, err
 	}
 	return 0, nil
 }
-func (s *fakeShaper) Teardown(context.Context) error { return nil }
+func (s *fakeShaper) Teardown(context.Context) error       { return nil }
+func (s *fakeShaper) Intact(context.Context) (bool, error) { return true, nil }
 
 type fakeHosts struct{ hosts []discovery.Host }
 
@@ -392,7 +393,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	delete(r.fw.usage, ip1)
 	r.fw.allowed[ip2] = firewall.Grant{Client: firewall.Client{IP: ip2, MAC: mac2}}
 	r.fw.mu.Unlock()
-	n, err := r.gw.reconcile(ctx)
+	n, err := r.gw.reconcile(ctx, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +420,7 @@ func TestMetrics(t *testing.T) {
 	r.gw.poll(ctx)
 	r.fw.set(ip1, firewall.Usage{Bytes: 2500, DownBytes: 1800, Packets: 5})
 	r.gw.poll(ctx)
-	r.gw.Clients(ctx)
+	r.gw.refreshGauges()
 	if _, err := r.gw.Kick(ctx, control.KickRequest{IP: ip1.String()}); err != nil {
 		t.Fatal(err)
 	}
@@ -493,7 +494,7 @@ func TestRefusedAllowLeavesNothing(t *testing.T) {
 	if len(r.gw.Sessions()) != 0 || len(r.fw.allowed) != 0 {
 		t.Fatalf("a refused allow left a session: %+v", r.gw.Sessions())
 	}
-	if _, err := r.gw.reconcile(ctx); err != nil {
+	if _, err := r.gw.reconcile(ctx, true); err != nil {
 		t.Fatal(err)
 	}
 	if len(r.fw.allowed) != 0 {

@@ -87,6 +87,27 @@ func (g *Gateway) Clients(ctx context.Context) ([]control.Client, error) {
 	return out, nil
 }
 
+// refreshGauges counts authorised and captive clients for the metrics
+// without building the full client list.
+func (g *Gateway) refreshGauges() {
+	now := g.now()
+	g.mu.Lock()
+	auth := len(g.sessions)
+	authed := make(map[netip.Addr]bool, len(g.byIP))
+	for ip := range g.byIP {
+		authed[ip] = true
+	}
+	g.mu.Unlock()
+	captive := 0
+	for _, h := range g.o.Hosts.All() {
+		if !authed[h.IP] && g.o.Config.ClientSubnet.Contains(h.IP) && h.IP != g.o.Config.GatewayIP && now.Sub(h.LastSeen) <= seenWindow {
+			captive++
+		}
+	}
+	g.o.Metrics.clients.WithLabelValues("authorised").Set(float64(auth))
+	g.o.Metrics.clients.WithLabelValues("captive").Set(float64(captive))
+}
+
 // Allow implements control.Service.
 func (g *Gateway) Allow(ctx context.Context, req control.AllowRequest) (control.Session, error) {
 	grant := Grant{Method: req.Method, Limits: g.o.Config.Limits}

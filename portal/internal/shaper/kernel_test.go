@@ -487,3 +487,37 @@ func ip4(a netip.Addr) uint32 {
 func addr4(v uint32) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
+
+func TestKernelIntact(t *testing.T) {
+	s := newSite(t, 1)
+	ctx := context.Background()
+	want := []shaper.Limit{{IP: s.Clients[0].IP, Down: 2 * quantity.Mbit, Up: 2 * quantity.Mbit}}
+	if _, err := s.sh.Reconcile(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		break_ []string
+	}{
+		{"root qdisc deleted", []string{"tc", "qdisc", "del", "dev", s.LANIf, "root"}},
+		{"ingress qdisc deleted", []string{"tc", "qdisc", "del", "dev", s.LANIf, "ingress"}},
+		{"IFB root deleted", []string{"tc", "qdisc", "del", "dev", "cwifb0", "root"}},
+		{"IFB down", []string{"ip", "link", "set", "cwifb0", "down"}},
+		{"IFB deleted", []string{"ip", "link", "del", "cwifb0"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if ok, err := s.sh.Intact(ctx); err != nil || !ok {
+				t.Fatalf("Intact before = %v, %v; want true", ok, err)
+			}
+			if out, err := s.Gateway.Run(ctx, tc.break_...); err != nil {
+				t.Fatalf("%v: %v %s", tc.break_, err, out)
+			}
+			if ok, err := s.sh.Intact(ctx); err != nil || ok {
+				t.Fatalf("Intact after %s = %v, %v; want false", tc.name, ok, err)
+			}
+			if _, err := s.sh.Reconcile(ctx, want); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

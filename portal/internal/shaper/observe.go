@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -343,4 +344,45 @@ func parseTCRate(s string) (uint64, error) {
 		return 0, fmt.Errorf("rate %q: %w", s, err)
 	}
 	return v * mult, nil
+}
+
+// Intact is the cheap check run every few seconds: the IFB device is up and
+// the root and ingress qdiscs are ours. It reads only the root and ingress
+// qdiscs (not the thousands of classes, leaves and filters that Reconcile
+// reads), so the gateway can check often and reconcile in full rarely.
+func (t *TC) Intact(ctx context.Context) (bool, error) {
+	out, err := t.run.run(ctx, "", "ip", "-d", "-j", "link", "show", "dev", t.cfg.IFB)
+	if err != nil {
+		return false, nil // no IFB device
+	}
+	links, err := parseLinks(out)
+	if err != nil {
+		return false, err
+	}
+	ifb, ok := links[t.cfg.IFB]
+	if !ok || ifb.LinkInfo == nil || ifb.LinkInfo.Kind != "ifb" || !slices.Contains(ifb.Flags, "UP") {
+		return false, nil
+	}
+	var d devState
+	for _, q := range []struct{ dev, which string }{{t.cfg.ClientIf, "root"}, {t.cfg.ClientIf, "ingress"}, {t.cfg.IFB, "root"}} {
+		out, err := t.run.run(ctx, "", "tc", "-j", "qdisc", "show", "dev", q.dev, q.which)
+		if err != nil {
+			return false, err
+		}
+		var one devState
+		if err := parseQdiscs(out, &one); err != nil {
+			return false, fmt.Errorf("parsing qdiscs of %s: %w", q.dev, err)
+		}
+		switch {
+		case q.which == "ingress":
+			d.ingressOK = one.ingressOK
+		case q.dev == t.cfg.ClientIf:
+			d.rootOK = one.rootOK
+		default:
+			if !one.rootOK {
+				return false, nil
+			}
+		}
+	}
+	return d.rootOK && d.ingressOK, nil
 }

@@ -29,7 +29,11 @@ type Shaper interface {
 	// Remove deletes one client's classes and filters; unknown IPs are fine.
 	Remove(ctx context.Context, ip netip.Addr) error
 	// Reconcile repairs drift so tc matches want; returns the repairs made.
+	// It reads every class and filter: costly with thousands of clients.
 	Reconcile(ctx context.Context, want []Limit) (int, error)
+	// Intact is a cheap check that the qdiscs and the IFB device are in
+	// place; when it says no, Reconcile is due at once.
+	Intact(ctx context.Context) (bool, error)
 	// Teardown removes the qdiscs and the IFB device it made, nothing else.
 	Teardown(ctx context.Context) error
 }
