@@ -52,7 +52,7 @@ demo: deps build ## a whole site in network namespaces with the gateway running;
 	$(BIN)/cwlab demo -portal $(BIN)/portal
 
 bench: deps build ## measure the gateway (writes bench/results.md)
-	$(GO) run ./internal/lab/cmd/cwbench -portal $(BIN)/portal -out bench/results.md
+	$(GO) run ./portal/cmd/cwbench -portal $(BIN)/portal -out bench/results.md
 
 clean: ## remove build output and leftover lab namespaces
 	rm -rf $(BIN)
