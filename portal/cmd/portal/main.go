@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -173,6 +174,12 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(stderr, *logFormat)
+	// A soft memory limit (unless GOMEMLIMIT says otherwise): the kernel
+	// reads of the reconcile loop make short-lived garbage, and small
+	// gateways have little RAM; the live heap is ~14 MB at 10,000 sessions.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(32 << 20)
+	}
 	// No reload yet: a stray SIGHUP must not kill the gateway.
 	signal.Ignore(syscall.SIGHUP)
 	cfg, err := config.Load(*cfgPath)
@@ -261,15 +268,13 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Config: cfg, Version: version, FW: p.fw, Shaper: p.sh, Store: store, Hosts: hosts,
 		Neighbors:  func() ([]discovery.Host, error) { return discovery.Neighbors(cfg.ClientIf) },
 		DNSRunning: p.dns.Running,
-		Metrics:    gateway.NewMetrics(reg),
-		Log:        log.With("component", "gateway"),
+		// Forwarding goes on only once the firewall is in place: fail
+		// closed at boot (keep net.ipv4.ip_forward=0 in /etc/sysctl.conf).
+		FirewallReady: func() error { return tuneKernel(log) },
+		Metrics:       gateway.NewMetrics(reg),
+		Log:           log.With("component", "gateway"),
 	})
 	if err := gw.Start(ctx); err != nil {
-		return err
-	}
-	// Forwarding goes on only once the firewall is in place: fail closed
-	// at boot (keep net.ipv4.ip_forward=0 in /etc/sysctl.conf).
-	if err := tuneKernel(log); err != nil {
 		return err
 	}
 	log.Info("gateway running", "site", cfg.Site, "version", version, "clients", cfg.ClientIf, "uplink", cfg.UplinkIf)

@@ -43,6 +43,10 @@ type Options struct {
 	Hosts   Hosts
 	// Neighbors is the fallback MAC lookup (the kernel's neighbour table).
 	Neighbors func() ([]discovery.Host, error)
+	// FirewallReady is called once at start, as soon as the firewall
+	// enforces every stored session (before shaping is restored): the
+	// daemon turns forwarding on there, so the box fails closed.
+	FirewallReady func() error
 	// DNSRunning reports whether dnsmasq is up (nil: unknown).
 	DNSRunning func() bool
 	Metrics    *Metrics
@@ -52,7 +56,8 @@ type Options struct {
 	ReconcileInterval time.Duration // drift repair: firewall in full, shaper's qdiscs (default 2s)
 	// FullReconcileInterval is how often the shaper's every class and
 	// filter is checked too (default 30s): with thousands of clients that
-	// read costs a quarter of a second of tc, too much for every 2 s.
+	// read costs a quarter of a second of tc, too much for every 2 s (and
+	// allows wait for it). Default 60s.
 	FullReconcileInterval time.Duration
 	FlushInterval         time.Duration // counters to the store (default 10s)
 	Now                   func() time.Time
@@ -70,6 +75,7 @@ type Gateway struct {
 	kmu sync.Mutex
 
 	mu       sync.Mutex
+	gen      uint64              // bumped by every open; see poll
 	sessions map[string]*Session // active, by ID
 	// lockout keeps a device that was kicked or used up its quota from
 	// letting itself in again by click-through before the session would
@@ -91,7 +97,7 @@ func New(o Options) *Gateway {
 		o.ReconcileInterval = 2 * time.Second
 	}
 	if o.FullReconcileInterval == 0 {
-		o.FullReconcileInterval = 30 * time.Second
+		o.FullReconcileInterval = 60 * time.Second
 	}
 	if o.FlushInterval == 0 {
 		o.FlushInterval = 10 * time.Second
@@ -150,6 +156,25 @@ func (g *Gateway) Start(ctx context.Context) error {
 	}
 	if err := g.o.Store.Put(ended...); err != nil {
 		return fmt.Errorf("recording expired sessions: %w", err)
+	}
+	// Gating first: residents with a session get through again as soon as
+	// the firewall has them back; the shaper's classes (seconds of kernel
+	// work with thousands of clients) follow.
+	if err := g.poll(ctx); err != nil {
+		g.log.Warn("reading counters at start", "err", err)
+	}
+	g.kmu.Lock()
+	grants, _ := g.grants()
+	_, err = g.o.FW.Reconcile(ctx, grants)
+	g.kmu.Unlock()
+	if err != nil {
+		return fmt.Errorf("enforcing stored sessions: %w", err)
+	}
+	g.log.Info("sessions gated", "active", len(grants), "took", time.Since(t0).Round(time.Millisecond))
+	if g.o.FirewallReady != nil {
+		if err := g.o.FirewallReady(); err != nil {
+			return err
+		}
 	}
 	if _, err := g.reconcile(ctx, true); err != nil {
 		return err
@@ -279,19 +304,28 @@ func (g *Gateway) reconcile(ctx context.Context, full bool) (int, error) {
 
 // poll reads the kernel counters and ends sessions that ran out.
 func (g *Gateway) poll(ctx context.Context) error {
-	// Under kmu: the counters read must still belong to the sessions they
-	// are applied to (an Open or Close in between could reuse an address).
-	g.kmu.Lock()
-	defer g.kmu.Unlock()
+	// The kernel is read without holding kmu (with thousands of clients
+	// that read takes tens of milliseconds, and an allow must not wait for
+	// it). Counters are then applied only to sessions that were not
+	// (re)opened since the read began: an address reused in between must
+	// not inherit the previous device's counters.
+	g.mu.Lock()
+	readGen := g.gen
+	g.mu.Unlock()
 	usage, err := g.o.FW.Usage(ctx)
 	if err != nil {
 		return err
 	}
+	g.kmu.Lock()
+	defer g.kmu.Unlock()
 	now := g.now()
 	var ending []*Session
 	g.mu.Lock()
 	var down, up uint64
 	for _, s := range g.sessions {
+		if s.gen > readGen {
+			continue // opened or changed after the read: next time
+		}
 		u, ok := usage[s.IP]
 		if ok {
 			// Counters only grow, in each direction; a smaller value means
@@ -549,6 +583,8 @@ func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr,
 			g.log.Error("revoking displaced session", "session", displaced.ID, "err", err)
 		}
 	}
+	g.gen++
+	s.gen = g.gen
 	g.sessions[s.ID] = s
 	g.byIP[ip] = s
 

@@ -29,6 +29,8 @@ type fakeFW struct {
 	usage   map[netip.Addr]firewall.Usage
 	revoked []netip.Addr
 	fail    error
+	// onUsage runs after Usage has read the state, before it returns.
+	onUsage func()
 }
 
 func newFakeFW() *fakeFW {
@@ -78,12 +80,16 @@ func (f *fakeFW) Reconcile(_ context.Context, want []firewall.Grant) (firewall.R
 }
 func (f *fakeFW) Usage(context.Context) (map[netip.Addr]firewall.Usage, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	out := map[netip.Addr]firewall.Usage{}
 	for ip, u := range f.usage {
 		if _, ok := f.allowed[ip]; ok {
 			out[ip] = u
 		}
+	}
+	hook := f.onUsage
+	f.mu.Unlock()
+	if hook != nil {
+		hook()
 	}
 	return out, nil
 }
@@ -552,5 +558,32 @@ func TestFlushDoesNotResurrectEndedSessions(t *testing.T) {
 	}
 	if active, _ := r.store.Active(); len(active) != 0 {
 		t.Fatalf("a kicked session is active again in the store: %+v", active[0])
+	}
+}
+
+func TestReusedAddressDoesNotInheritCounters(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, "", nil)
+	if _, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String(), MAC: mac1.String(), Quota: "1GB"}); err != nil {
+		t.Fatal(err)
+	}
+	r.fw.set(ip1, firewall.Usage{Bytes: 999_000_000, DownBytes: 900_000_000, Packets: 9})
+	// While the poll reads the kernel, the first device leaves and a
+	// second one gets its address and a session.
+	r.fw.onUsage = func() {
+		r.fw.onUsage = nil
+		if _, err := r.gw.Kick(ctx, control.KickRequest{IP: ip1.String()}); err != nil {
+			t.Error(err)
+		}
+		if _, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String(), MAC: mac2.String(), Quota: "1GB"}); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := r.gw.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := r.gw.Sessions()
+	if len(got) != 1 || got[0].MAC.String() != mac2.String() || got[0].BytesDown+got[0].BytesUp != 0 {
+		t.Fatalf("the new device's session = %+v; want it with no bytes (not the previous device's)", got)
 	}
 }

@@ -34,6 +34,8 @@ type Session struct {
 
 	Ended     time.Time `json:"ended,omitzero"`
 	EndReason string    `json:"end_reason,omitempty"`
+
+	gen uint64 // in memory only: when this session was last (re)opened
 }
 
 // sessionJSON carries the MAC as text.
