@@ -2,6 +2,7 @@ package control
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"os"
 	"os/exec"
@@ -13,15 +14,14 @@ import (
 
 const nobody = 65534 // uid and gid of nobody / nogroup on Debian
 
-// TestHelperCtlAsOtherUser is not a test: TestPeerCredentials runs the test
-// binary as another user with this test selected, to drive `portal ctl`.
-func TestHelperCtlAsOtherUser(t *testing.T) {
-	sock := os.Getenv("CONTROL_HELPER_SOCKET")
-	if sock == "" {
-		t.Skip("helper process only")
+// TestMain doubles as the helper process: TestPeerCredentials runs the test
+// binary as another user with CONTROL_HELPER_SOCKET set, to drive
+// `portal ctl` (no test is run, so none is listed as skipped).
+func TestMain(m *testing.M) {
+	if sock := os.Getenv("CONTROL_HELPER_SOCKET"); sock != "" {
+		os.Exit(Main(context.Background(), []string{"--socket", sock, "status"}, os.Stdout, os.Stderr))
 	}
-	code := Main(t.Context(), []string{"--socket", sock, "status"}, os.Stdout, os.Stderr)
-	os.Exit(code)
+	os.Exit(m.Run())
 }
 
 func requireRoot(t *testing.T) {
@@ -78,7 +78,7 @@ func TestPeerCredentials(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			cmd := exec.CommandContext(t.Context(), bin, "-test.run=^TestHelperCtlAsOtherUser$")
+			cmd := exec.CommandContext(t.Context(), bin)
 			cmd.Env = []string{"CONTROL_HELPER_SOCKET=" + path, "PATH=/usr/bin:/bin"}
 			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
 			var stdout, stderr bytes.Buffer
