@@ -178,4 +178,3 @@ func ip4(a netip.Addr) uint32 {
 func addr4(v uint32) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
-
