@@ -479,27 +479,13 @@ func TestSessionEndsMakeClientCaptive(t *testing.T) {
 // server (download with reverse) and returns the receiver's bits/s.
 func iperf3(t *testing.T, c *lab.Client, server string, reverse bool) float64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	argv := []string{"iperf3", "-c", server, "-t", "4", "-O", "1", "-J"}
-	if reverse {
-		argv = append(argv, "-R")
-	}
-	out, err := c.Run(ctx, argv...)
+	bps, err := lab.Iperf3(ctx, c.NS, server, lab.IperfPort, 4, reverse)
 	if err != nil {
-		t.Fatalf("iperf3: %v\n%s", err, out)
+		t.Fatal(err)
 	}
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil {
-		t.Fatalf("iperf3 output: %v\n%s", err, out)
-	}
-	return res.End.SumReceived.BitsPerSecond
+	return bps
 }
 
 func TestShapingThroughTheDaemon(t *testing.T) {

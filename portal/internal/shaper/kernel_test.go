@@ -5,7 +5,6 @@ package shaper_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -73,25 +72,14 @@ func (w tWriter) Write(b []byte) (int, error) {
 // means -R (the upstream sends). It returns the receiver's bits per second.
 func (s *site) measure(t *testing.T, i int, down bool) float64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	argv := []string{"iperf3", "-c", s.UpstreamIP.String(), "-p", strconv.Itoa(lab.IperfPort + i), "-t", iperfSecs, "-J", "--connect-timeout", "3000"}
-	if down {
-		argv = append(argv, "-R")
+	secs, _ := strconv.Atoi(iperfSecs)
+	bps, err := lab.Iperf3(ctx, s.Clients[i].NS, s.UpstreamIP.String(), lab.IperfPort+i, secs, down)
+	if err != nil {
+		t.Fatal(err)
 	}
-	out, err := s.Clients[i].Command(ctx, argv...).Output()
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-		Error string `json:"error"`
-	}
-	if jerr := json.Unmarshal(out, &res); jerr != nil || err != nil || res.Error != "" {
-		t.Fatalf("iperf3 %q: %v %v %s\n%s", argv, err, jerr, res.Error, out)
-	}
-	return res.End.SumReceived.BitsPerSecond
+	return bps
 }
 
 func (s *site) set(t *testing.T, l shaper.Limit) {
