@@ -106,13 +106,6 @@ func (i fakeIPT) ClearAndDeleteChain(table, chain string) error {
 	return nil
 }
 
-func (f family) cmd() string {
-	if f == v6 {
-		return "ip6tables"
-	}
-	return "iptables"
-}
-
 func (f *fakeKernel) Run(ctx context.Context, stdin string, argv ...string) (string, error) {
 	line := strings.Join(argv, " ")
 	if argv[0] == "ipset" && argv[len(argv)-1] == "restore" {
@@ -134,6 +127,12 @@ func (f *fakeKernel) Run(ctx context.Context, stdin string, argv ...string) (str
 		err = f.restore(v6, stdin)
 	case "ipset":
 		out, err = f.ipset(argv[1:], stdin)
+	case "iptables", "ip6tables":
+		fam := v4
+		if argv[0] == "ip6tables" {
+			fam = v6
+		}
+		out, err = f.listTable(fam, argv)
 	case "conntrack":
 		out = "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.\n"
 		err = fmt.Errorf("exit status 1")
@@ -357,4 +356,33 @@ func (f *fakeKernel) count(set string) string {
 		return "none"
 	}
 	return strconv.Itoa(len(s.elems))
+}
+
+// listTable answers `iptables -w 5 -t TABLE -S` from the fake's chains, in
+// the kernel's order: policies, chain declarations, then rules.
+func (f *fakeKernel) listTable(fam family, argv []string) (string, error) {
+	i := slices.Index(argv, "-t")
+	if i < 0 || i+1 >= len(argv) || argv[len(argv)-1] != "-S" {
+		return "", fmt.Errorf("fake: unsupported %q", argv)
+	}
+	table := argv[i+1]
+	var names []string
+	for key := range f.chains[fam] {
+		if t, name, _ := strings.Cut(key, "/"); t == table {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	var heads, rules []string
+	for _, name := range names {
+		if strings.ToUpper(name) == name {
+			heads = append(heads, "-P "+name+" ACCEPT")
+		} else {
+			heads = append(heads, "-N "+name)
+		}
+		for _, r := range f.chains[fam][table+"/"+name] {
+			rules = append(rules, "-A "+name+" "+r)
+		}
+	}
+	return strings.Join(append(heads, rules...), "\n") + "\n", nil
 }

@@ -240,32 +240,48 @@ func (k *Kernel) ensureInfra(ctx context.Context, rep *Repairs) error {
 		}
 		groups[kk] = append(groups[kk], c)
 	}
+	// One listing per table (iptables -S: all its chains at once) serves
+	// both the chain bodies and the jumps: a few execs per reconcile
+	// instead of two per chain and one per jump.
+	listings := map[key]map[string][]string{}
+	listing := func(kk key) (map[string][]string, error) {
+		if l, ok := listings[kk]; ok {
+			return l, nil
+		}
+		l, err := k.listTable(ctx, kk.fam, kk.table)
+		if err != nil {
+			return nil, err
+		}
+		listings[kk] = l
+		return l, nil
+	}
 	for _, kk := range order {
 		cs := groups[kk]
-		ok, err := k.chainsMatch(kk.fam, cs)
+		l, err := listing(kk)
 		if err != nil {
 			return err
 		}
-		if ok {
+		if k.chainsMatch(kk.fam, cs, l) {
 			continue
 		}
 		if err := k.restore(ctx, kk.fam, cs); err != nil {
 			return err
 		}
+		delete(listings, kk)
 		rep.Rules++
 	}
 	for _, c := range k.cfg.chains() {
 		if c.builtin == "" {
 			continue
 		}
-		t := k.iptFor(c.fam)
-		ok, err := t.Exists(c.table, c.builtin, c.jump()...)
+		l, err := listing(key{c.fam, c.table})
 		if err != nil {
-			return fmt.Errorf("checking the %s jump %s -> %s: %w", c.fam, c.builtin, c.name, err)
+			return err
 		}
-		if ok {
+		if slices.Contains(l[c.builtin], "-A "+c.builtin+" "+strings.Join(c.jump(), " ")) {
 			continue
 		}
+		t := k.iptFor(c.fam)
 		if err := t.Insert(c.table, c.builtin, 1, c.jump()...); err != nil {
 			return fmt.Errorf("inserting the %s jump %s -> %s: %w", c.fam, c.builtin, c.name, err)
 		}
@@ -324,28 +340,48 @@ func inRange(r, key string) bool {
 }
 
 // chainsMatch says whether every chain in cs exists with exactly the
-// desired rules.
-func (k *Kernel) chainsMatch(f family, cs []chain) (bool, error) {
-	t := k.iptFor(f)
+// desired rules, in the table's listing l.
+func (k *Kernel) chainsMatch(f family, cs []chain, l map[string][]string) bool {
 	for _, c := range cs {
-		ok, err := t.ChainExists(c.table, c.name)
-		if err != nil {
-			return false, fmt.Errorf("checking %s chain %s/%s: %w", f, c.table, c.name, err)
-		}
+		got, ok := l[c.name]
 		if !ok {
 			k.log.Info("chain missing", "family", f.String(), "table", c.table, "chain", c.name)
-			return false, nil
-		}
-		got, err := t.List(c.table, c.name)
-		if err != nil {
-			return false, fmt.Errorf("listing %s chain %s/%s: %w", f, c.table, c.name, err)
+			return false
 		}
 		if !slices.Equal(got, c.listed()) {
 			k.log.Warn("chain differs", "family", f.String(), "table", c.table, "chain", c.name, "rules", len(got)-1, "want", len(c.rules))
-			return false, nil
+			return false
 		}
 	}
-	return true, nil
+	return true
+}
+
+// listTable reads every chain of one table with one `iptables -S`: chain
+// name -> its lines as `iptables -S <chain>` prints them ("-N x" or
+// "-P X POLICY" first, then "-A x ..." in order).
+func (k *Kernel) listTable(ctx context.Context, f family, table string) (map[string][]string, error) {
+	out, err := k.run.Run(ctx, "", f.cmd(), "-w", "5", "-t", table, "-S")
+	if err != nil {
+		return nil, fmt.Errorf("listing %s table %s: %w", f, table, err)
+	}
+	return parseListing(out), nil
+}
+
+// parseListing splits `iptables -S` output by chain.
+func parseListing(out string) map[string][]string {
+	l := map[string][]string{}
+	for _, line := range strings.Split(out, "\n") {
+		line = strings.TrimSpace(line)
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "-N", "-P", "-A":
+			l[f[1]] = append(l[f[1]], line)
+		}
+	}
+	return l
 }
 
 // restore writes the chains of one table atomically.

@@ -133,10 +133,18 @@ func TestSetupRendersRules(t *testing.T) {
 	if err := k.Setup(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	reads := 0
 	for _, c := range f.cmds {
-		if !strings.HasPrefix(c, "ipset list") {
+		switch {
+		case strings.HasPrefix(c, "ipset list"):
+		case strings.HasSuffix(c, " -S"):
+			reads++ // one listing per table, not one per chain
+		default:
 			t.Errorf("second Setup ran %q, want only reads", c)
 		}
+	}
+	if reads != 3 {
+		t.Errorf("second Setup listed %d tables, want 3 (IPv4 filter and nat, IPv6 filter)", reads)
 	}
 }
 

@@ -49,6 +49,14 @@ const (
 
 func (f family) String() string { return fmt.Sprintf("IPv%d", int(f)) }
 
+// cmd is the iptables command of the family.
+func (f family) cmd() string {
+	if f == v6 {
+		return "ip6tables"
+	}
+	return "iptables"
+}
+
 // chain is one of our chains and the built-in chain that jumps to it (empty
 // for chains reached only from our own chains).
 type chain struct {
