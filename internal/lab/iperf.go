@@ -12,14 +12,16 @@ import (
 // Iperf3 runs one iperf3 client measurement from ns against server:port for
 // secs seconds (reverse: the server sends, i.e. a download) and returns the
 // receiver's figure in bits/s. An iperf3 server serves one test at a time
-// and may still be finishing the previous one: "the server is busy" is
-// retried for up to ten seconds.
+// and may still be finishing the previous one ("the server is busy"), and
+// after a test at a very low shaped rate the link may still be draining the
+// previous test's buffers ("unable to connect"): both are retried for up to
+// twenty seconds.
 func Iperf3(ctx context.Context, ns NS, server string, port, secs int, reverse bool) (float64, error) {
-	argv := []string{"iperf3", "-c", server, "-p", strconv.Itoa(port), "-t", strconv.Itoa(secs), "-J", "--connect-timeout", "3000"}
+	argv := []string{"iperf3", "-c", server, "-p", strconv.Itoa(port), "-t", strconv.Itoa(secs), "-J", "--connect-timeout", "5000"}
 	if reverse {
 		argv = append(argv, "-R")
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		out, err := ns.Command(ctx, argv...).Output()
 		var res struct {
@@ -31,7 +33,8 @@ func Iperf3(ctx context.Context, ns NS, server string, port, secs int, reverse b
 			Error string `json:"error"`
 		}
 		jerr := json.Unmarshal(out, &res)
-		if strings.Contains(res.Error, "busy") && time.Now().Before(deadline) {
+		retry := strings.Contains(res.Error, "busy") || strings.Contains(res.Error, "unable to connect")
+		if retry && time.Now().Before(deadline) {
 			select {
 			case <-ctx.Done():
 				return 0, ctx.Err()

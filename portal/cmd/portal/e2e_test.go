@@ -479,7 +479,7 @@ func TestSessionEndsMakeClientCaptive(t *testing.T) {
 // server (download with reverse) and returns the receiver's bits/s.
 func iperf3(t *testing.T, c *lab.Client, server string, reverse bool) float64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	bps, err := lab.Iperf3(ctx, c.NS, server, lab.IperfPort, 4, reverse)
 	if err != nil {

@@ -72,7 +72,7 @@ func (w tWriter) Write(b []byte) (int, error) {
 // means -R (the upstream sends). It returns the receiver's bits per second.
 func (s *site) measure(t *testing.T, i int, down bool) float64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	secs, _ := strconv.Atoi(iperfSecs)
 	bps, err := lab.Iperf3(ctx, s.Clients[i].NS, s.UpstreamIP.String(), lab.IperfPort+i, secs, down)
