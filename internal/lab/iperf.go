@@ -17,7 +17,8 @@ import (
 // previous test's buffers ("unable to connect"): both are retried for up to
 // twenty seconds.
 func Iperf3(ctx context.Context, ns NS, server string, port, secs int, reverse bool) (float64, error) {
-	argv := []string{"iperf3", "-c", server, "-p", strconv.Itoa(port), "-t", strconv.Itoa(secs), "-J", "--connect-timeout", "5000"}
+	// -O 1: the first second (slow start, queues filling) is not counted.
+	argv := []string{"iperf3", "-c", server, "-p", strconv.Itoa(port), "-t", strconv.Itoa(secs), "-O", "1", "-J", "--connect-timeout", "5000"}
 	if reverse {
 		argv = append(argv, "-R")
 	}
