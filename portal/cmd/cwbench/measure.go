@@ -330,7 +330,6 @@ func (b *bench) forwarding(ctx context.Context, scale int, base *[2]float64) ([2
 	return got, nil
 }
 
-
 // shaping allows the bulk client at each rate both ways and compares.
 func (b *bench) shaping(ctx context.Context, scale int) error {
 	for _, rate := range []struct {
