@@ -85,7 +85,6 @@ type Gateway struct {
 	started time.Time
 	lastRec time.Time
 	repairs uint64
-	dirty   bool
 }
 
 // New makes a Gateway; Run starts it.
@@ -340,8 +339,10 @@ func (g *Gateway) poll(ctx context.Context) error {
 				}
 				down += u.DownBytes - min(u.DownBytes, s.BytesDown)
 				up += (u.Bytes - u.DownBytes) - min(u.Bytes-u.DownBytes, s.BytesUp)
+				if s.BytesDown != u.DownBytes || s.BytesUp != u.Bytes-u.DownBytes {
+					s.unsaved = true
+				}
 				s.BytesDown, s.BytesUp = u.DownBytes, u.Bytes-u.DownBytes
-				g.dirty = true
 			}
 		}
 		if s.LastActive.IsZero() {
@@ -424,19 +425,23 @@ func (g *Gateway) revokeKernel(ctx context.Context, s *Session) error {
 	return errors.Join(errs...)
 }
 
+// flush writes the counters of the sessions that moved since the last flush
+// (only those: with thousands of idle sessions a full write would hold the
+// store, and every allow waiting on it, for a long time).
 func (g *Gateway) flush() error {
 	g.mu.Lock()
-	if !g.dirty {
-		g.mu.Unlock()
+	var snap []*Session
+	for _, s := range g.sessions {
+		if s.unsaved {
+			s.unsaved = false
+			c := *s
+			snap = append(snap, &c)
+		}
+	}
+	g.mu.Unlock()
+	if len(snap) == 0 {
 		return nil
 	}
-	snap := make([]*Session, 0, len(g.sessions))
-	for _, s := range g.sessions {
-		c := *s
-		snap = append(snap, &c)
-	}
-	g.dirty = false
-	g.mu.Unlock()
 	// A session that ended after the snapshot must not be written back
 	// as active: UpdateActive skips sessions no longer in the active bucket.
 	return g.o.Store.UpdateActive(snap...)

@@ -35,7 +35,8 @@ type Session struct {
 	Ended     time.Time `json:"ended,omitzero"`
 	EndReason string    `json:"end_reason,omitempty"`
 
-	gen uint64 // in memory only: when this session was last (re)opened
+	gen     uint64 // in memory only: when this session was last (re)opened
+	unsaved bool   // in memory only: counters moved since the last flush
 }
 
 // sessionJSON carries the MAC as text.
@@ -138,18 +139,23 @@ func (s *Store) Put(sessions ...*Session) error {
 // UpdateActive writes sessions that are still active in the store and skips
 // the others (ended since the caller took its copy), in one transaction.
 func (s *Store) UpdateActive(sessions ...*Session) error {
+	// Encode outside the write transaction, which blocks every other writer.
+	encoded := make([][]byte, len(sessions))
+	for i, sess := range sessions {
+		b, err := encode(sess)
+		if err != nil {
+			return fmt.Errorf("encoding session %s: %w", sess.ID, err)
+		}
+		encoded[i] = b
+	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		act := tx.Bucket(bucketActive)
-		for _, sess := range sessions {
+		for i, sess := range sessions {
 			key := []byte(sess.ID)
 			if !sess.Active() || act.Get(key) == nil {
 				continue
 			}
-			b, err := encode(sess)
-			if err != nil {
-				return fmt.Errorf("encoding session %s: %w", sess.ID, err)
-			}
-			if err := act.Put(key, b); err != nil {
+			if err := act.Put(key, encoded[i]); err != nil {
 				return fmt.Errorf("writing session %s: %w", sess.ID, err)
 			}
 		}
