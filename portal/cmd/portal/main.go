@@ -196,16 +196,13 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 }
 
 // gate adapts the gateway for the portal server.
-type gate struct {
-	gw  *gateway.Gateway
-	cfg *config.Config
-}
+type gate struct{ gw *gateway.Gateway }
 
 func (g gate) Authorised(ip netip.Addr) bool { _, ok := g.gw.SessionFor(ip); return ok }
 func (g gate) ClickThrough(ctx context.Context, ip netip.Addr) error {
 	_, err := g.gw.ClickThrough(ctx, ip)
 	if errors.Is(err, gateway.ErrRefused) {
-		return fmt.Errorf("%w: %w", captive.ErrRefused, err)
+		return errors.Join(captive.ErrRefused, err)
 	}
 	return err
 }
@@ -293,7 +290,7 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		srv := captive.New(captive.Config{
 			Listen:   netip.AddrPortFrom(cfg.GatewayIP, cfg.PortalHTTPPort),
 			SiteName: cfg.Site, ClickThrough: cfg.ClickThrough,
-		}, gate{gw, cfg}, log.With("component", "captive"))
+		}, gate{gw}, log.With("component", "captive"))
 		return srv.Run(ctx)
 	})
 	if cfg.MetricsListen != "" {

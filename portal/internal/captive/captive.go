@@ -169,7 +169,9 @@ func (s *Server) grant(c echo.Context) error {
 	if err := s.gate.ClickThrough(c.Request().Context(), ip); err != nil {
 		s.log.Warn("click-through grant", "ip", ip, "err", err)
 		if errors.Is(err, ErrRefused) {
-			return c.String(http.StatusForbidden, "Accesso non consentito ora: "+err.Error()+"\n")
+			// The reason (a kick, a used-up quota) is in the log, not
+			// on the resident's screen.
+			return c.String(http.StatusForbidden, "Accesso non consentito ora: chiedi al personale.\n")
 		}
 		return c.String(http.StatusServiceUnavailable, "Non è stato possibile connettersi, riprova tra poco.\n")
 	}

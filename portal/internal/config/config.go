@@ -175,7 +175,7 @@ func Parse(name string, data []byte) (*Config, error) {
 		switch {
 		case p.Bits() < 17 || p.Bits() > 30:
 			ps.Addf(cn.Address.Pos, "client_network.address: a /%d client network is not supported (use /17 to /30: up to 32,766 clients)", p.Bits())
-		case p.Addr() == c.ClientSubnet.Addr() || p.Addr() == lastAddr(c.ClientSubnet):
+		case p.Addr() == c.ClientSubnet.Addr() || p.Addr() == Broadcast(c.ClientSubnet):
 			ps.Addf(cn.Address.Pos, "client_network.address: %s is the network or broadcast address of %s", p.Addr(), c.ClientSubnet)
 		}
 	}
@@ -344,12 +344,13 @@ func rate(ps *yamlconf.Problems, val v[string], key string, def quantity.Rate) q
 	return r
 }
 
-func lastAddr(p netip.Prefix) netip.Addr {
+// Broadcast is the last (broadcast) address of an IPv4 prefix.
+func Broadcast(p netip.Prefix) netip.Addr {
 	a := p.Masked().Addr().As4()
-	hostBits := 32 - p.Bits()
-	n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
-	n |= (1 << hostBits) - 1
-	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+	for i := p.Bits(); i < 32; i++ {
+		a[i/8] |= 1 << (7 - i%8)
+	}
+	return netip.AddrFrom4(a)
 }
 
 // defaultRange is the subnet's hosts after the gateway, up to the last but one.
@@ -358,7 +359,7 @@ func defaultRange(p netip.Prefix, gw netip.Addr) (netip.Addr, netip.Addr) {
 	if start == gw {
 		start = start.Next()
 	}
-	end := lastAddr(p).Prev()
+	end := Broadcast(p).Prev()
 	if end == gw {
 		end = end.Prev()
 	}

@@ -45,7 +45,7 @@ type AllowParams struct {
 func (r AllowRequest) Parse() (AllowParams, error) {
 	var p AllowParams
 	var err error
-	if p.MAC, p.IP, err = parseTarget(r.MAC, r.IP); err != nil {
+	if p.MAC, p.IP, err = ParseTarget(r.MAC, r.IP); err != nil {
 		return AllowParams{}, err
 	}
 	if p.Duration, err = parseDuration("duration", r.Duration); err != nil {
@@ -101,7 +101,7 @@ func (r AllowRequest) Normalized() (AllowRequest, error) {
 // Normalized returns r with the MAC and IP in canonical form, or a
 // *FieldError naming the bad field. At least one of MAC and IP is required.
 func (r KickRequest) Normalized() (KickRequest, error) {
-	mac, ip, err := parseTarget(r.MAC, r.IP)
+	mac, ip, err := ParseTarget(r.MAC, r.IP)
 	if err != nil {
 		return KickRequest{}, err
 	}
@@ -123,7 +123,9 @@ func targetStrings(mac net.HardwareAddr, ip netip.Addr) (string, string) {
 	return m, a
 }
 
-func parseTarget(mac, ip string) (net.HardwareAddr, netip.Addr, error) {
+// ParseTarget parses the MAC and IP that name a client; at least one is
+// required. The error is a *FieldError.
+func ParseTarget(mac, ip string) (net.HardwareAddr, netip.Addr, error) {
 	if strings.TrimSpace(mac) == "" && strings.TrimSpace(ip) == "" {
 		return nil, netip.Addr{}, &FieldError{"mac", "one of mac or ip is required"}
 	}

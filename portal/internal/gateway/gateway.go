@@ -758,19 +758,10 @@ func (g *Gateway) checkClientIP(ip netip.Addr) error {
 	switch {
 	case !ip.Is4() || !cfg.ClientSubnet.Contains(ip):
 		return fmt.Errorf("%w: %s is not in the client network %s", control.ErrBadRequest, ip, cfg.ClientSubnet)
-	case ip == cfg.GatewayIP || ip == cfg.ClientSubnet.Addr() || ip == lastAddr(cfg.ClientSubnet):
+	case ip == cfg.GatewayIP || ip == cfg.ClientSubnet.Addr() || ip == config.Broadcast(cfg.ClientSubnet):
 		return fmt.Errorf("%w: %s is the gateway's, the network's or the broadcast address", control.ErrBadRequest, ip)
 	}
 	return nil
-}
-
-// lastAddr is the broadcast address of an IPv4 prefix.
-func lastAddr(p netip.Prefix) netip.Addr {
-	a := p.Masked().Addr().As4()
-	for i := p.Bits(); i < 32; i++ {
-		a[i/8] |= 1 << (7 - i%8)
-	}
-	return netip.AddrFrom4(a)
 }
 
 func describe(mac net.HardwareAddr, ip netip.Addr) string {

@@ -2,14 +2,11 @@ package gateway
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"net/netip"
 	"sort"
 	"strings"
 	"time"
 
-	"github.com/civicwifi/civicwifi/internal/quantity"
 	"github.com/civicwifi/civicwifi/portal/internal/control"
 )
 
@@ -110,31 +107,30 @@ func (g *Gateway) refreshGauges() {
 
 // Allow implements control.Service.
 func (g *Gateway) Allow(ctx context.Context, req control.AllowRequest) (control.Session, error) {
-	grant := Grant{Method: req.Method, Limits: g.o.Config.Limits}
+	p, err := req.Parse() // the same checks as the ctl client and the socket server
+	if err != nil {
+		return control.Session{}, err
+	}
+	grant := Grant{MAC: p.MAC, IP: p.IP, Method: p.Method, Limits: g.o.Config.Limits}
 	if grant.Method == "" {
 		grant.Method = "ctl"
 	}
-	var err error
-	if grant.MAC, grant.IP, err = parseClient(req.MAC, req.IP); err != nil {
-		return control.Session{}, err
-	}
+	// A field left empty keeps the site's default; "0" means no limit.
 	l := &grant.Limits
-	for _, f := range []struct {
-		name, val string
-		set       func(string) error
-	}{
-		{"duration", req.Duration, func(v string) (err error) { l.Session, err = parseDuration(v); return }},
-		{"idle", req.Idle, func(v string) (err error) { l.Idle, err = parseDuration(v); return }},
-		{"quota", req.Quota, func(v string) (err error) { q, err := quantity.ParseBytes(v); l.Quota = q; return err }},
-		{"down", req.Down, func(v string) (err error) { r, err := quantity.ParseRate(v); l.Down = r; return err }},
-		{"up", req.Up, func(v string) (err error) { r, err := quantity.ParseRate(v); l.Up = r; return err }},
-	} {
-		if f.val == "" {
-			continue
-		}
-		if err := f.set(f.val); err != nil {
-			return control.Session{}, fmt.Errorf("%w: %s: %v", control.ErrBadRequest, f.name, err)
-		}
+	if req.Duration != "" {
+		l.Session = p.Duration
+	}
+	if req.Idle != "" {
+		l.Idle = p.Idle
+	}
+	if req.Quota != "" {
+		l.Quota = p.Quota
+	}
+	if req.Down != "" {
+		l.Down = p.Down
+	}
+	if req.Up != "" {
+		l.Up = p.Up
 	}
 	s, err := g.Open(ctx, grant)
 	if err != nil {
@@ -145,7 +141,7 @@ func (g *Gateway) Allow(ctx context.Context, req control.AllowRequest) (control.
 
 // Kick implements control.Service.
 func (g *Gateway) Kick(ctx context.Context, req control.KickRequest) (control.Session, error) {
-	mac, ip, err := parseClient(req.MAC, req.IP)
+	mac, ip, err := control.ParseTarget(req.MAC, req.IP)
 	if err != nil {
 		return control.Session{}, err
 	}
@@ -158,37 +154,6 @@ func (g *Gateway) Kick(ctx context.Context, req control.KickRequest) (control.Se
 		return control.Session{}, err
 	}
 	return wireSession(s), nil
-}
-
-func parseClient(macS, ipS string) (net.HardwareAddr, netip.Addr, error) {
-	var mac net.HardwareAddr
-	var ip netip.Addr
-	var err error
-	if macS != "" {
-		if mac, err = net.ParseMAC(macS); err != nil || len(mac) != 6 {
-			return nil, ip, fmt.Errorf("%w: mac %q is not an Ethernet MAC address (like 02:00:00:00:00:01)", control.ErrBadRequest, macS)
-		}
-	}
-	if ipS != "" {
-		if ip, err = netip.ParseAddr(ipS); err != nil {
-			return nil, ip, fmt.Errorf("%w: ip %q is not an IP address", control.ErrBadRequest, ipS)
-		}
-	}
-	if mac == nil && !ip.IsValid() {
-		return nil, ip, fmt.Errorf("%w: give the client's mac or ip", control.ErrBadRequest)
-	}
-	return mac, ip, nil
-}
-
-func parseDuration(v string) (time.Duration, error) {
-	if v == "0" {
-		return 0, nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
-		return 0, fmt.Errorf("%q is not a duration (try 2h, 15m, 90s)", v)
-	}
-	return d, nil
 }
 
 func wireSession(s *Session) control.Session {
