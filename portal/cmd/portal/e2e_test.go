@@ -452,11 +452,14 @@ func TestSessionEndsMakeClientCaptive(t *testing.T) {
 		// The ended session's counters, as the daemon logged them. The kernel
 		// lets the packet that crosses the quota through: with GRO that can
 		// be a 64 KiB super-packet, so the quota here is 10 MB (< 0.7%).
-		out := s.log()
+		// The client leaves the in-memory table before the kernel revoke
+		// and the log line finish: wait for the line.
+		var out string
+		eventually(t, 5*time.Second, "quota end in the log", func() (bool, string) {
+			out = s.log()
+			return strings.Contains(out, "reason=quota"), out
+		})
 		i := strings.LastIndex(out, "reason=quota")
-		if i < 0 {
-			t.Fatalf("no quota end in the log:\n%s", out)
-		}
 		line := out[strings.LastIndex(out[:i], "\n")+1:]
 		line = line[:strings.Index(line, "\n")]
 		var down, up uint64
