@@ -11,13 +11,13 @@ import (
 // cacheFile is the policy cache on disk: the policy with the controller's signature over the answer that
 // carried it, so the cache is verified again when read (a truncated or edited file is not booted from).
 type cacheFile struct {
-	Gateway   string          `json:"gateway"`
-	Version   string          `json:"version"`
-	ETag      string          `json:"etag"`
-	Nonce     string          `json:"nonce"`
-	Signature string          `json:"signature"`
-	FetchedAt time.Time       `json:"fetched_at"`
-	Body      []byte          `json:"body"` // base64: the exact bytes signed (a RawMessage would be re-compacted)
+	Gateway   string    `json:"gateway"`
+	Version   string    `json:"version"`
+	ETag      string    `json:"etag"`
+	Nonce     string    `json:"nonce"`
+	Signature string    `json:"signature"`
+	FetchedAt time.Time `json:"fetched_at"`
+	Body      []byte    `json:"body"` // base64: the exact bytes signed (a RawMessage would be re-compacted)
 }
 
 // writeCache replaces the cache file atomically (temporary file, fsync, rename, fsync of the directory).

@@ -446,4 +446,3 @@ func (n *notifier) notifyAll() {
 		delete(n.chans, k)
 	}
 }
-
