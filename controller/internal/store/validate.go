@@ -1,0 +1,228 @@
+package store
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"time"
+)
+
+// Helpers shared by the implementations, so that both accept and refuse
+// exactly the same input.
+
+// MaxIDLen is the longest id (gateway, site, session, event, command).
+const MaxIDLen = 128
+
+// CheckID checks an id: 1 to MaxIDLen bytes of letters, digits and . _ - @ + =
+// (no ':' or spaces, which the implementations use as separators).
+func CheckID(what, id string) error {
+	if id == "" {
+		return fmt.Errorf("%w: %s is empty", ErrInvalid, what)
+	}
+	if len(id) > MaxIDLen {
+		return fmt.Errorf("%w: %s %.20q... is longer than %d bytes", ErrInvalid, what, id, MaxIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '.', c == '_', c == '-', c == '@', c == '+', c == '=':
+		default:
+			return fmt.Errorf("%w: %s %q has %q at byte %d (allowed: letters, digits, . _ - @ + =)", ErrInvalid, what, id, c, i)
+		}
+	}
+	return nil
+}
+
+// NormalizeMAC returns mac as lower-case colon-separated EUI-48.
+func NormalizeMAC(what, mac string) (string, error) {
+	hw, err := net.ParseMAC(mac)
+	if err != nil || len(hw) != 6 {
+		return "", fmt.Errorf("%w: %s %q is not a MAC address (try aa:bb:cc:dd:ee:ff)", ErrInvalid, what, mac)
+	}
+	return hw.String(), nil
+}
+
+// Millis truncates t to milliseconds in UTC, the precision the store keeps.
+func Millis(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Time{}
+	}
+	return time.UnixMilli(t.UnixMilli()).UTC()
+}
+
+// FromMillis is the inverse of t.UnixMilli for stored times; 0 is the zero
+// time.
+func FromMillis(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}
+
+// NewID returns a random 128-bit id in hex.
+func NewID() string {
+	var b [16]byte
+	rand.Read(b[:]) // never fails (crypto/rand panics instead)
+	return hex.EncodeToString(b[:])
+}
+
+// CheckEvent validates ev and returns it normalised (MAC, millisecond UTC
+// times, Start defaulted to At).
+func CheckEvent(ev SessionEvent) (SessionEvent, error) {
+	if err := CheckID("event id", ev.ID); err != nil {
+		return ev, err
+	}
+	wrap := func(err error) error { return fmt.Errorf("session event %q: %w", ev.ID, err) }
+	switch ev.Kind {
+	case EventStart, EventInterim, EventStop:
+	default:
+		return ev, wrap(fmt.Errorf("%w: kind %q is not start, interim or stop", ErrInvalid, ev.Kind))
+	}
+	for _, f := range []struct{ what, id string }{
+		{"session id", ev.SessionID}, {"gateway id", ev.GatewayID}, {"site id", ev.SiteID},
+	} {
+		if err := CheckID(f.what, f.id); err != nil {
+			return ev, wrap(err)
+		}
+	}
+	if ev.UserID != "" {
+		if err := CheckID("user id", ev.UserID); err != nil {
+			return ev, wrap(err)
+		}
+	}
+	if ev.Method != "" {
+		if err := CheckID("method", ev.Method); err != nil {
+			return ev, wrap(err)
+		}
+	}
+	mac, err := NormalizeMAC("client mac", ev.ClientMAC)
+	if err != nil {
+		return ev, wrap(err)
+	}
+	ev.ClientMAC = mac
+	if ev.At.IsZero() || ev.At.Unix() <= 0 {
+		return ev, wrap(fmt.Errorf("%w: time %v is not set", ErrInvalid, ev.At))
+	}
+	ev.At = Millis(ev.At)
+	if ev.Start.IsZero() {
+		ev.Start = ev.At
+	}
+	ev.Start = Millis(ev.Start)
+	if ev.Start.After(ev.At) {
+		return ev, wrap(fmt.Errorf("%w: start %v is after the event's time %v", ErrInvalid, ev.Start, ev.At))
+	}
+	if ev.BytesDown > 1<<53 || ev.BytesUp > 1<<53 {
+		return ev, wrap(fmt.Errorf("%w: byte counts above 2^53", ErrInvalid))
+	}
+	if len(ev.Reason) > 64 {
+		return ev, wrap(fmt.Errorf("%w: reason is longer than 64 bytes", ErrInvalid))
+	}
+	return ev, nil
+}
+
+// Delta is what applying one event changed, for totals and rollups.
+type Delta struct {
+	NewSession bool // count a session (in the start hour, for the method)
+	BytesDown  uint64
+	BytesUp    uint64
+	OnlineMS   int64 // time since the previous event, counted in the event's hour
+}
+
+// Apply applies the validated event ev to s (nil: the session is new) and
+// returns the updated session and what changed. It is the reference for
+// redisstore's Lua script.
+func Apply(s *Session, ev SessionEvent) (Session, Delta) {
+	var d Delta
+	var n Session
+	if s == nil {
+		d.NewSession = true
+		n = Session{
+			ID: ev.SessionID, GatewayID: ev.GatewayID, SiteID: ev.SiteID, ClientMAC: ev.ClientMAC,
+			UserID: ev.UserID, Method: ev.Method, Start: ev.Start, LastSeen: ev.Start,
+		}
+	} else {
+		n = *s
+	}
+	if ev.BytesDown > n.BytesDown {
+		d.BytesDown = ev.BytesDown - n.BytesDown
+		n.BytesDown = ev.BytesDown
+	}
+	if ev.BytesUp > n.BytesUp {
+		d.BytesUp = ev.BytesUp - n.BytesUp
+		n.BytesUp = ev.BytesUp
+	}
+	if ev.At.After(n.LastSeen) && n.Open() {
+		d.OnlineMS = ev.At.Sub(n.LastSeen).Milliseconds()
+		n.LastSeen = ev.At
+	}
+	if ev.Kind == EventStop && n.Open() {
+		n.End = ev.At
+		if n.LastSeen.After(n.End) { // an interim was later than the stop
+			n.End = n.LastSeen
+		}
+		n.StopReason = ev.Reason
+	}
+	return n, d
+}
+
+// CheckTTL checks an ephemeral key and TTL.
+func CheckTTL(key string, ttl time.Duration) error {
+	if err := CheckKey(key); err != nil {
+		return err
+	}
+	if ttl < time.Millisecond {
+		return fmt.Errorf("%w: key %q: ttl %v is under 1ms", ErrInvalid, key, ttl)
+	}
+	return nil
+}
+
+// CheckKey checks an ephemeral key: 1 to 256 bytes.
+func CheckKey(key string) error {
+	if key == "" || len(key) > 256 {
+		return fmt.Errorf("%w: ephemeral key %.40q is empty or longer than 256 bytes", ErrInvalid, key)
+	}
+	return nil
+}
+
+// CheckCommand validates c and returns it normalised, with an ID and a
+// creation time (now) when they are missing.
+func CheckCommand(c Command, now time.Time) (Command, error) {
+	if c.ID == "" {
+		c.ID = NewID()
+	}
+	if err := CheckID("command id", c.ID); err != nil {
+		return c, err
+	}
+	if err := CheckID("gateway id", c.GatewayID); err != nil {
+		return c, fmt.Errorf("command %s: %w", c.ID, err)
+	}
+	switch c.Kind {
+	case CommandKick, CommandExtend:
+	default:
+		return c, fmt.Errorf("command %s: %w: kind %q is not kick or extend", c.ID, ErrInvalid, c.Kind)
+	}
+	mac, err := NormalizeMAC("client mac", c.ClientMAC)
+	if err != nil {
+		return c, fmt.Errorf("command %s: %w", c.ID, err)
+	}
+	c.ClientMAC = mac
+	if c.Kind == CommandExtend && c.Extend <= 0 {
+		return c, fmt.Errorf("command %s: %w: extend %v is not positive", c.ID, ErrInvalid, c.Extend)
+	}
+	if c.Kind == CommandKick && c.Extend != 0 {
+		return c, fmt.Errorf("command %s: %w: a kick has no extend", c.ID, ErrInvalid)
+	}
+	if c.Created.IsZero() {
+		c.Created = now
+	}
+	c.Created = Millis(c.Created)
+	return c, nil
+}
+
+// HourOf returns the start of t's UTC hour.
+func HourOf(t time.Time) time.Time { return t.UTC().Truncate(time.Hour) }
+
+// DayOf returns t's UTC day as YYYYMMDD.
+func DayOf(t time.Time) string { return t.UTC().Format("20060102") }
