@@ -26,7 +26,7 @@ func (c *Client) writeCache(p Policy, a answer) error {
 		return nil
 	}
 	data, err := json.Marshal(cacheFile{
-		Gateway: c.cfg.GatewayID, Version: p.Version, ETag: a.etag, Nonce: a.nonce, Signature: a.sig,
+		Gateway: c.cfg.GatewayID, ETag: a.etag, Nonce: a.nonce, Signature: a.sig,
 		FetchedAt: p.FetchedAt, Body: a.body,
 	})
 	if err != nil {
