@@ -76,11 +76,25 @@ type Firewall interface {
 	// its conntrack entries flushed. Revoking an unknown client is not an error.
 	Revoke(ctx context.Context, c Client) error
 	// Reconcile repairs drift (missing chains/jumps/sets, missing or extra
-	// elements) so the kernel matches want. Harmless to repeat.
-	Reconcile(ctx context.Context, want []Grant) (Repairs, error)
+	// elements) so the kernel matches want. Harmless to repeat. With a
+	// Guard, the kernel is read without it and repaired while holding it.
+	Reconcile(ctx context.Context, want []Grant, g Guard) (Repairs, error)
 	// Usage reads the kernel counters of every authorised client.
 	Usage(ctx context.Context) (map[netip.Addr]Usage, error)
 	// Teardown removes every chain, jump and set Setup made, and nothing
 	// else. A missing one is fine.
 	Teardown(ctx context.Context) error
+}
+
+// Guard lets a long Reconcile read the kernel without blocking allows and
+// revokes. The caller takes want, then the kernel is read unlocked; the
+// repairs are computed and applied between Lock and Unlock, which the
+// caller's Allow and Revoke also respect. A client whose grant changed
+// after want was taken is Stale: that round leaves it alone (its newer
+// state is the caller's, not want's), and the next round checks it.
+type Guard interface {
+	Lock()
+	Unlock()
+	// Stale is called only between Lock and Unlock.
+	Stale(ip netip.Addr) bool
 }

@@ -188,7 +188,7 @@ func (k *Kernel) iptFor(f family) ipt {
 // and adds the static walled garden. Idempotent; keeps set elements.
 func (k *Kernel) Setup(ctx context.Context) error {
 	var rep Repairs
-	if err := k.ensureInfra(ctx, &rep); err != nil {
+	if _, err := k.ensureInfra(ctx, &rep); err != nil {
 		return fmt.Errorf("setting up the firewall: %w", err)
 	}
 	if err := k.ensureGarden(ctx, &rep); err != nil {
@@ -199,11 +199,12 @@ func (k *Kernel) Setup(ctx context.Context) error {
 }
 
 // ensureInfra makes the sets, chains and jumps match the desired state,
-// counting what it had to change.
-func (k *Kernel) ensureInfra(ctx context.Context, rep *Repairs) error {
+// counting what it had to change. With rep nil it only looks, and reports
+// whether anything differs.
+func (k *Kernel) ensureInfra(ctx context.Context, rep *Repairs) (drift bool, err error) {
 	out, err := k.run.Run(ctx, "", "ipset", "list", "-t", "-o", "save")
 	if err != nil {
-		return fmt.Errorf("listing sets: %w", err)
+		return false, fmt.Errorf("listing sets: %w", err)
 	}
 	have := parseHeaders(out)
 	for _, s := range k.cfg.sets() {
@@ -211,15 +212,18 @@ func (k *Kernel) ensureInfra(ctx context.Context, rep *Repairs) error {
 		if ok && h.equal(parseHeader(s.args)) {
 			continue
 		}
+		if rep == nil {
+			return true, nil
+		}
 		if ok {
 			k.log.Warn("set differs, re-creating it", "set", s.name, "have", h.String(), "want", parseHeader(s.args).String())
 			if err := k.recreateSet(ctx, s); err != nil {
-				return err
+				return true, err
 			}
 		} else {
 			argv := append([]string{"ipset", "create", s.name}, s.args...)
 			if _, err := k.run.Run(ctx, "", append(argv, "-exist")...); err != nil {
-				return fmt.Errorf("creating set %s: %w", s.name, err)
+				return true, fmt.Errorf("creating set %s: %w", s.name, err)
 			}
 		}
 		rep.Sets++
@@ -259,13 +263,16 @@ func (k *Kernel) ensureInfra(ctx context.Context, rep *Repairs) error {
 		cs := groups[kk]
 		l, err := listing(kk)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if k.chainsMatch(kk.fam, cs, l) {
 			continue
 		}
+		if rep == nil {
+			return true, nil
+		}
 		if err := k.restore(ctx, kk.fam, cs); err != nil {
-			return err
+			return true, err
 		}
 		delete(listings, kk)
 		rep.Rules++
@@ -276,18 +283,21 @@ func (k *Kernel) ensureInfra(ctx context.Context, rep *Repairs) error {
 		}
 		l, err := listing(key{c.fam, c.table})
 		if err != nil {
-			return err
+			return false, err
 		}
 		if slices.Contains(l[c.builtin], "-A "+c.builtin+" "+strings.Join(c.jump(), " ")) {
 			continue
 		}
+		if rep == nil {
+			return true, nil
+		}
 		t := k.iptFor(c.fam)
 		if err := t.Insert(c.table, c.builtin, 1, c.jump()...); err != nil {
-			return fmt.Errorf("inserting the %s jump %s -> %s: %w", c.fam, c.builtin, c.name, err)
+			return true, fmt.Errorf("inserting the %s jump %s -> %s: %w", c.fam, c.builtin, c.name, err)
 		}
 		rep.Rules++
 	}
-	return nil
+	return rep != nil && rep.Rules+rep.Sets > 0, nil
 }
 
 // recreateSet replaces a set whose type or options differ from s (a new
@@ -614,12 +624,27 @@ func (k *Kernel) flushConntrack(ctx context.Context, ip netip.Addr) error {
 
 // Reconcile repairs drift so the kernel matches want: sets, chains, jumps,
 // walled garden and the elements of every authorised client. Grants whose
-// session has ended are treated as not wanted.
-func (k *Kernel) Reconcile(ctx context.Context, want []Grant) (Repairs, error) {
+// session has ended are treated as not wanted. With a Guard (see there),
+// every read happens unlocked: an allow waits only for repairs, which are
+// rare, never for the listings (tens of ms with 10,000 clients).
+func (k *Kernel) Reconcile(ctx context.Context, want []Grant, g Guard) (Repairs, error) {
 	var rep Repairs
-	if err := k.ensureInfra(ctx, &rep); err != nil {
+	// Chains, jumps and set headers: looked at unlocked; a repair (which
+	// may re-create a set under an allow's feet) holds the guard and looks
+	// again.
+	drift, err := k.ensureInfra(ctx, nil)
+	if err != nil {
 		return rep, fmt.Errorf("reconciling the firewall: %w", err)
 	}
+	if drift {
+		lock(g)
+		_, err := k.ensureInfra(ctx, &rep)
+		unlock(g)
+		if err != nil {
+			return rep, fmt.Errorf("reconciling the firewall: %w", err)
+		}
+	}
+	// The static garden is only ever written by Setup and Reconcile.
 	if err := k.ensureGarden(ctx, &rep); err != nil {
 		return rep, fmt.Errorf("reconciling the firewall: %w", err)
 	}
@@ -627,7 +652,13 @@ func (k *Kernel) Reconcile(ctx context.Context, want []Grant) (Repairs, error) {
 	if err != nil {
 		return rep, fmt.Errorf("reconciling the firewall: %w", err)
 	}
-	lines, n := k.diffElements(want, sets)
+	lock(g)
+	defer unlock(g)
+	var stale func(netip.Addr) bool
+	if g != nil {
+		stale = g.Stale
+	}
+	lines, n := k.diffElements(want, sets, stale)
 	if len(lines) > 0 {
 		if err := k.restoreSets(ctx, lines); err != nil {
 			return rep, fmt.Errorf("reconciling the firewall: %w", err)
@@ -644,10 +675,23 @@ func (k *Kernel) Reconcile(ctx context.Context, want []Grant) (Repairs, error) {
 // grant's before Reconcile rewrites it.
 const timeoutSlack = 10
 
+func lock(g Guard) {
+	if g != nil {
+		g.Lock()
+	}
+}
+
+func unlock(g Guard) {
+	if g != nil {
+		g.Unlock()
+	}
+}
+
 // diffElements renders the ipset lines that make the sets match want, and
 // how many elements they add, fix or remove. Removals come first, so a
-// failing addition cannot keep an unwanted client in.
-func (k *Kernel) diffElements(want []Grant, sets map[string][]entry) (lines []string, n int) {
+// failing addition cannot keep an unwanted client in. Clients for which
+// stale (if not nil) says true are left alone, wanted or not.
+func (k *Kernel) diffElements(want []Grant, sets map[string][]entry, stale func(netip.Addr) bool) (lines []string, n int) {
 	now := k.now()
 	auth := indexByIP(sets[AuthSet])
 	acct := indexByIP(sets[AcctSet])
@@ -655,6 +699,9 @@ func (k *Kernel) diffElements(want []Grant, sets map[string][]entry) (lines []st
 	wanted := map[netip.Addr]bool{}
 	var adds []string
 	for _, g := range want {
+		if stale != nil && stale(g.IP) {
+			continue
+		}
 		if checkGrant(k.cfg, g) != nil {
 			k.log.Warn("ignoring an invalid grant", "ip", g.IP, "mac", g.MAC.String())
 			continue
@@ -689,7 +736,7 @@ func (k *Kernel) diffElements(want []Grant, sets map[string][]entry) (lines []st
 	}{{AuthSet, auth}, {AcctSet, acct}, {DownSet, dl}} {
 		var extra []netip.Addr
 		for ip := range s.m {
-			if !wanted[ip] {
+			if !wanted[ip] && (stale == nil || !stale(ip)) {
 				extra = append(extra, ip)
 			}
 		}

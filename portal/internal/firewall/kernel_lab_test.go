@@ -485,11 +485,11 @@ func TestKernelReconcileRepairsDrift(t *testing.T) {
 	}
 	reconcile := func(t *testing.T, want []Grant) Repairs {
 		t.Helper()
-		rep, err := s.fw.Reconcile(t.Context(), want)
+		rep, err := s.fw.Reconcile(t.Context(), want, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		again, err := s.fw.Reconcile(t.Context(), want)
+		again, err := s.fw.Reconcile(t.Context(), want, nil)
 		if err != nil || again.Total() != 0 {
 			t.Errorf("second Reconcile = %+v, %v; want nothing to repair", again, err)
 		}

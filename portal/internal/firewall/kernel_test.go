@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -316,14 +317,14 @@ func TestReconcileRepairs(t *testing.T) {
 				}
 			}
 			tc.damage(f)
-			rep, err := k.Reconcile(ctx, tc.want)
+			rep, err := k.Reconcile(ctx, tc.want, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if diff := cmp.Diff(tc.rep, rep); diff != "" {
 				t.Errorf("Reconcile repairs (-want +got):\n%s", diff)
 			}
-			again, err := k.Reconcile(ctx, tc.want)
+			again, err := k.Reconcile(ctx, tc.want, nil)
 			if err != nil || again.Total() != 0 {
 				t.Errorf("second Reconcile = %+v, %v; want no repairs", again, err)
 			}
@@ -353,6 +354,96 @@ func TestReconcileRepairs(t *testing.T) {
 	}
 }
 
+// recordingGuard logs Lock/Unlock into the fake kernel's command log, so a
+// test sees which commands ran while it was held.
+type recordingGuard struct {
+	f     *fakeKernel
+	stale map[netip.Addr]bool
+	held  bool
+}
+
+func (g *recordingGuard) Lock()   { g.held = true; g.f.cmds = append(g.f.cmds, "LOCK") }
+func (g *recordingGuard) Unlock() { g.held = false; g.f.cmds = append(g.f.cmds, "UNLOCK") }
+func (g *recordingGuard) Stale(ip netip.Addr) bool {
+	if !g.held {
+		panic("Stale called without the lock")
+	}
+	return g.stale[ip]
+}
+
+func TestReconcileWithGuard(t *testing.T) {
+	ip1, ip2, ip3 := netip.MustParseAddr("10.20.0.11"), netip.MustParseAddr("10.20.0.12"), netip.MustParseAddr("10.20.0.13")
+	g1 := Grant{Client: Client{IP: ip1, MAC: mac("02:00:00:00:00:01")}}
+	g2 := Grant{Client: Client{IP: ip2, MAC: mac("02:00:00:00:00:02")}}
+	g3 := Grant{Client: Client{IP: ip3, MAC: mac("02:00:00:00:00:03")}}
+	ctx := t.Context()
+	t.Run("reads unlocked, nothing to repair", func(t *testing.T) {
+		k, f := newFake(t)
+		if err := k.Setup(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := k.Allow(ctx, g1); err != nil {
+			t.Fatal(err)
+		}
+		f.cmds = nil
+		g := &recordingGuard{f: f}
+		rep, err := k.Reconcile(ctx, []Grant{g1}, g)
+		if err != nil || rep.Total() != 0 {
+			t.Fatalf("Reconcile = %+v, %v", rep, err)
+		}
+		// Every listing happens before the lock; nothing runs under it.
+		if diff := cmp.Diff([]string{"LOCK", "UNLOCK"}, f.cmds[len(f.cmds)-2:]); diff != "" {
+			t.Errorf("tail of the command log (-want +got):\n%s\nall: %q", diff, f.cmds)
+		}
+	})
+	t.Run("stale clients are left alone", func(t *testing.T) {
+		k, f := newFake(t)
+		if err := k.Setup(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// ip2 was allowed after want was taken (so want lacks it), ip3 was
+		// revoked after (so want still has it), ip1 really drifted.
+		for _, g := range []Grant{g1, g2} {
+			if err := k.Allow(ctx, g); err != nil {
+				t.Fatal(err)
+			}
+		}
+		delete(f.sets[AuthSet].elems, "10.20.0.11")
+		g := &recordingGuard{f: f, stale: map[netip.Addr]bool{ip2: true, ip3: true}}
+		rep, err := k.Reconcile(ctx, []Grant{g1, g3}, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Entries != 1 {
+			t.Errorf("repairs = %+v, want only ip1's cw-auth element", rep)
+		}
+		for ip, want := range map[string]bool{"10.20.0.11": true, "10.20.0.12": true, "10.20.0.13": false} {
+			if _, got := f.sets[AuthSet].elems[ip]; got != want {
+				t.Errorf("%s in cw-auth = %v, want %v", ip, got, want)
+			}
+		}
+	})
+	t.Run("infrastructure drift is repaired under the lock", func(t *testing.T) {
+		k, f := newFake(t)
+		if err := k.Setup(ctx); err != nil {
+			t.Fatal(err)
+		}
+		f.chains[v4]["filter/FORWARD"] = nil
+		f.cmds = nil
+		g := &recordingGuard{f: f}
+		rep, err := k.Reconcile(ctx, nil, g)
+		if err != nil || rep.Rules != 1 {
+			t.Fatalf("Reconcile = %+v, %v; want the jump repaired", rep, err)
+		}
+		lockAt := slices.Index(f.cmds, "LOCK")
+		insertAt := slices.IndexFunc(f.cmds, func(c string) bool { return strings.Contains(c, "-I FORWARD") })
+		unlockAt := slices.Index(f.cmds, "UNLOCK")
+		if lockAt < 0 || insertAt < lockAt || unlockAt < insertAt {
+			t.Errorf("jump inserted outside the lock: %q", f.cmds)
+		}
+	})
+}
+
 func TestReconcileKeepsDynamicGarden(t *testing.T) {
 	ctx := t.Context()
 	k, f := newFake(t)
@@ -362,7 +453,7 @@ func TestReconcileKeepsDynamicGarden(t *testing.T) {
 	// What dnsmasq added stays; the static set is exactly GardenNets.
 	f.sets[GardenSet].elems["192.0.2.7"] = entry{Key: "192.0.2.7", Timeout: 3000}
 	f.sets[GardenNetSet].elems["192.0.2.0/24"] = entry{Key: "192.0.2.0/24"}
-	if _, err := k.Reconcile(ctx, nil); err != nil {
+	if _, err := k.Reconcile(ctx, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	want := "create cw-garden hash:net timeout 3600\nadd cw-garden 192.0.2.7 timeout 3000\n" +
@@ -409,7 +500,7 @@ func TestSetupRecreatesChangedSets(t *testing.T) {
 	k2 := newKernel(cfg, nil, f, f.ipt(v4), f.ipt(v6))
 	k2.now = k.now
 	g2 := Grant{Client: Client{IP: netip.MustParseAddr("10.20.5.5"), MAC: mac("02:00:00:00:00:02")}, Expires: t0.Add(time.Hour)}
-	rep, err := k2.Reconcile(ctx, []Grant{g, g2})
+	rep, err := k2.Reconcile(ctx, []Grant{g, g2}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -423,7 +514,7 @@ func TestSetupRecreatesChangedSets(t *testing.T) {
 	if diff := cmp.Diff(map[netip.Addr]Usage{g.IP: {Bytes: 4000, Packets: 4, DownBytes: 1000}, g2.IP: {}}, u); diff != "" {
 		t.Errorf("Usage after the subnet change (-want +got):\n%s", diff)
 	}
-	if again, err := k2.Reconcile(ctx, []Grant{g, g2}); err != nil || again.Total() != 0 {
+	if again, err := k2.Reconcile(ctx, []Grant{g, g2}, nil); err != nil || again.Total() != 0 {
 		t.Errorf("second Reconcile = %+v, %v; want nothing", again, err)
 	}
 }
@@ -456,7 +547,7 @@ func TestRestoreSetsSkipsABadLine(t *testing.T) {
 
 	stranger := map[string][]entry{AuthSet: {{Key: "10.20.0.99", MAC: "02:00:00:00:00:99"}}}
 	g := Grant{Client: Client{IP: netip.MustParseAddr("10.20.0.11"), MAC: mac("02:00:00:00:00:01")}}
-	lines, n := k.diffElements([]Grant{g}, stranger)
+	lines, n := k.diffElements([]Grant{g}, stranger, nil)
 	if diff := cmp.Diff([]string{
 		"del cw-auth 10.20.0.99",
 		"add cw-acct 10.20.0.11 timeout 0 packets 0 bytes 0 comment \"q=0\"",

@@ -270,7 +270,7 @@ func TestKernelReconcileRestoresDownloadCounter(t *testing.T) {
 	g.UsedBytes, g.UsedDownBytes = 90_000, 60_000
 	s.allow(t, g)
 	mustRun(t, s.Gateway, "ipset", "flush", DownSet)
-	rep, err := s.fw.Reconcile(t.Context(), []Grant{g})
+	rep, err := s.fw.Reconcile(t.Context(), []Grant{g}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,14 +321,14 @@ func TestKernelSetsFollowTheConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	far := Grant{Client: Client{IP: netip.MustParseAddr("10.20.5.5"), MAC: lab.ClientMAC(9)}, Expires: g.Expires}
-	rep, err := fw2.Reconcile(ctx, []Grant{g, far})
+	rep, err := fw2.Reconcile(ctx, []Grant{g, far}, nil)
 	if err != nil {
 		t.Fatalf("Reconcile after the subnet grew: %v", err)
 	}
 	if rep.Sets != 3 {
 		t.Errorf("Reconcile = %+v, want the 3 bitmap sets re-created", rep)
 	}
-	if again, err := fw2.Reconcile(ctx, []Grant{g, far}); err != nil || again.Total() != 0 {
+	if again, err := fw2.Reconcile(ctx, []Grant{g, far}, nil); err != nil || again.Total() != 0 {
 		t.Errorf("second Reconcile = %+v, %v; want nothing to repair", again, err)
 	}
 	u, err := fw2.Usage(ctx)

@@ -75,8 +75,12 @@ type Gateway struct {
 	kmu sync.Mutex
 
 	mu       sync.Mutex
-	gen      uint64              // bumped by every open; see poll
+	gen      uint64              // bumped by every open and end; see poll and reconcile
 	sessions map[string]*Session // active, by ID
+	// touched is the gen at which each client's kernel state last changed
+	// (opened, updated or ended): a reconcile leaves alone the clients
+	// touched after it took its list. Pruned by every reconcile.
+	touched map[netip.Addr]uint64
 	// lockout keeps a device that was kicked or used up its quota from
 	// letting itself in again by click-through before the session would
 	// have expired.
@@ -111,6 +115,7 @@ func New(o Options) *Gateway {
 		o: o, log: o.Log, now: o.Now,
 		sessions: map[string]*Session{},
 		byIP:     map[netip.Addr]*Session{},
+		touched:  map[netip.Addr]uint64{},
 		lockout:  map[string]time.Time{},
 	}
 }
@@ -163,8 +168,8 @@ func (g *Gateway) Start(ctx context.Context) error {
 		g.log.Warn("reading counters at start", "err", err)
 	}
 	g.kmu.Lock()
-	grants, _ := g.grants()
-	_, err = g.o.FW.Reconcile(ctx, grants)
+	grants, _, _ := g.grants()
+	_, err = g.o.FW.Reconcile(ctx, grants, nil)
 	g.kmu.Unlock()
 	if err != nil {
 		return fmt.Errorf("enforcing stored sessions: %w", err)
@@ -226,7 +231,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 }
 
-func (g *Gateway) grants() ([]firewall.Grant, []shaper.Limit) {
+// grants is what the kernel should hold now, and the gen it was taken at.
+func (g *Gateway) grants() ([]firewall.Grant, []shaper.Limit, uint64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	grants := make([]firewall.Grant, 0, len(g.sessions))
@@ -237,8 +243,39 @@ func (g *Gateway) grants() ([]firewall.Grant, []shaper.Limit) {
 			limits = append(limits, limitOf(s))
 		}
 	}
-	return grants, limits
+	return grants, limits, g.gen
 }
+
+// touch records that ip's kernel state changes now. Caller holds mu.
+func (g *Gateway) touch(ip netip.Addr) uint64 {
+	g.gen++
+	g.touched[ip] = g.gen
+	return g.gen
+}
+
+// guard is the firewall's and shaper's Guard for one reconcile: repairs
+// hold kmu, like every allow and revoke; clients touched after the
+// reconcile took its list (gen) are stale.
+type guard struct {
+	g     *Gateway
+	gen   uint64
+	stale map[netip.Addr]bool
+}
+
+func (gd *guard) Lock() {
+	gd.g.kmu.Lock()
+	gd.g.mu.Lock()
+	gd.stale = map[netip.Addr]bool{}
+	for ip, gen := range gd.g.touched {
+		if gen > gd.gen {
+			gd.stale[ip] = true
+		}
+	}
+	gd.g.mu.Unlock()
+}
+
+func (gd *guard) Unlock()                  { gd.g.kmu.Unlock() }
+func (gd *guard) Stale(ip netip.Addr) bool { return gd.stale[ip] }
 
 func grantOf(s *Session) firewall.Grant {
 	return firewall.Grant{
@@ -257,16 +294,25 @@ func limitOf(s *Session) shaper.Limit {
 // reconcile makes the kernel match the store. The usage poll runs first so
 // that elements re-added after drift carry their latest counters. The
 // firewall is reconciled in full every time; the shaper in full when asked
-// or when its cheap check finds its qdiscs or IFB device gone.
+// or when its cheap check finds its qdiscs or IFB device gone. The kernel
+// is read without kmu (see guard): an allow waits only for repairs.
 func (g *Gateway) reconcile(ctx context.Context, full bool) (int, error) {
 	if err := g.poll(ctx); err != nil {
 		g.log.Warn("reading counters before reconcile", "err", err)
 	}
-	g.kmu.Lock()
-	defer g.kmu.Unlock()
-	grants, limits := g.grants()
+	grants, limits, gen := g.grants()
+	defer func() {
+		// Clients touched up to gen are settled for every later round.
+		g.mu.Lock()
+		for ip, t := range g.touched {
+			if t <= gen {
+				delete(g.touched, ip)
+			}
+		}
+		g.mu.Unlock()
+	}()
 	// One part failing must not keep the other from being repaired.
-	fr, ferr := g.o.FW.Reconcile(ctx, grants)
+	fr, ferr := g.o.FW.Reconcile(ctx, grants, &guard{g: g, gen: gen})
 	if ferr != nil {
 		ferr = fmt.Errorf("reconciling firewall: %w", ferr)
 	}
@@ -277,7 +323,7 @@ func (g *Gateway) reconcile(ctx context.Context, full bool) (int, error) {
 		full = err != nil || !intact
 	}
 	if full {
-		sr, serr = g.o.Shaper.Reconcile(ctx, limits)
+		sr, serr = g.o.Shaper.Reconcile(ctx, limits, &guard{g: g, gen: gen})
 		if serr != nil {
 			serr = fmt.Errorf("reconciling shaper: %w", serr)
 		}
@@ -372,6 +418,7 @@ func (g *Gateway) poll(ctx context.Context) error {
 
 // forget drops a session from the in-memory indexes. Caller holds g.mu.
 func (g *Gateway) forget(s *Session) {
+	g.touch(s.IP)
 	delete(g.sessions, s.ID)
 	if g.byIP[s.IP] == s {
 		delete(g.byIP, s.IP)
@@ -588,8 +635,7 @@ func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr,
 			g.log.Error("revoking displaced session", "session", displaced.ID, "err", err)
 		}
 	}
-	g.gen++
-	s.gen = g.gen
+	s.gen = g.touch(ip)
 	g.sessions[s.ID] = s
 	g.byIP[ip] = s
 

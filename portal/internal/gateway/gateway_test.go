@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"sync"
@@ -31,6 +32,9 @@ type fakeFW struct {
 	fail    error
 	// onUsage runs after Usage has read the state, before it returns.
 	onUsage func()
+	// onReconcileRead runs when Reconcile starts, before it reads the
+	// state (want is already taken) and before it takes the guard.
+	onReconcileRead func()
 }
 
 func newFakeFW() *fakeFW {
@@ -57,21 +61,41 @@ func (f *fakeFW) Revoke(_ context.Context, c firewall.Client) error {
 	f.revoked = append(f.revoked, c.IP)
 	return nil
 }
-func (f *fakeFW) Reconcile(_ context.Context, want []firewall.Grant) (firewall.Repairs, error) {
+
+// Reconcile behaves like the kernel's: it reads unlocked, then repairs
+// under the guard, leaving stale clients alone.
+func (f *fakeFW) Reconcile(_ context.Context, want []firewall.Grant, gd firewall.Guard) (firewall.Repairs, error) {
+	f.mu.Lock()
+	hook := f.onReconcileRead
+	f.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	f.mu.Lock()
+	read := maps.Clone(f.allowed)
+	f.mu.Unlock()
+	if gd != nil {
+		gd.Lock()
+		defer gd.Unlock()
+	}
+	stale := func(ip netip.Addr) bool { return gd != nil && gd.Stale(ip) }
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var r firewall.Repairs
 	keep := map[netip.Addr]bool{}
 	for _, g := range want {
+		if stale(g.IP) {
+			continue
+		}
 		keep[g.IP] = true
-		if _, ok := f.allowed[g.IP]; !ok {
+		if _, ok := read[g.IP]; !ok {
 			f.allowed[g.IP] = g
 			f.usage[g.IP] = firewall.Usage{Bytes: g.UsedBytes, DownBytes: g.UsedDownBytes}
 			r.Entries++
 		}
 	}
-	for ip := range f.allowed {
-		if !keep[ip] {
+	for ip := range read {
+		if !keep[ip] && !stale(ip) {
 			delete(f.allowed, ip)
 			r.Entries++
 		}
@@ -118,13 +142,25 @@ func (s *fakeShaper) Remove(_ context.Context, ip netip.Addr) error {
 	s.mu.Unlock()
 	return nil
 }
-func (s *fakeShaper) Reconcile(_ context.Context, want []shaper.Limit) (int, error) {
+func (s *fakeShaper) Reconcile(_ context.Context, want []shaper.Limit, gd shaper.Guard) (int, error) {
+	if gd != nil {
+		gd.Lock()
+		defer gd.Unlock()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.limits = map[netip.Addr]shaper.Limit{}
-	for _, l := range want {
-		s.limits[l.IP] = l
+	next := map[netip.Addr]shaper.Limit{}
+	for ip, l := range s.limits {
+		if gd != nil && gd.Stale(ip) {
+			next[ip] = l
+		}
 	}
+	for _, l := range want {
+		if gd == nil || !gd.Stale(l.IP) {
+			next[l.IP] = l
+		}
+	}
+	s.limits = next
 	return 0, nil
 }
 func (s *fakeShaper) Teardown(context.Context) error       { return nil }
@@ -585,5 +621,65 @@ func TestReusedAddressDoesNotInheritCounters(t *testing.T) {
 	got := r.gw.Sessions()
 	if len(got) != 1 || got[0].MAC.String() != mac2.String() || got[0].BytesDown+got[0].BytesUp != 0 {
 		t.Fatalf("the new device's session = %+v; want it with no bytes (not the previous device's)", got)
+	}
+}
+
+// A reconcile reads the kernel without holding allows up: an allow and a
+// kick made while it reads finish at once, and the reconcile's repairs,
+// planned from its older list, neither undo the allow nor bring the kicked
+// client back.
+func TestAllowsAndKicksDuringAReconcileRead(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, "", nil)
+	if _, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String(), MAC: mac1.String()}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	r.fw.onReconcileRead = func() {
+		r.fw.onReconcileRead = nil
+		go func() {
+			if _, err := r.gw.Kick(ctx, control.KickRequest{IP: ip1.String()}); err != nil {
+				done <- err
+				return
+			}
+			_, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip2.String(), MAC: mac2.String()})
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("kick and allow blocked behind the reconcile's read")
+		}
+	}
+	if _, err := r.gw.reconcile(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	r.fw.mu.Lock()
+	_, has1 := r.fw.allowed[ip1]
+	_, has2 := r.fw.allowed[ip2]
+	r.fw.mu.Unlock()
+	if has1 || !has2 {
+		t.Errorf("after the reconcile: kicked client allowed=%v (want false), new client allowed=%v (want true)", has1, has2)
+	}
+	r.sh.mu.Lock()
+	_, shaped1 := r.sh.limits[ip1]
+	_, shaped2 := r.sh.limits[ip2]
+	r.sh.mu.Unlock()
+	if shaped1 || !shaped2 {
+		t.Errorf("after the reconcile: kicked client shaped=%v (want false), new client shaped=%v (want true)", shaped1, shaped2)
+	}
+	// The next round sees them settled: nothing to repair, nothing left
+	// marked as touched.
+	if n, err := r.gw.reconcile(ctx, true); err != nil || n != 0 {
+		t.Errorf("second reconcile = %d, %v; want no repairs", n, err)
+	}
+	r.gw.mu.Lock()
+	left := len(r.gw.touched)
+	r.gw.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d clients still marked touched after two rounds", left)
 	}
 }

@@ -225,10 +225,10 @@ func TestKernelReconcile(t *testing.T) {
 	want := []shaper.Limit{
 		{IP: s.Clients[0].IP, Down: 2 * quantity.Mbit, Up: 2 * quantity.Mbit},
 	}
-	if n, err := s.sh.Reconcile(ctx, want); err != nil || n == 0 {
+	if n, err := s.sh.Reconcile(ctx, want, nil); err != nil || n == 0 {
 		t.Fatalf("first Reconcile = %d, %v; want some repairs (the client's classes)", n, err)
 	}
-	if n, err := s.sh.Reconcile(ctx, want); err != nil || n != 0 {
+	if n, err := s.sh.Reconcile(ctx, want, nil); err != nil || n != 0 {
 		t.Fatalf("second Reconcile = %d, %v; want 0", n, err)
 	}
 	// Someone deletes the root qdisc and the IFB device, and adds a stray class.
@@ -242,7 +242,7 @@ func TestKernelReconcile(t *testing.T) {
 	}
 	// (Until the repair, the ingress redirect points at a missing device and
 	// drops the clients' packets: see README.)
-	n, err := s.sh.Reconcile(ctx, want)
+	n, err := s.sh.Reconcile(ctx, want, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,12 +259,12 @@ func TestKernelReconcile(t *testing.T) {
 	if _, err := s.Gateway.Run(ctx, "tc", "class", "change", "dev", s.LANIf, "parent", "1:", "classid", "1:b", "htb", "rate", "7mbit", "ceil", "7mbit"); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := s.sh.Reconcile(ctx, want); err != nil || n != 3 {
+	if n, err := s.sh.Reconcile(ctx, want, nil); err != nil || n != 3 {
 		t.Errorf("Reconcile of stray client and wrong rate = %d, %v; want 3 (filter, class, rate)", n, err)
 	}
 	unshaped(t, "stray client removed, down", s.measure(t, 1, true))
 	s.measureWithin(t, "rate fixed, down", 0, true, 2*quantity.Mbit)
-	if n, err := s.sh.Reconcile(ctx, want); err != nil || n != 0 {
+	if n, err := s.sh.Reconcile(ctx, want, nil); err != nil || n != 0 {
 		t.Errorf("last Reconcile = %d, %v; want 0", n, err)
 	}
 }
@@ -323,7 +323,7 @@ func TestKernelIntact(t *testing.T) {
 	s := newSite(t, 1)
 	ctx := context.Background()
 	want := []shaper.Limit{{IP: s.Clients[0].IP, Down: 2 * quantity.Mbit, Up: 2 * quantity.Mbit}}
-	if _, err := s.sh.Reconcile(ctx, want); err != nil {
+	if _, err := s.sh.Reconcile(ctx, want, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -346,7 +346,7 @@ func TestKernelIntact(t *testing.T) {
 			if ok, err := s.sh.Intact(ctx); err != nil || ok {
 				t.Fatalf("Intact after %s = %v, %v; want false", tc.name, ok, err)
 			}
-			if _, err := s.sh.Reconcile(ctx, want); err != nil {
+			if _, err := s.sh.Reconcile(ctx, want, nil); err != nil {
 				t.Fatal(err)
 			}
 		})

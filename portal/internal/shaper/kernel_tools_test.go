@@ -161,7 +161,7 @@ func TestKernelScale(t *testing.T) {
 		}
 	}
 	start = time.Now()
-	n, err := sh.Reconcile(ctx, want)
+	n, err := sh.Reconcile(ctx, want, nil)
 	t.Logf("Reconcile of %d clients in sync: %d repairs, %v, err %v", len(want), n, time.Since(start), err)
 	start = time.Now()
 	if err := sh.Teardown(ctx); err != nil {

@@ -29,11 +29,24 @@ type Shaper interface {
 	// Remove deletes one client's classes and filters; unknown IPs are fine.
 	Remove(ctx context.Context, ip netip.Addr) error
 	// Reconcile repairs drift so tc matches want; returns the repairs made.
-	// It reads every class and filter: costly with thousands of clients.
-	Reconcile(ctx context.Context, want []Limit) (int, error)
+	// It reads every class and filter: costly with thousands of clients,
+	// so with a Guard that read happens unlocked.
+	Reconcile(ctx context.Context, want []Limit, g Guard) (int, error)
 	// Intact is a cheap check that the qdiscs and the IFB device are in
 	// place; when it says no, Reconcile is due at once.
 	Intact(ctx context.Context) (bool, error)
 	// Teardown removes the qdiscs and the IFB device it made, nothing else.
 	Teardown(ctx context.Context) error
+}
+
+// Guard lets Reconcile read tc without blocking Set and Remove: the caller
+// takes want, tc is read unlocked, and the repairs are planned and applied
+// between Lock and Unlock, which the caller's Set and Remove also respect.
+// A client whose limit changed after want was taken is Stale and left to
+// the next round. (The same contract as firewall.Guard.)
+type Guard interface {
+	Lock()
+	Unlock()
+	// Stale is called only between Lock and Unlock.
+	Stale(ip netip.Addr) bool
 }

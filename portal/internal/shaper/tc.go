@@ -250,9 +250,11 @@ func (t *TC) learn(s state) {
 // tables, classes and filters; classes and filters of clients not in want
 // are removed. It returns the number of repairs (objects added, changed or
 // deleted). Limits with both rates zero, or outside the subnet, are ignored.
-func (t *TC) Reconcile(ctx context.Context, want []Limit) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
+//
+// With a Guard (see there), tc is read without it (that listing takes a
+// few hundred ms with 10,000 clients) and repaired while holding it, so a
+// Set meanwhile waits only for the repairs.
+func (t *TC) Reconcile(ctx context.Context, want []Limit, g Guard) (int, error) {
 	m := make(map[netip.Addr]Limit, len(want))
 	for _, l := range want {
 		l.IP = l.IP.Unmap()
@@ -268,7 +270,15 @@ func (t *TC) Reconcile(ctx context.Context, want []Limit) (int, error) {
 			m[l.IP] = l
 		}
 	}
-	n, err := t.reconcile(ctx, m, true)
+	var n int
+	var err error
+	if g == nil {
+		t.mu.Lock()
+		n, err = t.reconcile(ctx, m, true)
+		t.mu.Unlock()
+	} else {
+		n, err = t.reconcileGuarded(ctx, m, g)
+	}
 	if err != nil {
 		return n, fmt.Errorf("reconciling shaper on %s: %w", t.cfg.ClientIf, err)
 	}
@@ -278,6 +288,96 @@ func (t *TC) Reconcile(ctx context.Context, want []Limit) (int, error) {
 	return n, nil
 }
 
+// reconcileGuarded is Reconcile with a Guard: read unlocked, repair locked.
+// A client whose limit a Set or Remove changed after want was taken
+// (Stale) is left out of both sides of the plan, and keeps the limit that
+// Set or Remove cached; the next round checks it.
+func (t *TC) reconcileGuarded(ctx context.Context, want map[netip.Addr]Limit, g Guard) (int, error) {
+	s, err := t.observe(ctx)
+	if err != nil {
+		return 0, err
+	}
+	g.Lock()
+	defer g.Unlock()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	stale := map[netip.Addr]bool{}
+	check := func(ip netip.Addr) {
+		if _, seen := stale[ip]; !seen {
+			stale[ip] = g.Stale(ip)
+		}
+	}
+	for ip := range want {
+		check(ip)
+	}
+	for ip := range t.installed {
+		check(ip)
+	}
+	for _, d := range []devState{s.down, s.up} {
+		for minor := range d.classes {
+			if ip, ok := addrOfMinor(t.cfg.Subnet, minor); ok {
+				check(ip)
+			}
+		}
+	}
+	// want, as it stands now: the cache is the truth for stale clients.
+	for ip, isStale := range stale {
+		if !isStale {
+			continue
+		}
+		if l, ok := t.installed[ip]; ok {
+			want[ip] = l
+		} else {
+			delete(want, ip)
+		}
+	}
+	if !s.down.rootOK || !s.up.rootOK || !s.up.exists || !s.ifbUp || !s.down.ingressOK || badTables(s) {
+		// Qdiscs to rebuild (rare, after outside damage): the classes of
+		// every client go with them, so read again and repair it all,
+		// under the lock.
+		return t.reconcile(ctx, want, true)
+	}
+	keep := map[netip.Addr]Limit{}
+	for ip, isStale := range stale {
+		if !isStale {
+			continue
+		}
+		if l, ok := want[ip]; ok {
+			keep[ip] = l
+			delete(want, ip)
+		}
+		minor, err := classMinor(t.cfg.Subnet, ip)
+		if err != nil {
+			continue
+		}
+		for _, d := range []*devState{&s.down, &s.up} {
+			delete(d.classes, minor)
+			delete(d.leaves, minor)
+			delete(d.nodes, hostFilterHandle(ip))
+		}
+	}
+	n, err := t.applyPlan(ctx, s, want, true)
+	if err == nil {
+		for ip, l := range keep {
+			t.installed[ip] = l
+		}
+	}
+	return n, err
+}
+
+// badTables reports a hash table with the wrong divisor: plan then starts
+// every u32 filter afresh.
+func badTables(s state) bool {
+	for _, d := range []devState{s.down, s.up} {
+		for htid, div := range d.tables {
+			if htid != rootTable && div != 256 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // reconcile reads the kernel, plans and applies the repairs. With clients
 // false, client classes and filters are left alone (Setup).
 func (t *TC) reconcile(ctx context.Context, want map[netip.Addr]Limit, clients bool) (int, error) {
@@ -285,6 +385,11 @@ func (t *TC) reconcile(ctx context.Context, want map[netip.Addr]Limit, clients b
 	if err != nil {
 		return 0, err
 	}
+	return t.applyPlan(ctx, s, want, clients)
+}
+
+// applyPlan plans the repairs from s to want and applies them.
+func (t *TC) applyPlan(ctx context.Context, s state, want map[netip.Addr]Limit, clients bool) (int, error) {
 	p, err := t.plan(s, want, clients)
 	if err != nil {
 		return 0, err

@@ -305,7 +305,7 @@ func TestReconcile(t *testing.T) {
 				tt.mutate(out)
 			}
 			tc, f := newFake(t, lab22, out)
-			n, err := tc.Reconcile(ctx, tt.want)
+			n, err := tc.Reconcile(ctx, tt.want, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -316,8 +316,66 @@ func TestReconcile(t *testing.T) {
 				t.Errorf("%d batches, want at most 1", f.batches)
 			}
 			golden(t, "reconcile_"+strings.ReplaceAll(tt.name, " ", "_"), f.log.String())
+
+			// With a guard and nothing stale: the same repairs, and no
+			// command before the lock but the reads.
+			out = captured(t)
+			if tt.mutate != nil {
+				tt.mutate(out)
+			}
+			tc2, f2 := newFake(t, lab22, out)
+			g := &fakeGuard{log: &f2.log}
+			n2, err := tc2.Reconcile(ctx, tt.want, g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n2 != n {
+				t.Errorf("guarded repairs = %d, unguarded %d", n2, n)
+			}
+			before, _, _ := strings.Cut(f2.log.String(), "LOCK\n")
+			for _, line := range strings.Split(strings.TrimSpace(before), "\n") {
+				if line != "" && !strings.Contains(line, " show") {
+					t.Errorf("%q ran before the lock", line)
+				}
+			}
+			if g.locks != 1 {
+				t.Errorf("guard taken %d times, want 1", g.locks)
+			}
 		})
 	}
+	t.Run("stale client left alone", func(t *testing.T) {
+		// 10.20.0.12 (class 1:c) is not in want, but it changed after want
+		// was taken: the guarded reconcile must not delete it.
+		tc, f := newFake(t, lab22, captured(t))
+		g := &fakeGuard{log: &f.log, stale: map[netip.Addr]bool{ip("10.20.0.12"): true}}
+		n, err := tc.Reconcile(ctx, tests[1].want, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != 3 {
+			t.Errorf("repairs = %d, want 3 (10.20.0.12's 2 left alone)", n)
+		}
+		if strings.Contains(f.log.String(), "handle 100:c:1") || strings.Contains(f.log.String(), "classid 1:c\n") {
+			t.Errorf("stale client's class touched:\n%s", f.log.String())
+		}
+	})
+}
+
+// fakeGuard records Lock into the fake runner's log.
+type fakeGuard struct {
+	log   *strings.Builder
+	stale map[netip.Addr]bool
+	locks int
+	held  bool
+}
+
+func (g *fakeGuard) Lock()   { g.locks++; g.held = true; g.log.WriteString("LOCK\n") }
+func (g *fakeGuard) Unlock() { g.held = false; g.log.WriteString("UNLOCK\n") }
+func (g *fakeGuard) Stale(ip netip.Addr) bool {
+	if !g.held {
+		panic("Stale without the lock")
+	}
+	return g.stale[ip]
 }
 
 func TestTeardown(t *testing.T) {
@@ -536,7 +594,7 @@ func TestNoInterface(t *testing.T) {
 	if !errors.Is(err, ErrNoInterface) || !strings.Contains(err.Error(), "br-cw") {
 		t.Errorf("Setup without br-cw = %v, want ErrNoInterface naming br-cw", err)
 	}
-	if _, err := tc.Reconcile(context.Background(), nil); !errors.Is(err, ErrNoInterface) {
+	if _, err := tc.Reconcile(context.Background(), nil, nil); !errors.Is(err, ErrNoInterface) {
 		t.Errorf("Reconcile without br-cw = %v, want ErrNoInterface", err)
 	}
 	if err := tc.Teardown(context.Background()); err != nil {
