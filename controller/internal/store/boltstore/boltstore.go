@@ -281,6 +281,17 @@ func (s *Store) RecordEvent(ctx context.Context, ev store.SessionEvent) (bool, e
 	}
 	var dup bool
 	err = s.update(ctx, func(tx *bolt.Tx) error {
+		sessions := tx.Bucket(bSessions)
+		var prev *store.Session
+		if v := sessions.Get([]byte(ev.SessionID)); v != nil {
+			prev = new(store.Session)
+			if err := json.Unmarshal(v, prev); err != nil {
+				return fmt.Errorf("decoding session %s: %w", ev.SessionID, err)
+			}
+		}
+		if prev != nil && prev.SiteID != ev.SiteID {
+			return fmt.Errorf("%w: session belongs to site %s", store.ErrInvalid, prev.SiteID)
+		}
 		dup = false
 		events := tx.Bucket(bEvents)
 		if v := events.Get([]byte(ev.ID)); v != nil && int64(binary.BigEndian.Uint64(v)) > s.opts.Now().UnixMilli() {
@@ -289,14 +300,6 @@ func (s *Store) RecordEvent(ctx context.Context, ev store.SessionEvent) (bool, e
 		}
 		if err := events.Put([]byte(ev.ID), u64(uint64(s.opts.Now().Add(s.opts.EventTTL).UnixMilli()))); err != nil {
 			return err
-		}
-		sessions := tx.Bucket(bSessions)
-		var prev *store.Session
-		if v := sessions.Get([]byte(ev.SessionID)); v != nil {
-			prev = new(store.Session)
-			if err := json.Unmarshal(v, prev); err != nil {
-				return fmt.Errorf("decoding session %s: %w", ev.SessionID, err)
-			}
 		}
 		n, d := store.Apply(prev, ev)
 		if err := putJSON(sessions, []byte(n.ID), n); err != nil {

@@ -207,6 +207,18 @@ func testSessionEvents(t *testing.T, s store.Store) {
 	open, err = s.OpenSessions(ctx, "library")
 	must(t, err)
 	diff(t, "OpenSessions(library)", []store.Session(nil), open)
+
+	// An event that moves a session to another site is refused and
+	// consumes nothing (its id is still new afterwards).
+	moved := ev("e8", store.EventInterim, "s2", 4*time.Minute, 600, 60)
+	moved.SiteID = "library"
+	if _, err := s.RecordEvent(ctx, moved); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("event moving s2 to another site: err = %v, want ErrInvalid", err)
+	}
+	moved.SiteID = "park"
+	if dup, err := s.RecordEvent(ctx, moved); err != nil || dup {
+		t.Errorf("event e8 after the refused one: duplicate %v, err %v; want applied", dup, err)
+	}
 }
 
 func testSessionsStarted(t *testing.T, s store.Store) {
