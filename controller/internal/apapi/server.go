@@ -41,8 +41,7 @@ type Record struct {
 	Uptime         time.Duration
 	Clients        int
 	Radios         []RadioStatus
-	AppliedVersion string
-	PendingVersion string
+	AppliedVersion string    // the config version the AP runs, confirmed
 	LastRollback   *Rollback // the most recent rollback the AP reported
 	RollbackAt     time.Time
 }
@@ -286,8 +285,12 @@ func (s *Server) checkin(w http.ResponseWriter, r *http.Request) {
 			rec.Radios[i].SSID = clean(rec.Radios[i].SSID)
 			rec.Radios[i].Interface = clean(rec.Radios[i].Interface)
 		}
+		// The AP confirms a pending version as soon as a check-in is
+		// answered, so this answer makes it the applied one.
 		rec.AppliedVersion = clean(req.AppliedVersion)
-		rec.PendingVersion = clean(req.PendingVersion)
+		if req.PendingVersion != "" {
+			rec.AppliedVersion = clean(req.PendingVersion)
+		}
 		if rb := req.Rollback; rb != nil {
 			rb.Version, rb.Reason = clean(rb.Version), clean(rb.Reason)
 			rec.LastRollback, rec.RollbackAt = rb, now
