@@ -76,8 +76,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if len(args) > 1 {
 			path = args[1]
 		}
-		if _, err := config.Load(path); err != nil {
+		cfg, err := config.Load(path)
+		if err != nil {
 			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		if err := checkPortalFiles(cfg); err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", path, err)
 			return 1
 		}
 		fmt.Fprintf(stdout, "%s: ok\n", path)
@@ -198,7 +203,16 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 // gate adapts the gateway for the portal server.
 type gate struct{ gw *gateway.Gateway }
 
-func (g gate) Authorised(ip netip.Addr) bool { _, ok := g.gw.SessionFor(ip); return ok }
+func (g gate) Session(ip netip.Addr) (captive.Session, bool) {
+	s, ok := g.gw.SessionFor(ip)
+	if !ok {
+		return captive.Session{}, false
+	}
+	return captive.Session{Started: s.Started, Expires: s.Expires, QuotaBytes: s.QuotaBytes, UsedBytes: s.BytesDown + s.BytesUp}, true
+}
+
+func (g gate) Logout(ctx context.Context, ip netip.Addr) error { return g.gw.Logout(ctx, ip) }
+
 func (g gate) ClickThrough(ctx context.Context, ip netip.Addr) error {
 	_, err := g.gw.ClickThrough(ctx, ip)
 	if errors.Is(err, gateway.ErrRefused) {
@@ -286,17 +300,56 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	g.Go(func() error {
 		return control.NewServer(gw, log.With("component", "control")).Serve(ctx, cfg.ControlSocket)
 	})
-	g.Go(func() error {
-		srv := captive.New(captive.Config{
-			Listen:   netip.AddrPortFrom(cfg.GatewayIP, cfg.PortalHTTPPort),
-			SiteName: cfg.Site, ClickThrough: cfg.ClickThrough,
-		}, gate{gw}, log.With("component", "captive"))
-		return srv.Run(ctx)
-	})
+	srv, err := newPortal(cfg, gate{gw}, log.With("component", "captive"))
+	if err != nil {
+		return err
+	}
+	g.Go(func() error { return srv.Run(ctx) })
 	if cfg.MetricsListen != "" {
 		g.Go(func() error { return serveMetrics(ctx, cfg.MetricsListen, reg) })
 	}
 	return g.Wait()
+}
+
+// portalConfig is the captive server's configuration from the gateway's,
+// with the files it names read (logo, HMAC key).
+func portalConfig(cfg *config.Config) (captive.Config, error) {
+	pc := captive.Config{
+		GatewayIP: cfg.GatewayIP, HTTPPort: cfg.PortalHTTPPort, HTTPSPort: cfg.PortalHTTPSPort,
+		APIURL: cfg.PortalURL, TLSCert: cfg.PortalTLSCert, TLSKey: cfg.PortalTLSKey,
+		SiteName: cfg.PortalName, Town: cfg.PortalTown, ClickThrough: cfg.ClickThrough, Rate: cfg.PortalRate,
+	}
+	if cfg.PortalLogo != "" {
+		logo, typ, err := captive.LoadLogo(cfg.PortalLogo)
+		if err != nil {
+			return pc, err
+		}
+		pc.Logo, pc.LogoType = logo, typ
+	}
+	return pc, nil
+}
+
+func newPortal(cfg *config.Config, g captive.Gate, log *slog.Logger) (*captive.Server, error) {
+	pc, err := portalConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if pc.Key, err = captive.LoadKey(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	return captive.New(pc, g, log)
+}
+
+// checkPortalFiles is validate's check of the files the portal reads.
+func checkPortalFiles(cfg *config.Config) error {
+	var errs []error
+	if _, err := portalConfig(cfg); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.PortalTLSCert != "" {
+		errs = append(errs, captive.CheckTLS(cfg.PortalTLSCert, cfg.PortalTLSKey))
+	}
+	return errors.Join(errs...)
 }
 
 func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {

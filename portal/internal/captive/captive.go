@@ -1,23 +1,46 @@
-// Package captive is the portal's HTTP side on the gateway. For now it
-// answers what the firewall redirects there: every pre-auth HTTP request gets
-// a 302 to the portal page, which offers a plain click-through grant when the
-// site allows it. The full resident-facing portal (OS probes, RFC 8908,
-// languages, login methods) builds on this server.
+// Package captive is the portal's HTTP side on the gateway: what a
+// resident's phone sees from joining the network to logging out.
+//
+// Every request that reaches it is classified by its Host header:
+//
+//   - an operating system's connectivity probe (captive.apple.com,
+//     connectivitycheck.gstatic.com, ...; see Probes): before login a 302 to
+//     the portal, which makes the phone open its login window; after login
+//     the exact answer the OS expects, so it says "connected" and closes
+//     the window;
+//   - any other foreign host (the firewall DNATs captive clients' port 80
+//     here): before login a 302 to the landing page carrying the original
+//     URL, signed, so the resident continues there after login; after login
+//     a 302 to the status page (the portal never proxies);
+//   - the gateway's own address or the portal's host name: the pages
+//     (landing, status, logout, terms) and, over HTTPS, the RFC 8908
+//     Captive Portal API.
+//
+// No step needs JavaScript or cookies: the state between steps travels in
+// signed URLs and form fields (HMAC, key in the state directory); every
+// form carries a CSRF token bound to the client's address and a time.
+// Pages are in Italian, English, German and French (catalog/), chosen by
+// Accept-Language or the visible switch. The redirect and probe paths run
+// without templates or echo's router, so a probe storm stays cheap.
 package captive
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
-	"html/template"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/labstack/echo/v4"
-	"github.com/labstack/echo/v4/middleware"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/civicwifi/civicwifi/internal/httpserve"
 )
@@ -26,158 +49,325 @@ import (
 // opposed to a failure): the resident sees why.
 var ErrRefused = errors.New("refused")
 
+// Session is what the portal shows of a client's session.
+type Session struct {
+	Started    time.Time
+	Expires    time.Time // zero: no time limit
+	QuotaBytes uint64    // 0: no data limit
+	UsedBytes  uint64    // down + up so far
+}
+
 // Gate is what the portal needs from the gateway.
 type Gate interface {
-	// Authorised reports whether ip has an active session.
-	Authorised(ip netip.Addr) bool
-	// ClickThrough opens a session for the client at ip.
+	// Session returns the active session of ip, if any.
+	Session(ip netip.Addr) (Session, bool)
+	// ClickThrough opens a session for the client at ip with the site's
+	// default limits. Refusals wrap ErrRefused.
 	ClickThrough(ctx context.Context, ip netip.Addr) error
+	// Logout ends the session of the client at ip; no session is not an
+	// error.
+	Logout(ctx context.Context, ip netip.Addr) error
 }
 
 // Config for the portal server.
 type Config struct {
-	Listen       netip.AddrPort // GatewayIP:PortalHTTPPort
+	GatewayIP netip.Addr
+	HTTPPort  uint16 // pages, redirects and probes (captive port 80 is DNATed here)
+	HTTPSPort uint16 // the same pages and the RFC 8908 API
+	// APIURL is the RFC 8908 API's URL (DHCP option 114); its host is the
+	// portal's name, and the pages' links use it. Empty: the gateway's
+	// address at HTTPSPort, path /api/captive.
+	APIURL string
+	// TLSCert and TLSKey are PEM files; required for the HTTPS port
+	// (without them only HTTP is served).
+	TLSCert, TLSKey string
+
 	SiteName     string
+	Town         string
+	Logo         []byte // shown in the header; nil for none
+	LogoType     string // its media type
 	ClickThrough bool
+
+	Key  []byte // HMAC key (LoadKey)
+	Rate int    // requests per second per client (bursts of twice that); 0: no limit
+	Now  func() time.Time
 }
 
 // Server is the portal's HTTP server.
 type Server struct {
-	cfg  Config
-	gate Gate
-	log  *slog.Logger
-	e    *echo.Echo
+	cfg    Config
+	gate   Gate
+	log    *slog.Logger
+	e      *echo.Echo
+	now    func() time.Time
+	probes probeTable
+	sign   *signer
+	lim    *limiter
+
+	ownHosts    []string // lower-case host names/addresses that mean "the portal"
+	httpBase    string   // http://host:port
+	httpsBase   string   // https://host:port
+	apiPath     string
+	landingPre  string   // http://host:port/portal/?url=
+	statusLoc   []string // Location of the status page
+	tooManyPage map[string][]byte
+	cert        *certReloader
+	pages       *pageSet
+	bufs        sync.Pool
 }
 
-// New builds the server.
-func New(cfg Config, gate Gate, log *slog.Logger) *Server {
-	s := &Server{cfg: cfg, gate: gate, log: log, e: echo.New()}
-	s.e.HideBanner, s.e.HidePort = true, true
-	s.e.Use(middleware.BodyLimit("16K"))
-	s.e.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) error {
-			h := c.Response().Header()
-			h.Set("Cache-Control", "no-store")
-			h.Set("X-Content-Type-Options", "nosniff")
-			h.Set("X-Frame-Options", "DENY")
-			h.Set("Referrer-Policy", "no-referrer")
-			h.Set("Content-Security-Policy", "default-src 'self'; form-action 'self'; frame-ancestors 'none'")
-			return next(c)
+// New builds the server. It fails on a bad API URL or key, and on a
+// certificate that cannot be loaded.
+func New(cfg Config, gate Gate, log *slog.Logger) (*Server, error) {
+	if len(cfg.Key) < 16 {
+		return nil, errors.New("portal: the HMAC key is missing (LoadKey)")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{
+		cfg: cfg, gate: gate, log: log, now: cfg.Now,
+		probes: newProbeTable(), sign: newSigner(cfg.Key), lim: newLimiter(cfg.Rate),
+		bufs: sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }},
+	}
+	name := cfg.GatewayIP.String()
+	httpsHost := net.JoinHostPort(name, strconv.Itoa(int(cfg.HTTPSPort)))
+	s.apiPath = "/api/captive"
+	if cfg.APIURL != "" {
+		u, err := url.Parse(cfg.APIURL)
+		if err != nil || u.Scheme != "https" || u.Hostname() == "" {
+			return nil, fmt.Errorf("portal: API URL %q is not an https URL", cfg.APIURL)
 		}
-	})
-	s.e.GET("/portal/", s.landing)
-	s.e.POST("/portal/grant", s.grant)
-	s.e.Any("/*", s.redirect)
-	return s
+		name, httpsHost = strings.ToLower(u.Hostname()), strings.ToLower(u.Host)
+		if u.Path != "" {
+			s.apiPath = u.Path
+		}
+	}
+	s.ownHosts = []string{cfg.GatewayIP.String()}
+	if name != cfg.GatewayIP.String() {
+		s.ownHosts = append(s.ownHosts, name)
+	}
+	s.httpBase = "http://" + net.JoinHostPort(name, strconv.Itoa(int(cfg.HTTPPort)))
+	s.httpsBase = "https://" + httpsHost
+	s.landingPre = s.httpBase + "/portal/?url="
+	s.statusLoc = []string{s.httpBase + "/portal/status"}
+	if cfg.TLSCert != "" || cfg.TLSKey != "" {
+		cr, err := newCertReloader(cfg.TLSCert, cfg.TLSKey, log)
+		if err != nil {
+			return nil, err
+		}
+		s.cert = cr
+	}
+	pages, err := newPageSet(s)
+	if err != nil {
+		return nil, err
+	}
+	s.pages = pages
+	s.tooManyPage = map[string][]byte{}
+	for _, l := range langs {
+		s.tooManyPage[l.Code] = pages.errorPage(l, http.StatusTooManyRequests)
+	}
+	s.e = s.newEcho()
+	return s, nil
 }
 
-// Handler exposes the HTTP handler (for tests).
-func (s *Server) Handler() http.Handler { return s.e }
+// Handler is the whole portal as one handler (for tests and Run).
+func (s *Server) Handler() http.Handler { return s }
 
-// Run serves until ctx ends.
+// Run serves HTTP on addr:HTTPPort and, with a certificate, HTTPS on
+// addr:HTTPSPort until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
-	ln, err := net.Listen("tcp", s.cfg.Listen.String())
+	g, ctx := errgroup.WithContext(ctx)
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(s.cfg.GatewayIP, s.cfg.HTTPPort).String())
 	if err != nil {
 		return fmt.Errorf("listening for the portal: %w", err)
 	}
-	return httpserve.Serve(ctx, ln, s.e)
+	g.Go(func() error { return httpserve.Serve(ctx, ln, s) })
+	if s.cert != nil {
+		tln, err := net.Listen("tcp", netip.AddrPortFrom(s.cfg.GatewayIP, s.cfg.HTTPSPort).String())
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listening for the portal's HTTPS: %w", err)
+		}
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.cert.get}
+		g.Go(func() error { return httpserve.Serve(ctx, tls.NewListener(tln, tc), s) })
+	}
+	return g.Wait()
 }
 
-func (s *Server) portalURL(orig string) string {
-	u := url.URL{Scheme: "http", Host: s.cfg.Listen.String(), Path: "/portal/"}
-	if orig != "" {
-		u.RawQuery = url.Values{"url": {orig}}.Encode()
+var (
+	noStore    = []string{"no-store"}
+	closeConn  = []string{"close"}
+	zeroLength = []string{"0"}
+	htmlType   = []string{textHTML}
+	retryAfter = []string{"1"}
+)
+
+// ServeHTTP classifies the request (see the package doc). The probe and
+// redirect paths allocate only the Location header.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ip := clientIP(r)
+	now := s.now()
+	if !s.lim.allow(ip, now) {
+		s.tooMany(w, r)
+		return
 	}
-	return u.String()
+	host := hostOnly(r.Host)
+	if s.own(host) {
+		s.e.ServeHTTP(w, r)
+		return
+	}
+	_, authed := s.session(ip, now)
+	if a := s.probes.lookup(host, r.URL.Path); a != nil && authed {
+		a.write(w)
+		return
+	}
+	h := w.Header()
+	h["Cache-Control"] = noStore
+	h["Content-Length"] = zeroLength
+	// Close the connection: the next request the browser sends on it
+	// (after login, to the same site) must go out, not come back here.
+	h["Connection"] = closeConn
+	if authed {
+		h["Location"] = s.statusLoc
+	} else {
+		h["Location"] = []string{s.landingLocation(host, r)}
+	}
+	w.WriteHeader(http.StatusFound)
 }
 
-// redirect answers every request the firewall sent here: 302 to the portal
-// page, carrying the URL the resident wanted.
-func (s *Server) redirect(c echo.Context) error {
-	r := c.Request()
-	orig := ""
-	if host := r.Host; host != "" && validHost(host) {
-		orig = (&url.URL{Scheme: "http", Host: host, Path: r.URL.Path, RawQuery: r.URL.RawQuery}).String()
+// maxTarget bounds the original URL carried to the portal.
+const maxTarget = 2048
+
+// landingLocation is the landing page's URL carrying the original URL and
+// its signature, or the bare landing page when the request's host or URL
+// cannot be carried safely.
+func (s *Server) landingLocation(host string, r *http.Request) string {
+	bp := s.bufs.Get().(*[]byte)
+	b := (*bp)[:0]
+	defer func() { *bp = b; s.bufs.Put(bp) }()
+	uri := r.RequestURI
+	if !strings.HasPrefix(uri, "/") {
+		uri = r.URL.RequestURI() // absolute-form request line
 	}
-	// Close the connection: after login the phone's next request on it
-	// would still be NATed to the portal (conntrack keeps the DNAT).
-	c.Response().Header().Set("Connection", "close")
-	return c.Redirect(http.StatusFound, s.portalURL(orig))
+	if host == "" || !validHost(r.Host) || len(uri) > maxTarget || !strings.HasPrefix(uri, "/") || strings.HasPrefix(uri, "//") {
+		return s.landingPre[:len(s.landingPre)-len("?url=")]
+	}
+	b = append(b, "http://"...)
+	b = append(b, strings.ToLower(r.Host)...)
+	b = append(b, uri...)
+	target := b
+	n := len(target)
+	b = append(b, s.landingPre...)
+	b = appendQueryEscape(b, target[:n])
+	b = append(b, "&sig="...)
+	b = s.sign.appendURLSig(b, string(target[:n]))
+	return string(b[n:])
 }
 
-func validHost(h string) bool {
-	if len(h) > 253 {
-		return false
-	}
-	for _, r := range h {
-		if !(r == '.' || r == '-' || r == ':' || r == '[' || r == ']' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
-			return false
+// appendQueryEscape is url.QueryEscape appending to dst.
+func appendQueryEscape(dst, s []byte) []byte {
+	const hex = "0123456789ABCDEF"
+	for _, c := range s {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_', c == '.', c == '~':
+			dst = append(dst, c)
+		case c == ' ':
+			dst = append(dst, '+')
+		default:
+			dst = append(dst, '%', hex[c>>4], hex[c&15])
 		}
 	}
-	return true
+	return dst
 }
 
-// safeTarget keeps only http(s) URLs: no open redirect to other schemes.
-func safeTarget(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || !validHost(u.Host) {
-		return ""
+func (s *Server) tooMany(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h["Content-Type"] = htmlType
+	h["Cache-Control"] = noStore
+	h["Retry-After"] = retryAfter
+	h["Connection"] = closeConn
+	w.WriteHeader(http.StatusTooManyRequests)
+	if r.Method != http.MethodHead {
+		w.Write(s.tooManyPage[quickLang(r).Code])
 	}
-	return u.String()
 }
 
-var page = template.Must(template.New("p").Parse(`<!doctype html>
-<html lang="it"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>{{.Site}} – Wi-Fi</title></head>
-<body><main><h1>{{.Site}}</h1>
-{{if .Authorised}}<p>Sei connesso. Buona navigazione!</p>{{if .Target}}<p><a href="{{.Target}}">Continua</a></p>{{end}}
-{{else if .ClickThrough}}<form method="post" action="/portal/grant">
-<input type="hidden" name="url" value="{{.Target}}">
-<p>Accedendo accetti le condizioni d'uso del servizio.</p>
-<button type="submit">Connettiti</button></form>
-{{else}}<p>Per navigare serve l'accesso: chiedi al personale.</p>{{end}}
-</main></body></html>`))
+// session is the gate's session of ip, unless it has run out (the gateway
+// ends it at its next poll; the portal must not say "connected" meanwhile).
+func (s *Server) session(ip netip.Addr, now time.Time) (Session, bool) {
+	if !ip.IsValid() {
+		return Session{}, false
+	}
+	ss, ok := s.gate.Session(ip)
+	if !ok || (!ss.Expires.IsZero() && !now.Before(ss.Expires)) || (ss.QuotaBytes > 0 && ss.UsedBytes >= ss.QuotaBytes) {
+		return Session{}, false
+	}
+	return ss, true
+}
 
-func (s *Server) clientIP(c echo.Context) netip.Addr {
-	ap, err := netip.ParseAddrPort(c.Request().RemoteAddr)
+func (s *Server) own(host string) bool {
+	for _, h := range s.ownHosts {
+		if host == h {
+			return true
+		}
+	}
+	return false
+}
+
+func clientIP(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
 		return netip.Addr{}
 	}
 	return ap.Addr().Unmap()
 }
 
-func (s *Server) landing(c echo.Context) error {
-	ip := s.clientIP(c)
-	return s.render(c, http.StatusOK, ip, safeTarget(c.QueryParam("url")))
-}
-
-func (s *Server) render(c echo.Context, status int, ip netip.Addr, target string) error {
-	c.Response().Header().Set("Content-Type", "text/html; charset=utf-8")
-	c.Response().WriteHeader(status)
-	return page.Execute(c.Response(), map[string]any{
-		"Site": s.cfg.SiteName, "Authorised": ip.IsValid() && s.gate.Authorised(ip),
-		"ClickThrough": s.cfg.ClickThrough, "Target": target,
-	})
-}
-
-func (s *Server) grant(c echo.Context) error {
-	ip := s.clientIP(c)
-	target := safeTarget(c.FormValue("url"))
-	if !s.cfg.ClickThrough {
-		return c.String(http.StatusForbidden, "click-through is not enabled on this site\n")
-	}
-	if err := s.gate.ClickThrough(c.Request().Context(), ip); err != nil {
-		s.log.Warn("click-through grant", "ip", ip, "err", err)
-		if errors.Is(err, ErrRefused) {
-			// The reason (a kick, a used-up quota) is in the log, not
-			// on the resident's screen.
-			return c.String(http.StatusForbidden, "Accesso non consentito ora: chiedi al personale.\n")
+// hostOnly is the Host header's host, lower-case, without port or IPv6
+// brackets; "" if it is not a plausible host.
+func hostOnly(h string) string {
+	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.HasSuffix(h, "]") {
+		for j := i + 1; j < len(h); j++ {
+			if h[j] < '0' || h[j] > '9' {
+				return ""
+			}
 		}
-		return c.String(http.StatusServiceUnavailable, "Non è stato possibile connettersi, riprova tra poco.\n")
+		h = h[:i]
 	}
-	if target != "" {
-		c.Response().Header().Set("Connection", "close")
-		return c.Redirect(http.StatusSeeOther, target)
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	h = strings.TrimSuffix(h, ".")
+	for i := 0; i < len(h); i++ {
+		if c := h[i]; 'A' <= c && c <= 'Z' {
+			return strings.ToLower(h)
+		}
 	}
-	return s.render(c, http.StatusOK, ip, "")
+	return h
+}
+
+// validHost accepts a host[:port] made of the characters a DNS name or an
+// IP literal may use: anything else is never carried into a URL.
+func validHost(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !(c == '.' || c == '-' || c == ':' || c == '[' || c == ']' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// safeTarget keeps only absolute http(s) URLs to a valid host, with no
+// user info: no open redirect to other schemes or protocol-relative URLs.
+func safeTarget(raw string) string {
+	if raw == "" || len(raw) > maxTarget+300 {
+		return ""
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.Opaque != "" || !validHost(u.Host) {
+		return ""
+	}
+	return u.String()
 }

@@ -9,9 +9,12 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path"
 	"regexp"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/civicwifi/civicwifi/internal/quantity"
 	"github.com/civicwifi/civicwifi/internal/yamlconf"
@@ -37,6 +40,17 @@ type Config struct {
 	PortalHTTPSPort uint16
 	PortalURL       string // RFC 8910 option 114: the Captive Portal API URL
 	ClickThrough    bool   // the portal offers a plain click-through grant
+	// The certificate (chain) and key served on the HTTPS port, PEM files;
+	// required with api_url. Read when the portal starts (CheckTLS).
+	PortalTLSCert string
+	PortalTLSKey  string
+	PortalName    string // the site's name on the pages (default: the site id)
+	PortalTown    string // the town, shown in the header and as the privacy notice's controller
+	PortalLogo    string // a PNG, JPEG or SVG file shown in the header ("" for none)
+	SSID          string // the network's name, for the poster
+	// PortalRate is each client's request rate on the portal (per second,
+	// bursts of twice that); 0 turns the limit off.
+	PortalRate int
 
 	GardenDomains  []string
 	GardenNetworks []netip.Prefix
@@ -80,6 +94,13 @@ type raw struct {
 		HTTPSPort v[uint16] `yaml:"https_port"`
 		URL       v[string] `yaml:"api_url"`
 		Click     v[bool]   `yaml:"click_through"`
+		TLSCert   v[string] `yaml:"tls_cert"`
+		TLSKey    v[string] `yaml:"tls_key"`
+		Name      v[string] `yaml:"name"`
+		Town      v[string] `yaml:"town"`
+		Logo      v[string] `yaml:"logo"`
+		SSID      v[string] `yaml:"ssid"`
+		RateLimit v[int]    `yaml:"rate_limit"`
 	} `yaml:"portal"`
 	WalledGarden struct {
 		Domains  []v[string] `yaml:"domains"`
@@ -123,6 +144,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	c := &Config{
 		PortalHTTPPort:  2050,
 		PortalHTTPSPort: 2443,
+		PortalRate:      20,
 		IFB:             "cwifb0",
 		LeaseTime:       time.Hour,
 		StateDir:        "/var/lib/civicwifi",
@@ -236,6 +258,44 @@ func Parse(name string, data []byte) (*Config, error) {
 			c.PortalURL = u.String()
 		}
 	}
+	portalStrings(ps, r.Portal.Name, r.Portal.Town, r.Portal.SSID)
+	for _, f := range []struct {
+		val v[string]
+		key string
+		out *string
+	}{{r.Portal.TLSCert, "tls_cert", &c.PortalTLSCert}, {r.Portal.TLSKey, "tls_key", &c.PortalTLSKey}, {r.Portal.Logo, "logo", &c.PortalLogo}} {
+		if !f.val.Set {
+			if c.PortalURL != "" && f.key != "logo" {
+				ps.Addf(r.Portal.URL.Pos, "portal.%s: missing (api_url is served over https: name the PEM file of the gateway's certificate and key)", f.key)
+			}
+			continue
+		}
+		if !strings.HasPrefix(f.val.V, "/") {
+			ps.Addf(f.val.Pos, "portal.%s: %q must be an absolute path", f.key, f.val.V)
+			continue
+		}
+		*f.out = f.val.V
+	}
+	if c.PortalLogo != "" {
+		switch strings.ToLower(path.Ext(c.PortalLogo)) {
+		case ".png", ".jpg", ".jpeg", ".svg":
+		default:
+			ps.Addf(r.Portal.Logo.Pos, "portal.logo: %q is not a .png, .jpg or .svg file", c.PortalLogo)
+		}
+	}
+	c.PortalName, c.PortalTown, c.SSID = r.Portal.Name.V, r.Portal.Town.V, r.Portal.SSID.V
+	if c.PortalName == "" {
+		c.PortalName = c.Site
+	}
+	if r.Portal.SSID.Set && (len(c.SSID) == 0 || len(c.SSID) > 32) {
+		ps.Addf(r.Portal.SSID.Pos, "portal.ssid: %q is not an SSID (1 to 32 bytes)", c.SSID)
+	}
+	if r.Portal.RateLimit.Set {
+		c.PortalRate = r.Portal.RateLimit.V
+		if c.PortalRate < 0 || c.PortalRate > 100000 {
+			ps.Addf(r.Portal.RateLimit.Pos, "portal.rate_limit: %d is not a rate per client (requests per second, 0 for no limit)", c.PortalRate)
+		}
+	}
 
 	for _, d := range r.WalledGarden.Domains {
 		name := strings.TrimSuffix(strings.ToLower(d.V), ".")
@@ -342,6 +402,20 @@ func rate(ps *yamlconf.Problems, val v[string], key string, def quantity.Rate) q
 		return def
 	}
 	return r
+}
+
+// portalStrings refuses texts shown on the pages that carry control
+// characters or are too long for a header.
+func portalStrings(ps *yamlconf.Problems, vals ...v[string]) {
+	keys := []string{"name", "town", "ssid"}
+	for i, val := range vals {
+		if !val.Set {
+			continue
+		}
+		if !utf8.ValidString(val.V) || strings.IndexFunc(val.V, unicode.IsControl) >= 0 || len(val.V) > 80 {
+			ps.Addf(val.Pos, "portal.%s: %q must be one line of at most 80 bytes", keys[i], val.V)
+		}
+	}
 }
 
 // Broadcast is the last (broadcast) address of an IPv4 prefix.

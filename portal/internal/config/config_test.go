@@ -22,6 +22,8 @@ func TestExample(t *testing.T) {
 		DHCPStart: netip.MustParseAddr("10.20.0.10"), DHCPEnd: netip.MustParseAddr("10.20.3.250"), LeaseTime: time.Hour,
 		DNSUpstreams:   []netip.AddrPort{netip.MustParseAddrPort("9.9.9.9:53"), netip.MustParseAddrPort("149.112.112.112:53")},
 		PortalHTTPPort: 2050, PortalHTTPSPort: 2443, PortalURL: "https://portal.civicwifi.lan:2443/api/captive", ClickThrough: true,
+		PortalTLSCert: "/etc/civicwifi/tls/portal.crt", PortalTLSKey: "/etc/civicwifi/tls/portal.key",
+		PortalName: "Parco Pertini", PortalTown: "Comune di Voghera", SSID: "Voghera Free WiFi", PortalRate: 20,
 		GardenDomains: []string{"comune.voghera.pv.it"}, GardenNetworks: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/28")},
 		Limits:   Limits{Down: 10 * quantity.Mbit, Up: 2 * quantity.Mbit, Session: 2 * time.Hour, Idle: 15 * time.Minute, Quota: quantity.GB, MaxClients: 500},
 		StateDir: "/var/lib/civicwifi", ControlSocket: "/run/civicwifi/portal.sock", MetricsListen: "127.0.0.1:9102",
@@ -97,6 +99,14 @@ func TestErrors(t *testing.T) {
 		{"garden overlaps", base + "walled_garden: {networks: [10.20.1.0/24]}\n", []string{"overlaps the client network"}},
 		{"bad port type", base + "portal: {http_port: eighty}\n", []string{"t.yaml:4:"}},
 		{"http api url", base + "portal: {api_url: http://x/}\n", []string{"RFC 8908 requires https"}},
+		{"api url without certificate", base + "portal: {api_url: \"https://x/\"}\n", []string{
+			`t.yaml:4:19: portal.tls_cert: missing (api_url is served over https`, `t.yaml:4:19: portal.tls_key: missing`}},
+		{"relative certificate", base + "portal: {api_url: \"https://x/\", tls_cert: a.crt, tls_key: /k}\n", []string{`portal.tls_cert: "a.crt" must be an absolute path`}},
+		{"logo type", base + "portal: {logo: /etc/logo.gif}\n", []string{`t.yaml:4:16: portal.logo: "/etc/logo.gif" is not a .png, .jpg or .svg file`}},
+		{"long ssid", base + "portal: {ssid: " + strings.Repeat("x", 33) + "}\n", []string{"portal.ssid:", "is not an SSID"}},
+		{"control character in name", base + "portal: {name: \"a\\nb\"}\n", []string{"portal.name:", "must be one line"}},
+		{"negative rate", base + "portal: {rate_limit: -1}\n", []string{"t.yaml:4:22: portal.rate_limit: -1 is not a rate"}},
+		{"portal defaults", base, nil},
 		{"syntax", "site: [\n", []string{"t.yaml:"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

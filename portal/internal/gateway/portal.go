@@ -1,0 +1,20 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+
+	"github.com/civicwifi/civicwifi/portal/internal/control"
+)
+
+// Logout ends the session of the client at ip because the resident asked
+// to (the portal's logout button). No session is not an error: the page
+// says "logged out" either way. A logout never locks the device out.
+func (g *Gateway) Logout(ctx context.Context, ip netip.Addr) error {
+	_, err := g.Close(ctx, nil, ip.Unmap(), "logout")
+	if errors.Is(err, control.ErrNotFound) {
+		return nil
+	}
+	return err
+}
