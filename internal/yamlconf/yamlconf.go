@@ -35,6 +35,14 @@ func (v *Value[T]) UnmarshalYAML(n *yaml.Node) error {
 	return n.Decode(&v.V)
 }
 
+// JSONSchemaAlias tells JSON Schema generators that reflect Go types
+// (github.com/invopop/jsonschema) to describe a Value[T] as a plain T, the
+// way it is written in the file.
+func (Value[T]) JSONSchemaAlias() any {
+	var zero T
+	return zero
+}
+
 // Problem is one error in a file, with its place.
 type Problem struct {
 	File string
@@ -141,15 +149,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, ps *Problems) {
 		}
 		fields := map[string]reflect.Type{}
 		var names []string
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-			if name == "" || name == "-" {
-				continue
-			}
-			fields[name] = f.Type
-			names = append(names, name)
-		}
+		structFields(t, fields, &names)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			ft, ok := fields[k.Value]
@@ -169,6 +169,24 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, ps *Problems) {
 				checkKeys(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i), ps)
 			}
 		}
+	}
+}
+
+// structFields collects a struct's yaml keys, including those of fields
+// tagged `yaml:",inline"` (as yaml itself decodes them).
+func structFields(t reflect.Type, fields map[string]reflect.Type, names *[]string) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "" && opts == "inline" && f.Type.Kind() == reflect.Struct {
+			structFields(f.Type, fields, names)
+			continue
+		}
+		if name == "" || name == "-" {
+			continue
+		}
+		fields[name] = f.Type
+		*names = append(*names, name)
 	}
 }
 
@@ -213,6 +231,11 @@ func cleanTypeError(m string) string {
 	}
 	return m
 }
+
+// Closest returns the candidate nearest to s (within edit distance 2, or a
+// prefix match), or "" when none is near: the hint of "did you mean ...?".
+// Candidates are lower case; s is compared in lower case.
+func Closest(s string, candidates []string) string { return closest(s, candidates) }
 
 // closest returns the candidate within edit distance 2 (or a prefix match) of s.
 func closest(s string, candidates []string) string {

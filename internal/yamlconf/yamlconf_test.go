@@ -84,3 +84,28 @@ func FuzzDecode(f *testing.F) {
 		_ = ps.Err()
 	})
 }
+
+type common struct {
+	Rate Value[string] `yaml:"rate"`
+}
+
+type withInline struct {
+	Name   Value[string] `yaml:"name"`
+	common `yaml:",inline"`
+}
+
+func TestDecodeInline(t *testing.T) {
+	var d withInline
+	ps := &Problems{}
+	Decode("f.yaml", []byte("name: x\nrate: 5mbit\nrat: 1\n"), &d, ps)
+	var got []string
+	for _, p := range ps.List {
+		got = append(got, p.Error())
+	}
+	if diff := cmp.Diff([]string{`f.yaml:3:1: top level: unknown key "rat" (did you mean "rate"?)`}, got); diff != "" {
+		t.Errorf("(-want +got)\n%s", diff)
+	}
+	if d.Rate.V != "5mbit" || d.Rate.Pos != (Pos{2, 7}) {
+		t.Errorf("inline field decoded as %+v", d.Rate)
+	}
+}
