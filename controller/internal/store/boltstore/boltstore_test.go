@@ -81,3 +81,16 @@ func TestSecondOpenWaits(t *testing.T) {
 		t.Errorf("second Open gave up after %v, before its 300ms lock timeout", time.Since(start))
 	}
 }
+
+// BenchmarkStore writes to a file on the test's temporary directory (on
+// this machine, ext4: every commit is an fsync).
+func BenchmarkStore(b *testing.B) {
+	storetest.Bench(b, func(b *testing.B) store.Store {
+		s, err := boltstore.Open(filepath.Join(b.TempDir(), "store.db"), boltstore.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { s.Close() })
+		return s
+	})
+}

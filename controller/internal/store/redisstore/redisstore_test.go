@@ -165,3 +165,19 @@ func TestExpiryIsRedis(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// BenchmarkStore measures the controller's side (client CPU and round
+// trips) against a real redis-server on loopback.
+func BenchmarkStore(b *testing.B) {
+	srv := redistest.Start(b)
+	n := 0
+	storetest.Bench(b, func(b *testing.B) store.Store {
+		n++
+		s, err := redisstore.Open(context.Background(), srv.URL(), redisstore.Options{Prefix: fmt.Sprintf("b%d:", n)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { s.Close() })
+		return s
+	})
+}

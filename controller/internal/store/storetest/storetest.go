@@ -170,6 +170,9 @@ func testSessionEvents(t *testing.T, s store.Store) {
 		// does not reopen it.
 		{ev("e5", store.EventInterim, "s1", 2*time.Minute, 2000, 200), false},
 		{stop("e4", "s1", 3*time.Minute, 3000, 300, "logout"), true},
+		// An interim stamped after s1's stop (a gateway's clock) neither
+		// reopens it nor extends its time.
+		{ev("e9", store.EventInterim, "s1", 5*time.Minute, 3000, 300), false},
 		{ev("e6", store.EventStart, "s3", 0, 0, 0), false},
 		{ev("e7", store.EventInterim, "s3", 30*time.Second, 10, 1), false},
 	}
