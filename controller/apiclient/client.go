@@ -78,11 +78,11 @@ func New(cfg Config) (*Client, error) {
 	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
 		return nil, fmt.Errorf("apiclient: base URL %q: want http(s)://host[:port]", cfg.BaseURL)
 	}
-	if !ValidGatewayID(cfg.GatewayID) {
+	if !ValidID(cfg.GatewayID) {
 		return nil, fmt.Errorf("apiclient: gateway id %q: want 1 to 64 of a-z 0-9 . _ -", cfg.GatewayID)
 	}
-	if cfg.Site == "" || strings.ContainsAny(cfg.Site, "/?#\n\r") {
-		return nil, fmt.Errorf("apiclient: site %q: want a site id", cfg.Site)
+	if !ValidID(cfg.Site) {
+		return nil, fmt.Errorf("apiclient: site %q: want 1 to 64 of a-z 0-9 . _ -", cfg.Site)
 	}
 	if len(cfg.Key) != ed25519.PrivateKeySize {
 		return nil, errors.New("apiclient: missing gateway key")
@@ -125,8 +125,7 @@ type answer struct {
 // than 200, 204 and 304 becomes a *StatusError.
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, body []byte, hdr http.Header) (answer, error) {
 	u := *c.base
-	u.Path = c.base.Path + "/v1/sites/" + url.PathEscape(c.cfg.Site) + path
-	u.RawPath = ""
+	u.Path = c.base.Path + "/v1/sites/" + c.cfg.Site + path // ids need no escaping (ValidID)
 	u.RawQuery = query.Encode()
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), bytes.NewReader(body))
 	if err != nil {

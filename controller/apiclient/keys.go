@@ -29,7 +29,7 @@ type Enrollment struct {
 // dir/name.key and dir/name.pub. It refuses to overwrite an existing key file: a new key means re-enrolling, and
 // losing the old one by a typo would lock the gateway out. dir is created with mode 0700 if missing.
 func Enroll(dir, name string) (Enrollment, error) {
-	if !ValidGatewayID(name) {
+	if !ValidID(name) {
 		return Enrollment{}, fmt.Errorf("enrolling %q: name must be 1 to 64 of a-z 0-9 . _ -", name)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {

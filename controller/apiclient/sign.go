@@ -150,9 +150,9 @@ func ValidNonce(s string) bool {
 	return err == nil && n == 16
 }
 
-// ValidGatewayID reports whether id is a usable gateway id: 1 to 64 of [a-z0-9._-], starting with a letter or
+// ValidID reports whether id is a usable gateway or site id: 1 to 64 of [a-z0-9._-], starting with a letter or
 // digit. Ids appear in logs and in signed messages, so nothing else is accepted.
-func ValidGatewayID(id string) bool {
+func ValidID(id string) bool {
 	if id == "" || len(id) > 64 {
 		return false
 	}

@@ -118,7 +118,7 @@ func (s *Server) authenticated(h func(w http.ResponseWriter, r *http.Request, re
 		}
 		ts, err := apiclient.ParseTimestamp(tsText)
 		sig, serr := apiclient.DecodeSignature(sigText)
-		if !apiclient.ValidGatewayID(gw) || err != nil || !apiclient.ValidNonce(nonce) || serr != nil || len(sig) != ed25519.SignatureSize {
+		if !apiclient.ValidID(gw) || err != nil || !apiclient.ValidNonce(nonce) || serr != nil || len(sig) != ed25519.SignatureSize {
 			refuse(http.StatusUnauthorized, "malformed")
 			return
 		}
