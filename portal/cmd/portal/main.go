@@ -4,6 +4,7 @@
 //	portal validate /etc/civicwifi/portal.yaml      check a config file, change nothing
 //	portal ctl status|clients|allow|kick ...        the local control interface
 //	portal teardown -config ...                     remove every rule, set, qdisc and process the gateway made
+//	portal poster -config ... > poster.html         the site's printable poster (QR code that joins the Wi-Fi)
 //	portal version
 package main
 
@@ -57,6 +58,7 @@ commands:
   validate  [FILE]                                   check a gateway config file
   ctl       status|clients|allow|kick|help ...       talk to the running daemon
   teardown  [-config FILE]                           remove everything the gateway made
+  poster    [-config FILE]                           print the site's poster (HTML, QR code) to stdout
   version                                            print the version
 `)
 }
@@ -91,6 +93,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return control.Main(ctx, args[1:], stdout, stderr)
 	case "teardown":
 		return cmdTeardown(ctx, args[1:], stderr)
+	case "poster":
+		return cmdPoster(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, version)
 		return 0
@@ -360,6 +364,27 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) er
 		return fmt.Errorf("listening for metrics: %w", err)
 	}
 	return httpserve.Serve(ctx, ln, mux)
+}
+
+// cmdPoster prints the poster for IT staff to print: made from the config
+// on the management side, never served to residents.
+func cmdPoster(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("poster", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", defaultConfig, "gateway config file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if err := captive.WritePoster(stdout, captive.PosterConfig{SSID: cfg.SSID, SiteName: cfg.PortalName, Town: cfg.PortalTown}); err != nil {
+		fmt.Fprintf(stderr, "portal poster: %v\n", err)
+		return 1
+	}
+	return 0
 }
 
 func cmdTeardown(ctx context.Context, args []string, stderr io.Writer) int {

@@ -70,6 +70,7 @@ type testPortal struct {
 	s    *Server
 	gate *fakeGate
 	now  time.Time
+	lang string // the phone's Accept-Language, unless a request sets one
 }
 
 func newTestPortal(t testing.TB, mod ...func(*Config)) *testPortal {
@@ -121,6 +122,9 @@ func (tp *testPortal) do(r req) *httptest.ResponseRecorder {
 	hr.RemoteAddr = r.from + ":40000"
 	if r.form != nil || r.body != "" {
 		hr.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	if tp.lang != "" {
+		hr.Header.Set("Accept-Language", tp.lang)
 	}
 	for k, v := range r.header {
 		hr.Header.Set(k, v)
