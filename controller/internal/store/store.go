@@ -255,25 +255,33 @@ const (
 // method m.
 func MethodCounter(m string) string { return "method:" + m }
 
-// HourCounters are a site's counters for one hour.
-type HourCounters struct {
-	Hour     time.Time        `json:"hour"` // UTC, on the hour
+// Rollup is a site's counters for one hour or one day.
+type Rollup struct {
+	Start    time.Time        `json:"start"` // the hour's or day's start, UTC
 	Counters map[string]int64 `json:"counters"`
 }
 
-// Stats holds the rollups that reports read instead of raw events.
+// Stats holds the rollups that reports read instead of raw events:
+// counters per (site, hour) and, summed, per (site, day), so a year is 365
+// reads; months are sums of days. Days are calendar days in the
+// implementation's Location option (UTC by default; a town sets
+// Europe/Rome, and every replica must use the same).
 //
-// Distinct users are exact sets of pseudonymous ids per (site, UTC day),
+// Distinct users are exact sets of pseudonymous ids per (site, day),
 // not HyperLogLog: a town's volume is small (thousands a day), council
 // reports want exact numbers, and an erasure request must be able to
 // remove one user, which a HyperLogLog cannot.
 type Stats interface {
-	// IncrHourly adds counters to the site's counters of at's hour.
+	// IncrHourly adds counters to the site's counters of at's hour and day.
 	IncrHourly(ctx context.Context, siteID string, at time.Time, counters map[string]int64) error
-	// Hourly returns the site's hours in [from, to) that have counters.
-	Hourly(ctx context.Context, siteID string, from, to time.Time) ([]HourCounters, error)
+	// Hourly returns the site's hours that start in [from, to) and have
+	// counters.
+	Hourly(ctx context.Context, siteID string, from, to time.Time) ([]Rollup, error)
+	// Daily returns the site's days that start in [from, to) and have
+	// counters.
+	Daily(ctx context.Context, siteID string, from, to time.Time) ([]Rollup, error)
 	// DistinctUsers counts the distinct users who started a session at
-	// any of the sites (all of them at least once) on the UTC days from
+	// any of the sites (all of them at least once) on the days from
 	// from's day to to's day, inclusive.
 	DistinctUsers(ctx context.Context, from, to time.Time, siteIDs ...string) (int, error)
 }

@@ -224,5 +224,25 @@ func CheckCommand(c Command, now time.Time) (Command, error) {
 // HourOf returns the start of t's UTC hour.
 func HourOf(t time.Time) time.Time { return t.UTC().Truncate(time.Hour) }
 
-// DayOf returns t's UTC day as YYYYMMDD.
-func DayOf(t time.Time) string { return t.UTC().Format("20060102") }
+// DayStart returns the start of t's calendar day in loc.
+func DayStart(t time.Time, loc *time.Location) time.Time {
+	y, m, d := t.In(loc).Date()
+	return time.Date(y, m, d, 0, 0, 0, 0, loc)
+}
+
+// Days returns the starts of the days in loc from from's day to to's day,
+// inclusive (at most max of them; DST days are 23 or 25 hours long).
+func Days(from, to time.Time, loc *time.Location, max int) []time.Time {
+	var out []time.Time
+	last := DayStart(to, loc)
+	for d := DayStart(from, loc); !d.After(last) && len(out) < max; d = d.AddDate(0, 0, 1) {
+		out = append(out, d)
+	}
+	return out
+}
+
+// DayOf returns t's day in loc as YYYYMMDD.
+func DayOf(t time.Time, loc *time.Location) string { return t.In(loc).Format("20060102") }
+
+// MaxDays bounds a DistinctUsers or Daily query (ten years).
+const MaxDays = 3660

@@ -38,6 +38,9 @@ type Options struct {
 	// LockTimeout is how long Open waits for another process's lock on
 	// the file (default 5 s).
 	LockTimeout time.Duration
+	// Location is where days begin for daily rollups and distinct users
+	// (default UTC; a town sets Europe/Rome).
+	Location *time.Location
 	// Now is the clock (default time.Now); tests may replace it.
 	Now func() time.Time
 }
@@ -63,13 +66,14 @@ var (
 	bSiteOpen     = []byte("site_open")     // site/ session id -> nil
 	bSiteTotals   = []byte("site_totals")   // site -> json Totals
 	bHourly       = []byte("hourly")        // site/ hour unix (8) -> json counters
+	bDaily        = []byte("daily")         // site/ day start unix (8) -> json counters
 	bUsers        = []byte("users")         // site/ YYYYMMDD + 0 + user -> nil
 	bCommands     = []byte("commands")      // gateway/ seq (8) -> json Command
 	bCommandIDs   = []byte("command_ids")   // gateway/ command id -> seq (8)
 	bEphemeral    = []byte("ephemeral")     // key -> expiry (8, unix ms) + value
 	bAudit        = []byte("audit")         // at ns (8) + random (8) -> json AuditEntry
 	topBuckets    = [][]byte{bGateways, bAPs, bEvents, bSessions, bSiteSessions, bSiteOpen, bSiteTotals,
-		bHourly, bUsers, bCommands, bCommandIDs, bEphemeral, bAudit}
+		bHourly, bDaily, bUsers, bCommands, bCommandIDs, bEphemeral, bAudit}
 )
 
 // Open opens (creating if needed) the store file at path and starts its
@@ -90,6 +94,9 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Location == nil {
+		opts.Location = time.UTC
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
 	if err != nil {
@@ -330,7 +337,7 @@ func (s *Store) RecordEvent(ctx context.Context, ev store.SessionEvent) (bool, e
 				if err != nil {
 					return err
 				}
-				if err := users.Put([]byte(store.DayOf(n.Start)+"\x00"+n.UserID), nil); err != nil {
+				if err := users.Put([]byte(store.DayOf(n.Start, s.opts.Location)+"\x00"+n.UserID), nil); err != nil {
 					return err
 				}
 			}
@@ -367,7 +374,7 @@ func (s *Store) applyTotals(tx *bolt.Tx, n store.Session, at time.Time, d store.
 		if n.Method != "" {
 			c[store.MethodCounter(n.Method)] = 1
 		}
-		if err := incrHourly(tx, n.SiteID, n.Start, c); err != nil {
+		if err := s.incrHourly(tx, n.SiteID, n.Start, c); err != nil {
 			return err
 		}
 	}
@@ -380,19 +387,26 @@ func (s *Store) applyTotals(tx *bolt.Tx, n store.Session, at time.Time, d store.
 	if len(c) == 0 {
 		return nil
 	}
-	return incrHourly(tx, n.SiteID, at, c)
+	return s.incrHourly(tx, n.SiteID, at, c)
 }
 
-func incrHourly(tx *bolt.Tx, site string, at time.Time, add map[string]int64) error {
-	b, err := sub(tx, bHourly, site, true)
+func (s *Store) incrHourly(tx *bolt.Tx, site string, at time.Time, add map[string]int64) error {
+	if err := incrCounters(tx, bHourly, site, store.HourOf(at), add); err != nil {
+		return err
+	}
+	return incrCounters(tx, bDaily, site, store.DayStart(at, s.opts.Location), add)
+}
+
+func incrCounters(tx *bolt.Tx, bucket []byte, site string, start time.Time, add map[string]int64) error {
+	b, err := sub(tx, bucket, site, true)
 	if err != nil {
 		return err
 	}
-	key := u64(uint64(store.HourOf(at).Unix()))
+	key := u64(uint64(start.Unix()))
 	c := map[string]int64{}
 	if v := b.Get(key); v != nil {
 		if err := json.Unmarshal(v, &c); err != nil {
-			return fmt.Errorf("decoding counters of %s at %v: %w", site, store.HourOf(at), err)
+			return fmt.Errorf("decoding counters of %s at %v: %w", site, start, err)
 		}
 	}
 	for k, v := range add {
@@ -709,7 +723,7 @@ func (s *Store) IncrHourly(ctx context.Context, siteID string, at time.Time, cou
 	if err := store.CheckID("site id", siteID); err != nil {
 		return err
 	}
-	err := s.update(ctx, func(tx *bolt.Tx) error { return incrHourly(tx, siteID, at, counters) })
+	err := s.update(ctx, func(tx *bolt.Tx) error { return s.incrHourly(tx, siteID, at, counters) })
 	if err != nil {
 		return fmt.Errorf("incrementing counters of %s: %w", siteID, err)
 	}
@@ -717,38 +731,60 @@ func (s *Store) IncrHourly(ctx context.Context, siteID string, at time.Time, cou
 }
 
 // Hourly implements store.Stats.
-func (s *Store) Hourly(ctx context.Context, siteID string, from, to time.Time) ([]store.HourCounters, error) {
-	var out []store.HourCounters
+func (s *Store) Hourly(ctx context.Context, siteID string, from, to time.Time) ([]store.Rollup, error) {
+	lo := store.HourOf(from)
+	if lo.Before(from) {
+		lo = lo.Add(time.Hour)
+	}
+	out, err := s.rollups(ctx, bHourly, siteID, lo, to)
+	if err != nil {
+		return nil, fmt.Errorf("reading hourly counters of %s: %w", siteID, err)
+	}
+	return out, nil
+}
+
+// Daily implements store.Stats.
+func (s *Store) Daily(ctx context.Context, siteID string, from, to time.Time) ([]store.Rollup, error) {
+	lo := store.DayStart(from, s.opts.Location)
+	if lo.Before(from) {
+		lo = lo.AddDate(0, 0, 1)
+	}
+	out, err := s.rollups(ctx, bDaily, siteID, lo, to)
+	if err != nil {
+		return nil, fmt.Errorf("reading daily counters of %s: %w", siteID, err)
+	}
+	return out, nil
+}
+
+// rollups reads the counters with keys in [from, to).
+func (s *Store) rollups(ctx context.Context, bucket []byte, siteID string, from, to time.Time) ([]store.Rollup, error) {
+	var out []store.Rollup
 	err := s.view(ctx, func(tx *bolt.Tx) error {
-		b, _ := sub(tx, bHourly, siteID, false)
-		if b == nil {
+		b, _ := sub(tx, bucket, siteID, false)
+		if b == nil || !from.Before(to) {
 			return nil
 		}
-		lo := u64(uint64(store.HourOf(from).Unix()))
-		if !store.HourOf(from).Equal(from) {
-			lo = u64(uint64(store.HourOf(from).Add(time.Hour).Unix()))
-		}
 		hi := u64(uint64(to.Unix()))
+		if !to.Equal(time.Unix(to.Unix(), 0)) { // sub-second: [.., to) includes to's second
+			hi = u64(uint64(to.Unix() + 1))
+		}
 		c := b.Cursor()
-		for k, v := c.Seek(lo); k != nil && bytes.Compare(k, hi) < 0; k, v = c.Next() {
-			h := store.HourCounters{Hour: time.Unix(int64(binary.BigEndian.Uint64(k)), 0).UTC()}
-			if err := json.Unmarshal(v, &h.Counters); err != nil {
-				return fmt.Errorf("decoding counters at %v: %w", h.Hour, err)
+		for k, v := c.Seek(u64(uint64(from.Unix()))); k != nil && bytes.Compare(k, hi) < 0; k, v = c.Next() {
+			r := store.Rollup{Start: time.Unix(int64(binary.BigEndian.Uint64(k)), 0).UTC()}
+			if err := json.Unmarshal(v, &r.Counters); err != nil {
+				return fmt.Errorf("decoding counters at %v: %w", r.Start, err)
 			}
-			out = append(out, h)
+			out = append(out, r)
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("reading counters of %s: %w", siteID, err)
-	}
-	return out, nil
+	return out, err
 }
 
 // DistinctUsers implements store.Stats.
 func (s *Store) DistinctUsers(ctx context.Context, from, to time.Time, siteIDs ...string) (int, error) {
 	seen := map[string]struct{}{}
-	lo, hi := store.DayOf(from), store.DayOf(to)
+	lo, hi := store.DayOf(from, s.opts.Location), store.DayOf(to, s.opts.Location)
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		for _, site := range siteIDs {
 			b, _ := sub(tx, bUsers, site, false)

@@ -34,6 +34,16 @@ func TestContract(t *testing.T) {
 	}))
 }
 
+func TestDays(t *testing.T) {
+	rome, err := time.LoadLocation("Europe/Rome")
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.RunDays(t, func(t *testing.T) store.Store {
+		return open(t, filepath.Join(t.TempDir(), "store.db"), boltstore.Options{Location: rome})
+	})
+}
+
 // TestSweep checks that expired keys and old event ids leave the file, not
 // only that reads stop seeing them.
 func TestSweep(t *testing.T) {

@@ -18,6 +18,7 @@
 //	so:<site>            set: open session ids
 //	st:<site>            hash: sessions, down, up totals
 //	h:<site>:<hour unix> hash: hourly counters
+//	d:<site>:<day unix>  hash: daily counters (day start in Options.Location)
 //	u:<site>:<YYYYMMDD>  set: pseudonymous users who started a session
 //	c:<gw>, cq:<gw>      hash id -> command json; zset ids by sequence (cseq)
 //	e:<key>              string with TTL: ephemeral values and counters
@@ -48,6 +49,10 @@ type Options struct {
 	// EventTTL is how long event ids are remembered to recognise replays
 	// (default 30 days: longer than a gateway buffers events).
 	EventTTL time.Duration
+	// Location is where days begin for daily rollups and distinct users
+	// (default UTC; a town sets Europe/Rome). Every replica on one Redis
+	// must use the same.
+	Location *time.Location
 }
 
 // Store is a store.Store on Redis.
@@ -67,6 +72,9 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	}
 	if opts.EventTTL <= 0 {
 		opts.EventTTL = 30 * 24 * time.Hour
+	}
+	if opts.Location == nil {
+		opts.Location = time.UTC
 	}
 	return &Store{rdb: rdb, p: opts.Prefix, opts: opts}
 }
@@ -220,7 +228,8 @@ func (s *Store) ListAccessPoints(ctx context.Context) ([]store.APStatus, error) 
 // reply when the session belongs to another site.
 //
 // KEYS: 1 ev:<id>, 2 s:<session>, 3 ss:<site>, 4 so:<site>, 5 st:<site>,
-// 6 h:<site>:<start hour>, 7 h:<site>:<event hour>, 8 u:<site>:<start day>
+// 6 h:<site>:<start hour>, 7 h:<site>:<event hour>, 8 u:<site>:<start day>,
+// 9 d:<site>:<start day>, 10 d:<site>:<event day>
 // ARGV: 1 event ttl ms, 2 kind, 3 session, 4 gateway, 5 site, 6 mac,
 // 7 user, 8 method, 9 start ms, 10 at ms, 11 down, 12 up, 13 reason
 var recordEvent = redis.NewScript(`
@@ -239,8 +248,10 @@ if not f[1] then
     'method', ARGV[8], 'start', ARGV[9], 'last', ARGV[9], 'end', '0', 'down', '0', 'up', '0', 'reason', '')
   redis.call('ZADD', KEYS[3], ARGV[9], sid)
   redis.call('HINCRBY', KEYS[5], 'sessions', 1)
-  redis.call('HINCRBY', KEYS[6], 'sessions', 1)
-  if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[6], 'method:' .. ARGV[8], 1) end
+  for _, k in ipairs({KEYS[6], KEYS[9]}) do
+    redis.call('HINCRBY', k, 'sessions', 1)
+    if ARGV[8] ~= '' then redis.call('HINCRBY', k, 'method:' .. ARGV[8], 1) end
+  end
   if ARGV[7] ~= '' then redis.call('SADD', KEYS[8], ARGV[7]) end
 else
   last, fin, pdown, pup = tonumber(f[2]), tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
@@ -249,15 +260,18 @@ if down > pdown then
   redis.call('HSET', KEYS[2], 'down', ARGV[11])
   redis.call('HINCRBY', KEYS[5], 'down', n(down - pdown))
   redis.call('HINCRBY', KEYS[7], 'bytes_down', n(down - pdown))
+  redis.call('HINCRBY', KEYS[10], 'bytes_down', n(down - pdown))
 end
 if up > pup then
   redis.call('HSET', KEYS[2], 'up', ARGV[12])
   redis.call('HINCRBY', KEYS[5], 'up', n(up - pup))
   redis.call('HINCRBY', KEYS[7], 'bytes_up', n(up - pup))
+  redis.call('HINCRBY', KEYS[10], 'bytes_up', n(up - pup))
 end
 if fin == 0 and at > last then
   redis.call('HSET', KEYS[2], 'last', ARGV[10])
   redis.call('HINCRBY', KEYS[7], 'online_ms', n(at - last))
+  redis.call('HINCRBY', KEYS[10], 'online_ms', n(at - last))
   last = at
 end
 if ARGV[2] == 'stop' and fin == 0 then
@@ -277,6 +291,10 @@ func (s *Store) hourKey(site string, t time.Time) string {
 	return s.p + "h:" + site + ":" + strconv.FormatInt(store.HourOf(t).Unix(), 10)
 }
 
+func (s *Store) dayKey(site string, t time.Time) string {
+	return s.p + "d:" + site + ":" + strconv.FormatInt(store.DayStart(t, s.opts.Location).Unix(), 10)
+}
+
 func (s *Store) usersKey(site, day string) string { return s.p + "u:" + site + ":" + day }
 
 // RecordEvent implements store.Sessions.
@@ -288,7 +306,8 @@ func (s *Store) RecordEvent(ctx context.Context, ev store.SessionEvent) (bool, e
 	keys := []string{
 		s.p + "ev:" + ev.ID, s.p + "s:" + ev.SessionID, s.p + "ss:" + ev.SiteID, s.p + "so:" + ev.SiteID,
 		s.p + "st:" + ev.SiteID, s.hourKey(ev.SiteID, ev.Start), s.hourKey(ev.SiteID, ev.At),
-		s.usersKey(ev.SiteID, store.DayOf(ev.Start)),
+		s.usersKey(ev.SiteID, store.DayOf(ev.Start, s.opts.Location)),
+		s.dayKey(ev.SiteID, ev.Start), s.dayKey(ev.SiteID, ev.At),
 	}
 	r, err := recordEvent.Run(ctx, s.rdb, keys,
 		s.opts.EventTTL.Milliseconds(), string(ev.Kind), ev.SessionID, ev.GatewayID, ev.SiteID, ev.ClientMAC,
@@ -560,10 +579,11 @@ func (s *Store) IncrHourly(ctx context.Context, siteID string, at time.Time, cou
 	if err := store.CheckID("site id", siteID); err != nil {
 		return err
 	}
-	k := s.hourKey(siteID, at)
+	hk, dk := s.hourKey(siteID, at), s.dayKey(siteID, at)
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		for name, v := range counters {
-			p.HIncrBy(ctx, k, name, v)
+			p.HIncrBy(ctx, hk, name, v)
+			p.HIncrBy(ctx, dk, name, v)
 		}
 		return nil
 	})
@@ -574,39 +594,65 @@ func (s *Store) IncrHourly(ctx context.Context, siteID string, at time.Time, cou
 }
 
 // Hourly implements store.Stats. It reads every hour of the range in one
-// pipeline (a year is 8,760 small reads).
-func (s *Store) Hourly(ctx context.Context, siteID string, from, to time.Time) ([]store.HourCounters, error) {
+// pipeline (a year is 8,760 small reads; use Daily for long ranges).
+func (s *Store) Hourly(ctx context.Context, siteID string, from, to time.Time) ([]store.Rollup, error) {
 	h := store.HourOf(from)
 	if h.Before(from) {
 		h = h.Add(time.Hour)
 	}
-	var hours []time.Time
-	for ; h.Before(to); h = h.Add(time.Hour) {
-		hours = append(hours, h)
+	var starts []time.Time
+	for ; h.Before(to) && len(starts) < 24*store.MaxDays; h = h.Add(time.Hour) {
+		starts = append(starts, h)
 	}
-	cmds := make([]*redis.MapStringStringCmd, len(hours))
+	out, err := s.rollups(ctx, starts, func(t time.Time) string { return s.hourKey(siteID, t) })
+	if err != nil {
+		return nil, fmt.Errorf("reading hourly counters of %s: %w", siteID, err)
+	}
+	return out, nil
+}
+
+// Daily implements store.Stats.
+func (s *Store) Daily(ctx context.Context, siteID string, from, to time.Time) ([]store.Rollup, error) {
+	var starts []time.Time
+	for _, d := range store.Days(from, to, s.opts.Location, store.MaxDays) {
+		if !d.Before(from) && d.Before(to) {
+			starts = append(starts, d)
+		}
+	}
+	out, err := s.rollups(ctx, starts, func(t time.Time) string { return s.dayKey(siteID, t) })
+	if err != nil {
+		return nil, fmt.Errorf("reading daily counters of %s: %w", siteID, err)
+	}
+	return out, nil
+}
+
+func (s *Store) rollups(ctx context.Context, starts []time.Time, key func(time.Time) string) ([]store.Rollup, error) {
+	if len(starts) == 0 {
+		return nil, nil
+	}
+	cmds := make([]*redis.MapStringStringCmd, len(starts))
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, h := range hours {
-			cmds[i] = p.HGetAll(ctx, s.hourKey(siteID, h))
+		for i, t := range starts {
+			cmds[i] = p.HGetAll(ctx, key(t))
 		}
 		return nil
 	})
-	var out []store.HourCounters
-	for i := 0; err == nil && i < len(cmds); i++ {
-		m := cmds[i].Val()
+	if err != nil {
+		return nil, err
+	}
+	var out []store.Rollup
+	for i, c := range cmds {
+		m := c.Val()
 		if len(m) == 0 {
 			continue
 		}
-		hc := store.HourCounters{Hour: hours[i], Counters: make(map[string]int64, len(m))}
+		r := store.Rollup{Start: starts[i].UTC(), Counters: make(map[string]int64, len(m))}
 		for k, v := range m {
-			if hc.Counters[k], err = strconv.ParseInt(v, 10, 64); err != nil {
-				break
+			if r.Counters[k], err = strconv.ParseInt(v, 10, 64); err != nil {
+				return nil, fmt.Errorf("counter %s at %v: %w", k, r.Start, err)
 			}
 		}
-		out = append(out, hc)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading counters of %s: %w", siteID, err)
+		out = append(out, r)
 	}
 	return out, nil
 }
@@ -614,10 +660,9 @@ func (s *Store) Hourly(ctx context.Context, siteID string, from, to time.Time) (
 // DistinctUsers implements store.Stats (SUNION of the day sets).
 func (s *Store) DistinctUsers(ctx context.Context, from, to time.Time, siteIDs ...string) (int, error) {
 	var keys []string
-	last := store.DayOf(to)
-	for d := from.UTC(); store.DayOf(d) <= last; d = d.AddDate(0, 0, 1) {
+	for _, d := range store.Days(from, to, s.opts.Location, store.MaxDays) {
 		for _, site := range siteIDs {
-			keys = append(keys, s.usersKey(site, store.DayOf(d)))
+			keys = append(keys, s.usersKey(site, store.DayOf(d, s.opts.Location)))
 		}
 	}
 	if len(keys) == 0 {

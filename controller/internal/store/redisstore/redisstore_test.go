@@ -46,6 +46,22 @@ func TestContract(t *testing.T) {
 	}))
 }
 
+func TestDays(t *testing.T) {
+	rome, err := time.LoadLocation("Europe/Rome")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := redistest.Start(t)
+	storetest.RunDays(t, func(t *testing.T) store.Store {
+		s, err := redisstore.Open(context.Background(), srv.URL(), redisstore.Options{Location: rome})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
 // TestTwoControllers runs two Stores (two connections, as two controller
 // processes) on one redis-server, racing on the same event ids, nonces,
 // grants and counters: each is won exactly once.

@@ -275,22 +275,67 @@ func testRollups(t *testing.T, s store.Store) {
 	must(t, s.IncrHourly(ctx, "park", at(5*time.Hour), map[string]int64{"sms_sent": 1}))
 	got, err := s.Hourly(ctx, "park", at(0), at(5*time.Hour))
 	must(t, err)
-	want := []store.HourCounters{
-		{Hour: at(0), Counters: map[string]int64{
+	want := []store.Rollup{
+		{Start: at(0), Counters: map[string]int64{
 			store.CounterSessions: 2, store.MethodCounter("sms"): 1, store.MethodCounter("voucher"): 1,
 			"sms_sent": 3, "sms_failed": 1,
 		}},
-		{Hour: at(time.Hour), Counters: map[string]int64{
+		{Start: at(time.Hour), Counters: map[string]int64{
 			store.CounterBytesDown: 1000, store.CounterBytesUp: 10, store.CounterOnlineMS: int64(time.Hour / time.Millisecond),
 		}},
 	}
 	diff(t, "Hourly(park, [0h,5h))", want, got)
 	got, err = s.Hourly(ctx, "park", at(time.Hour), at(6*time.Hour))
 	must(t, err)
-	diff(t, "Hourly(park, [1h,6h))", append(want[1:], store.HourCounters{Hour: at(5 * time.Hour), Counters: map[string]int64{"sms_sent": 1}}), got)
+	diff(t, "Hourly(park, [1h,6h))", append(want[1:], store.Rollup{Start: at(5 * time.Hour), Counters: map[string]int64{"sms_sent": 1}}), got)
 	got, err = s.Hourly(ctx, "library", at(0), at(6*time.Hour))
 	must(t, err)
-	diff(t, "Hourly(library)", []store.HourCounters(nil), got)
+	diff(t, "Hourly(library)", []store.Rollup(nil), got)
+
+	// Daily (UTC days here): the same counters summed over the day.
+	day := time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)
+	got, err = s.Daily(ctx, "park", day, day.Add(48*time.Hour))
+	must(t, err)
+	diff(t, "Daily(park)", []store.Rollup{{Start: day, Counters: map[string]int64{
+		store.CounterSessions: 2, store.MethodCounter("sms"): 1, store.MethodCounter("voucher"): 1,
+		"sms_sent": 4, "sms_failed": 1,
+		store.CounterBytesDown: 1000, store.CounterBytesUp: 10, store.CounterOnlineMS: int64(time.Hour / time.Millisecond),
+	}}}, got)
+	got, err = s.Daily(ctx, "park", day.Add(time.Second), day.Add(48*time.Hour))
+	must(t, err)
+	diff(t, "Daily(park) from after the day's start", []store.Rollup(nil), got)
+}
+
+// RunDays checks that days begin at midnight in loc (the store's
+// Location option) for daily rollups and distinct users; newStore must
+// return a store configured with loc = Europe/Rome.
+func RunDays(t *testing.T, newStore func(t *testing.T) store.Store) {
+	rome, err := time.LoadLocation("Europe/Rome")
+	must(t, err)
+	s := newStore(t)
+	// 23:30 UTC on 25 November is 00:30 on the 26th in Rome (UTC+1).
+	late := time.Date(2026, 11, 25, 23, 30, 0, 0, time.UTC)
+	e := ev("e1", store.EventStart, "s1", 0, 0, 0)
+	e.Start, e.At = late, late
+	_, err = s.RecordEvent(ctx, e)
+	must(t, err)
+	must(t, s.IncrHourly(ctx, "park", late, map[string]int64{"sms_sent": 1}))
+	d26 := time.Date(2026, 11, 26, 0, 0, 0, 0, rome)
+	got, err := s.Daily(ctx, "park", d26.AddDate(0, 0, -1), d26.AddDate(0, 0, 1))
+	must(t, err)
+	diff(t, "Daily in Rome", []store.Rollup{{Start: d26, Counters: map[string]int64{
+		store.CounterSessions: 1, store.MethodCounter("sms"): 1, "sms_sent": 1,
+	}}}, got)
+	for _, tc := range []struct {
+		day  time.Time
+		want int
+	}{{d26.AddDate(0, 0, -1), 0}, {d26, 1}, {d26.Add(23 * time.Hour), 1}} {
+		n, err := s.DistinctUsers(ctx, tc.day, tc.day, "park")
+		must(t, err)
+		if n != tc.want {
+			t.Errorf("DistinctUsers on %v = %d, want %d", tc.day, n, tc.want)
+		}
+	}
 }
 
 func testDistinctUsers(t *testing.T, s store.Store) {
@@ -625,7 +670,7 @@ func testConcurrentEvents(t *testing.T, s store.Store) {
 	}
 	h, err := s.Hourly(ctx, "park", at(0), at(time.Hour))
 	must(t, err)
-	want := []store.HourCounters{{Hour: at(0), Counters: map[string]int64{
+	want := []store.Rollup{{Start: at(0), Counters: map[string]int64{
 		store.CounterSessions: sessions, store.MethodCounter("sms"): sessions,
 		store.CounterBytesDown: sessions * (perSession - 1) * 1000, store.CounterBytesUp: sessions * (perSession - 1) * 10,
 		store.CounterOnlineMS: sessions * (perSession - 1) * int64(time.Minute/time.Millisecond),
