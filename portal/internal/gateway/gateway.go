@@ -60,7 +60,14 @@ type Options struct {
 	// allows wait for it). Default 60s.
 	FullReconcileInterval time.Duration
 	FlushInterval         time.Duration // counters to the store (default 10s)
-	Now                   func() time.Time
+	// Events, if set, receives session events (start, interim, stop), in
+	// order, with kmu held and mu not: it should be quick (the controller
+	// link writes them to its durable outbox). An error is logged.
+	Events func([]Event) error
+	// InterimInterval is how often an active session's totals are
+	// reported while they move (default 5m).
+	InterimInterval time.Duration
+	Now             func() time.Time
 }
 
 // Gateway is the daemon's core.
@@ -86,6 +93,12 @@ type Gateway struct {
 	// have expired.
 	lockout map[string]time.Time
 	byIP    map[netip.Addr]*Session
+	// limits are the site's defaults for new sessions: the config's, then
+	// the controller's policy (SetPolicy).
+	limits config.Limits
+	// outq holds events of an open until kmu's holder sends them (without
+	// mu). Guarded by kmu.
+	outq    []Event
 	started time.Time
 	lastRec time.Time
 	repairs uint64
@@ -105,6 +118,9 @@ func New(o Options) *Gateway {
 	if o.FlushInterval == 0 {
 		o.FlushInterval = 10 * time.Second
 	}
+	if o.InterimInterval == 0 {
+		o.InterimInterval = 5 * time.Minute
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -117,6 +133,7 @@ func New(o Options) *Gateway {
 		byIP:     map[netip.Addr]*Session{},
 		touched:  map[netip.Addr]uint64{},
 		lockout:  map[string]time.Time{},
+		limits:   o.Config.Limits,
 	}
 }
 
@@ -161,6 +178,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 	if err := g.o.Store.Put(ended...); err != nil {
 		return fmt.Errorf("recording expired sessions: %w", err)
 	}
+	g.emit(eventsOf(EventStop, ended)...)
 	// Gating first: residents with a session get through again as soon as
 	// the firewall has them back; the shaper's classes (seconds of kernel
 	// work with thousands of clients) follow.
@@ -458,6 +476,7 @@ func (g *Gateway) end(ctx context.Context, ended []*Session) error {
 		g.log.Info("session ended", "session", s.ID, "mac", s.MAC.String(), "ip", s.IP, "reason", s.EndReason,
 			"bytes_down", s.BytesDown, "bytes_up", s.BytesUp)
 	}
+	g.emit(eventsOf(EventStop, ended)...)
 	return errors.Join(errs...)
 }
 
@@ -477,15 +496,27 @@ func (g *Gateway) revokeKernel(ctx context.Context, s *Session) error {
 // store, and every allow waiting on it, for a long time).
 func (g *Gateway) flush() error {
 	g.mu.Lock()
-	var snap []*Session
+	now := g.now()
+	var snap, interim []*Session
 	for _, s := range g.sessions {
 		if s.unsaved {
 			s.unsaved = false
 			c := *s
 			snap = append(snap, &c)
 		}
+		if g.o.Events != nil && s.BytesDown+s.BytesUp != s.reportedBytes && now.Sub(s.reported) >= g.o.InterimInterval {
+			s.reported, s.reportedBytes = now, s.BytesDown+s.BytesUp
+			c := *s
+			interim = append(interim, &c)
+		}
 	}
 	g.mu.Unlock()
+	if len(interim) > 0 {
+		// Under kmu, so that no stop of these sessions can overtake them.
+		g.kmu.Lock()
+		g.emit(eventsOf(EventInterim, interim)...)
+		g.kmu.Unlock()
+	}
 	if len(snap) == 0 {
 		return nil
 	}
@@ -499,6 +530,7 @@ type Grant struct {
 	MAC    net.HardwareAddr // optional if IP is set
 	IP     netip.Addr       // optional if MAC is set
 	Method string
+	User   string // the resident's pseudonym, when a login gave one
 	Limits config.Limits
 }
 
@@ -540,6 +572,7 @@ func (g *Gateway) Open(ctx context.Context, req Grant) (*Session, error) {
 	}
 	g.kmu.Lock()
 	defer g.kmu.Unlock()
+	defer g.sendQueued()
 	return g.open(ctx, mac, ip, req)
 }
 
@@ -574,8 +607,10 @@ func (g *Gateway) ClickThrough(ctx context.Context, ip netip.Addr) (*Session, er
 		g.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s may not log in again before %s", ErrRefused, mac, until.Format(time.RFC3339))
 	}
+	limits := g.limits
 	g.mu.Unlock()
-	return g.open(ctx, mac, ip, Grant{Method: "click-through", Limits: g.o.Config.Limits})
+	defer g.sendQueued()
+	return g.open(ctx, mac, ip, Grant{Method: "click-through", Limits: limits})
 }
 
 // ErrRefused marks a login the site's rules refuse.
@@ -596,7 +631,7 @@ func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr,
 	}
 	var prev *Session // the session before this update, to roll back to
 	if s == nil {
-		if max := g.o.Config.Limits.MaxClients; max > 0 && len(g.sessions) >= max && displaced == nil {
+		if max := g.limits.MaxClients; max > 0 && len(g.sessions) >= max && displaced == nil {
 			return nil, fmt.Errorf("%w: %w: the site is full (%d clients)", control.ErrBadRequest, ErrRefused, max)
 		}
 		s = &Session{ID: newID(), MAC: mac, IP: ip, Started: now, LastActive: now}
@@ -604,7 +639,7 @@ func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr,
 		c := *s
 		prev = &c
 	}
-	s.Method = req.Method
+	s.Method, s.User = req.Method, req.User
 	l := req.Limits
 	s.Expires = time.Time{}
 	if l.Session > 0 {
@@ -634,6 +669,7 @@ func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr,
 		if err := g.revokeKernel(ctx, displaced); err != nil {
 			g.log.Error("revoking displaced session", "session", displaced.ID, "err", err)
 		}
+		g.outq = append(g.outq, eventsOf(EventStop, []*Session{displaced})...)
 	}
 	s.gen = g.touch(ip)
 	g.sessions[s.ID] = s
@@ -643,6 +679,10 @@ func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr,
 		g.o.Metrics.errors.WithLabelValues("allow").Inc()
 		g.rollback(ctx, s, prev, now)
 		return nil, fmt.Errorf("authorising %s: %w", mac, err)
+	}
+	if prev == nil {
+		s.reported, s.reportedBytes = now, 0
+		g.outq = append(g.outq, eventsOf(EventStart, []*Session{s})...)
 	}
 	g.o.Metrics.authorisations.WithLabelValues(s.Method).Inc()
 	g.o.Metrics.allowSeconds.Observe(time.Since(t0).Seconds())

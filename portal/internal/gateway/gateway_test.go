@@ -222,7 +222,7 @@ func testConfig() *config.Config {
 	}
 }
 
-func newRig(t *testing.T, dir string, fw *fakeFW) *rig {
+func newRig(t *testing.T, dir string, fw *fakeFW, opts ...func(*Options)) *rig {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -237,11 +237,15 @@ func newRig(t *testing.T, dir string, fw *fakeFW) *rig {
 	}
 	clk := &clock{t: time.Date(2026, 6, 1, 10, 0, 0, 0, time.UTC)}
 	sh := &fakeShaper{limits: map[netip.Addr]shaper.Limit{}}
-	gw := New(Options{
+	o := Options{
 		Config: testConfig(), FW: fw, Shaper: sh, Store: store,
 		Hosts: fakeHosts{hosts: []discovery.Host{{MAC: mac1, IP: ip1, LastSeen: clk.now()}, {MAC: mac2, IP: ip2, LastSeen: clk.now()}}},
 		Log:   slog.New(slog.NewTextHandler(io.Discard, nil)), Now: clk.now,
-	})
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	gw := New(o)
 	if err := gw.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -111,7 +111,7 @@ func (g *Gateway) Allow(ctx context.Context, req control.AllowRequest) (control.
 	if err != nil {
 		return control.Session{}, err
 	}
-	grant := Grant{MAC: p.MAC, IP: p.IP, Method: p.Method, Limits: g.o.Config.Limits}
+	grant := Grant{MAC: p.MAC, IP: p.IP, Method: p.Method, Limits: g.Limits()}
 	if grant.Method == "" {
 		grant.Method = "ctl"
 	}

@@ -20,6 +20,7 @@ type Session struct {
 	MAC         net.HardwareAddr `json:"-"`
 	IP          netip.Addr       `json:"ip"`
 	Method      string           `json:"method"`
+	User        string           `json:"user,omitempty"` // pseudonym from the controller's login; never a phone number
 	Started     time.Time        `json:"started"`
 	Expires     time.Time        `json:"expires,omitzero"`
 	IdleTimeout time.Duration    `json:"idle_timeout"`
@@ -37,6 +38,10 @@ type Session struct {
 
 	gen     uint64 // in memory only: when this session was last (re)opened
 	unsaved bool   // in memory only: counters moved since the last flush
+	// in memory only: when the last start/interim event went out, and the
+	// totals it carried
+	reported      time.Time
+	reportedBytes uint64
 }
 
 // sessionJSON carries the MAC as text.
