@@ -61,6 +61,11 @@ func (p Problem) Error() string {
 type Problems struct {
 	File string
 	List []Problem
+	// TypeErrors counts the values Decode could not store (a list where a
+	// mapping belongs, text where a number does): the decoded struct then
+	// lacks them, so checks that relate values to each other would report
+	// consequences rather than mistakes.
+	TypeErrors int
 }
 
 // Addf records a problem at pos.
@@ -121,6 +126,7 @@ func Decode(file string, data []byte, out any, ps *Problems) bool {
 			for _, m := range te.Errors {
 				ps.Addf(Pos{yamlErrLine(errors.New(m)), 1}, "%s", cleanTypeError(m))
 			}
+			ps.TypeErrors += len(te.Errors)
 			return true
 		}
 		ps.Addf(Pos{}, "%v", err)

@@ -29,6 +29,9 @@ var (
 	ipaRE    = regexp.MustCompile(`^[a-z0-9_]{2,16}$`)
 	domainRE = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$`)
 	phoneRE  = regexp.MustCompile(`^\+[1-9][0-9 ]{5,19}$`)
+	// goTypeRE finds the Go type in yaml's type errors ("as a list of
+	// yamlconf.Value[...]", "into sites.rawTown"): no use to who edits the file.
+	goTypeRE = regexp.MustCompile(`(as a list of |into )[A-Za-z0-9_./\[\]*]+$`)
 )
 
 // ProbeHosts are the hosts phones and computers fetch to detect a captive
@@ -50,6 +53,19 @@ func Parse(name string, data []byte) (*Config, error) {
 	var r rawFile
 	ps := &yamlconf.Problems{File: name}
 	if !yamlconf.Decode(name, data, &r, ps) {
+		return nil, ps.Err()
+	}
+	if ps.TypeErrors > 0 {
+		// Values of the wrong shape were left out: relating the rest
+		// (policies to sites, duplicates) would only report consequences.
+		for i := range ps.List {
+			ps.List[i].Msg = goTypeRE.ReplaceAllStringFunc(ps.List[i].Msg, func(m string) string {
+				if strings.HasPrefix(m, "as a list") {
+					return "here (a list belongs here)"
+				}
+				return "here"
+			})
+		}
 		return nil, ps.Err()
 	}
 	vd := &validator{ps: ps}
@@ -104,7 +120,8 @@ func Parse(name string, data []byte) (*Config, error) {
 }
 
 type validator struct {
-	ps *yamlconf.Problems
+	ps          *yamlconf.Problems
+	townSSIDSet bool
 }
 
 func (vd *validator) addf(p pos, format string, args ...any) { vd.ps.Addf(p, format, args...) }
@@ -140,6 +157,7 @@ func (vd *validator) town(t v[rawTown]) Town {
 		}
 	}
 	if r.SSID.Set {
+		vd.townSSIDSet = true
 		out.SSID = vd.ssid(r.SSID, "town.ssid")
 	}
 	out.Privacy = vd.text(r.Privacy, t.Pos, "town.privacy")
@@ -464,8 +482,8 @@ func (vd *validator) site(at pos, i int, r *rawSite, c *Config, policies map[str
 	switch {
 	case r.SSID.Set:
 		s.SSID = vd.ssid(r.SSID, who+"ssid")
-	case c.Town.SSID != "":
-		s.SSID = c.Town.SSID
+	case c.Town.SSID != "" || vd.townSSIDSet:
+		s.SSID = c.Town.SSID // "" when town.ssid is wrong: reported there
 	default:
 		vd.addf(at, "%sssid: missing, and town.ssid is not set either", who)
 	}
