@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -281,5 +282,46 @@ func TestShellcheck(t *testing.T) {
 				t.Errorf("shellcheck -s sh %s: %v\n%s", f, err, out)
 			}
 		})
+	}
+}
+
+// TestScriptLoop: "cw-ap-checkin -l" (what procd runs) checks in again and
+// again at the interval the controller gives.
+func TestScriptLoop(t *testing.T) {
+	c := loopbackController(t, Options{Interval: time.Second})
+	const mac = "02:00:00:00:0a:01"
+	c.sites.m[mac] = parkConfig()
+	a := newAP(t, c, mac, nil)
+	a.mustRun("cw-ap-provision")
+	a.write(filepath.Join(a.stub, "calls.log"), "")
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, "busybox", "ash", filepath.Join(scriptDir, "cw-ap-checkin"), "-l")
+	cmd.Env = a.env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	start := time.Now()
+	var n int
+	for time.Since(start) < 15*time.Second {
+		n = strings.Count(a.read(filepath.Join(a.stub, "calls.log")), "uclient-fetch ")
+		if n >= 4 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	el := time.Since(start)
+	t.Logf("%d check-ins in %v", n, el.Round(10*time.Millisecond))
+	if n < 4 {
+		t.Fatalf("%d check-ins in %v, want 4 at a 1s interval; syslog:\n%s", n, el, a.syslog())
+	}
+	if el < 2500*time.Millisecond {
+		t.Errorf("4 check-ins in %v: the loop does not wait the 1s interval", el)
+	}
+	rec, _ := c.reg.GetAP(context.Background(), mac)
+	if rec.AppliedVersion != ConfigVersion(parkConfig()) {
+		t.Errorf("applied version %q after the loop ran, want %q", rec.AppliedVersion, ConfigVersion(parkConfig()))
 	}
 }

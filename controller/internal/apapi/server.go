@@ -179,7 +179,10 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-const maxBody = 64 << 10
+const (
+	maxBody   = 64 << 10
+	maxRadios = 16
+)
 
 // apiError is an error answer: status, a message safe to show the AP.
 type apiError struct {
@@ -262,6 +265,9 @@ func (s *Server) checkin(w http.ResponseWriter, r *http.Request) {
 		sum := sha256.Sum256([]byte(tok))
 		if subtle.ConstantTimeCompare(sum[:], rec.SecretHash) != 1 {
 			return CheckinResponse{}, fail(http.StatusUnauthorized, "token refused for %s", mac)
+		}
+		if len(req.Radios) > maxRadios {
+			return CheckinResponse{}, fail(http.StatusBadRequest, "radios: %d reported, at most %d", len(req.Radios), maxRadios)
 		}
 		c, ok := s.o.Desired.DesiredAP(mac)
 		if !ok {
@@ -376,8 +382,8 @@ func decode(r *http.Request, v any) error {
 		}
 		return fail(http.StatusBadRequest, "body: %v", err)
 	}
-	if dec.More() {
-		return fail(http.StatusBadRequest, "body: more than one JSON value")
+	if err := dec.Decode(&json.RawMessage{}); err != io.EOF {
+		return fail(http.StatusBadRequest, "body: data after the JSON value")
 	}
 	return nil
 }
