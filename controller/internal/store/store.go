@@ -35,6 +35,7 @@ type Store interface {
 	Commands
 	Ephemeral
 	Stats
+	Privacy
 	Audit
 	Close() error
 }
@@ -249,6 +250,9 @@ const (
 	CounterBytesDown = "bytes_down" // bytes counted in the hour
 	CounterBytesUp   = "bytes_up"
 	CounterOnlineMS  = "online_ms" // session time between events in the hour, ms
+	// CounterUsers is only in daily rollups: distinct users who started
+	// a session that day. It outlives the day's user set (see Privacy).
+	CounterUsers = "users"
 )
 
 // MethodCounter is the hourly counter of sessions started with login
@@ -284,6 +288,23 @@ type Stats interface {
 	// any of the sites (all of them at least once) on the days from
 	// from's day to to's day, inclusive.
 	DistinctUsers(ctx context.Context, from, to time.Time, siteIDs ...string) (int, error)
+}
+
+// Privacy serves the GDPR duties: export and erasure of one pseudonymous
+// user's connection records, and their deletion after the retention
+// period. Totals and rollups are anonymous aggregates and stay.
+type Privacy interface {
+	// UserSessions returns every session of userID, by start time.
+	UserSessions(ctx context.Context, userID string) ([]Session, error)
+	// ForgetUser deletes userID's sessions, open or not, and removes the
+	// user from the distinct-user sets; it returns how many sessions it
+	// deleted.
+	ForgetUser(ctx context.Context, userID string) (int, error)
+	// PurgeSessions deletes the closed sessions that started before
+	// before, and the distinct-user sets of the days before before's day
+	// (their daily CounterUsers stays); it returns how many sessions it
+	// deleted. Open sessions are kept until they end.
+	PurgeSessions(ctx context.Context, before time.Time) (int, error)
 }
 
 // AuditEntry is one recorded action.

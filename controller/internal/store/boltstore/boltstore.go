@@ -68,12 +68,13 @@ var (
 	bHourly       = []byte("hourly")        // site/ hour unix (8) -> json counters
 	bDaily        = []byte("daily")         // site/ day start unix (8) -> json counters
 	bUsers        = []byte("users")         // site/ YYYYMMDD + 0 + user -> nil
+	bUserSessions = []byte("user_sessions") // user/ session id -> nil
 	bCommands     = []byte("commands")      // gateway/ seq (8) -> json Command
 	bCommandIDs   = []byte("command_ids")   // gateway/ command id -> seq (8)
 	bEphemeral    = []byte("ephemeral")     // key -> expiry (8, unix ms) + value
 	bAudit        = []byte("audit")         // at ns (8) + random (8) -> json AuditEntry
 	topBuckets    = [][]byte{bGateways, bAPs, bEvents, bSessions, bSiteSessions, bSiteOpen, bSiteTotals,
-		bHourly, bDaily, bUsers, bCommands, bCommandIDs, bEphemeral, bAudit}
+		bHourly, bDaily, bUsers, bUserSessions, bCommands, bCommandIDs, bEphemeral, bAudit}
 )
 
 // Open opens (creating if needed) the store file at path and starts its
@@ -337,7 +338,20 @@ func (s *Store) RecordEvent(ctx context.Context, ev store.SessionEvent) (bool, e
 				if err != nil {
 					return err
 				}
-				if err := users.Put([]byte(store.DayOf(n.Start, s.opts.Location)+"\x00"+n.UserID), nil); err != nil {
+				key := []byte(store.DayOf(n.Start, s.opts.Location) + "\x00" + n.UserID)
+				if users.Get(key) == nil {
+					if err := users.Put(key, nil); err != nil {
+						return err
+					}
+					if err := incrCounters(tx, bDaily, n.SiteID, store.DayStart(n.Start, s.opts.Location), map[string]int64{store.CounterUsers: 1}); err != nil {
+						return err
+					}
+				}
+				us, err := sub(tx, bUserSessions, n.UserID, true)
+				if err != nil {
+					return err
+				}
+				if err := us.Put([]byte(n.ID), nil); err != nil {
 					return err
 				}
 			}
@@ -802,6 +816,144 @@ func (s *Store) DistinctUsers(ctx context.Context, from, to time.Time, siteIDs .
 		return 0, fmt.Errorf("counting users: %w", err)
 	}
 	return len(seen), nil
+}
+
+// UserSessions implements store.Privacy.
+func (s *Store) UserSessions(ctx context.Context, userID string) ([]store.Session, error) {
+	var out []store.Session
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		var err error
+		out, err = userSessions(tx, userID)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing sessions of user %s: %w", userID, err)
+	}
+	return out, nil
+}
+
+func userSessions(tx *bolt.Tx, userID string) ([]store.Session, error) {
+	us, _ := sub(tx, bUserSessions, userID, false)
+	if us == nil {
+		return nil, nil
+	}
+	var ids [][]byte
+	us.ForEach(func(k, _ []byte) error { ids = append(ids, bytes.Clone(k)); return nil })
+	out, err := getSessions(tx, ids)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Start.Before(out[j].Start) })
+	return out, err
+}
+
+// ForgetUser implements store.Privacy.
+func (s *Store) ForgetUser(ctx context.Context, userID string) (int, error) {
+	if err := store.CheckID("user id", userID); err != nil {
+		return 0, err
+	}
+	n := 0
+	err := s.update(ctx, func(tx *bolt.Tx) error {
+		sessions, err := userSessions(tx, userID)
+		if err != nil {
+			return err
+		}
+		for _, x := range sessions {
+			if err := deleteSession(tx, x); err != nil {
+				return err
+			}
+			if users, _ := sub(tx, bUsers, x.SiteID, false); users != nil {
+				if err := users.Delete([]byte(store.DayOf(x.Start, s.opts.Location) + "\x00" + userID)); err != nil {
+					return err
+				}
+			}
+		}
+		n = len(sessions)
+		if tx.Bucket(bUserSessions).Bucket([]byte(userID)) != nil {
+			return tx.Bucket(bUserSessions).DeleteBucket([]byte(userID))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("forgetting user %s: %w", userID, err)
+	}
+	return n, nil
+}
+
+// deleteSession removes x and its index entries (not the day sets).
+func deleteSession(tx *bolt.Tx, x store.Session) error {
+	id := []byte(x.ID)
+	if err := tx.Bucket(bSessions).Delete(id); err != nil {
+		return err
+	}
+	if b, _ := sub(tx, bSiteSessions, x.SiteID, false); b != nil {
+		if err := b.Delete(append(u64(uint64(x.Start.UnixMilli())), id...)); err != nil {
+			return err
+		}
+	}
+	if b, _ := sub(tx, bSiteOpen, x.SiteID, false); b != nil {
+		if err := b.Delete(id); err != nil {
+			return err
+		}
+	}
+	if x.UserID != "" {
+		if b, _ := sub(tx, bUserSessions, x.UserID, false); b != nil {
+			if err := b.Delete(id); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// PurgeSessions implements store.Privacy.
+func (s *Store) PurgeSessions(ctx context.Context, before time.Time) (int, error) {
+	n := 0
+	err := s.update(ctx, func(tx *bolt.Tx) error {
+		n = 0
+		var sites [][]byte
+		tx.Bucket(bSiteSessions).ForEach(func(k, _ []byte) error { sites = append(sites, bytes.Clone(k)); return nil })
+		hi := u64(uint64(before.UnixMilli()))
+		for _, site := range sites {
+			var ids [][]byte
+			c := tx.Bucket(bSiteSessions).Bucket(site).Cursor()
+			for k, _ := c.First(); k != nil && bytes.Compare(k[:8], hi) < 0; k, _ = c.Next() {
+				ids = append(ids, bytes.Clone(k[8:]))
+			}
+			sessions, err := getSessions(tx, ids)
+			if err != nil {
+				return err
+			}
+			for _, x := range sessions {
+				if x.Open() {
+					continue
+				}
+				if err := deleteSession(tx, x); err != nil {
+					return err
+				}
+				n++
+			}
+		}
+		// The day sets of days before before's day.
+		day := []byte(store.DayOf(before, s.opts.Location))
+		var userSites [][]byte
+		tx.Bucket(bUsers).ForEach(func(k, _ []byte) error { userSites = append(userSites, bytes.Clone(k)); return nil })
+		for _, site := range userSites {
+			b := tx.Bucket(bUsers).Bucket(site)
+			var old [][]byte
+			c := b.Cursor()
+			for k, _ := c.First(); k != nil && bytes.Compare(k[:8], day) < 0; k, _ = c.Next() {
+				old = append(old, bytes.Clone(k))
+			}
+			for _, k := range old {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("purging sessions before %v: %w", before, err)
+	}
+	return n, nil
 }
 
 // AppendAudit implements store.Audit.

@@ -20,6 +20,8 @@
 //	h:<site>:<hour unix> hash: hourly counters
 //	d:<site>:<day unix>  hash: daily counters (day start in Options.Location)
 //	u:<site>:<YYYYMMDD>  set: pseudonymous users who started a session
+//	us:<user>            set: the user's session ids
+//	sites                set: site ids with sessions
 //	c:<gw>, cq:<gw>      hash id -> command json; zset ids by sequence (cseq)
 //	e:<key>              string with TTL: ephemeral values and counters
 //	a                    zset: audit entries by ms
@@ -229,7 +231,7 @@ func (s *Store) ListAccessPoints(ctx context.Context) ([]store.APStatus, error) 
 //
 // KEYS: 1 ev:<id>, 2 s:<session>, 3 ss:<site>, 4 so:<site>, 5 st:<site>,
 // 6 h:<site>:<start hour>, 7 h:<site>:<event hour>, 8 u:<site>:<start day>,
-// 9 d:<site>:<start day>, 10 d:<site>:<event day>
+// 9 d:<site>:<start day>, 10 d:<site>:<event day>, 11 us:<user>, 12 sites
 // ARGV: 1 event ttl ms, 2 kind, 3 session, 4 gateway, 5 site, 6 mac,
 // 7 user, 8 method, 9 start ms, 10 at ms, 11 down, 12 up, 13 reason
 var recordEvent = redis.NewScript(`
@@ -252,7 +254,11 @@ if not f[1] then
     redis.call('HINCRBY', k, 'sessions', 1)
     if ARGV[8] ~= '' then redis.call('HINCRBY', k, 'method:' .. ARGV[8], 1) end
   end
-  if ARGV[7] ~= '' then redis.call('SADD', KEYS[8], ARGV[7]) end
+  if ARGV[7] ~= '' then
+    if redis.call('SADD', KEYS[8], ARGV[7]) == 1 then redis.call('HINCRBY', KEYS[9], 'users', 1) end
+    redis.call('SADD', KEYS[11], sid)
+  end
+  redis.call('SADD', KEYS[12], ARGV[5])
 else
   last, fin, pdown, pup = tonumber(f[2]), tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
 end
@@ -308,6 +314,7 @@ func (s *Store) RecordEvent(ctx context.Context, ev store.SessionEvent) (bool, e
 		s.p + "st:" + ev.SiteID, s.hourKey(ev.SiteID, ev.Start), s.hourKey(ev.SiteID, ev.At),
 		s.usersKey(ev.SiteID, store.DayOf(ev.Start, s.opts.Location)),
 		s.dayKey(ev.SiteID, ev.Start), s.dayKey(ev.SiteID, ev.At),
+		s.p + "us:" + ev.UserID, s.p + "sites",
 	}
 	r, err := recordEvent.Run(ctx, s.rdb, keys,
 		s.opts.EventTTL.Milliseconds(), string(ev.Kind), ev.SessionID, ev.GatewayID, ev.SiteID, ev.ClientMAC,
@@ -673,6 +680,143 @@ func (s *Store) DistinctUsers(ctx context.Context, from, to time.Time, siteIDs .
 		return 0, fmt.Errorf("counting users: %w", err)
 	}
 	return len(users), nil
+}
+
+// UserSessions implements store.Privacy.
+func (s *Store) UserSessions(ctx context.Context, userID string) ([]store.Session, error) {
+	ids, err := s.rdb.SMembers(ctx, s.p+"us:"+userID).Result()
+	var out []store.Session
+	if err == nil {
+		out, err = s.sessions(ctx, ids)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing sessions of user %s: %w", userID, err)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Start.Equal(out[j].Start) {
+			return out[i].Start.Before(out[j].Start)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// deleteSession deletes one session and its index entries if it still
+// belongs to ARGV[2] (site) and ARGV[3] (user); with ARGV[4] "purge" only
+// if it is closed, with "forget" also removing the user from the day set.
+// KEYS: 1 s:<id>, 2 ss:<site>, 3 so:<site>, 4 us:<user>, 5 u:<site>:<start day>
+// ARGV: 1 id, 2 site, 3 user, 4 mode.
+var deleteSession = redis.NewScript(`
+local f = redis.call('HMGET', KEYS[1], 'site', 'user', 'end')
+if not f[1] or f[1] ~= ARGV[2] or f[2] ~= ARGV[3] then return 0 end
+if ARGV[4] == 'purge' and f[3] == '0' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+if ARGV[3] ~= '' then redis.call('SREM', KEYS[4], ARGV[1]) end
+if ARGV[4] == 'forget' then redis.call('SREM', KEYS[5], ARGV[3]) end
+return 1
+`)
+
+func (s *Store) deleteSession(ctx context.Context, x store.Session, mode string) (bool, error) {
+	keys := []string{
+		s.p + "s:" + x.ID, s.p + "ss:" + x.SiteID, s.p + "so:" + x.SiteID, s.p + "us:" + x.UserID,
+		s.usersKey(x.SiteID, store.DayOf(x.Start, s.opts.Location)),
+	}
+	n, err := deleteSession.Run(ctx, s.rdb, keys, x.ID, x.SiteID, x.UserID, mode).Int()
+	return n == 1, err
+}
+
+// ForgetUser implements store.Privacy.
+func (s *Store) ForgetUser(ctx context.Context, userID string) (int, error) {
+	if err := store.CheckID("user id", userID); err != nil {
+		return 0, err
+	}
+	sessions, err := s.UserSessions(ctx, userID)
+	n := 0
+	for i := 0; err == nil && i < len(sessions); i++ {
+		var ok bool
+		if ok, err = s.deleteSession(ctx, sessions[i], "forget"); ok {
+			n++
+		}
+	}
+	if err != nil {
+		return n, fmt.Errorf("forgetting user %s: %w", userID, err)
+	}
+	return n, nil
+}
+
+// PurgeSessions implements store.Privacy.
+func (s *Store) PurgeSessions(ctx context.Context, before time.Time) (int, error) {
+	n, err := s.purge(ctx, before)
+	if err != nil {
+		return n, fmt.Errorf("purging sessions before %v: %w", before, err)
+	}
+	return n, nil
+}
+
+func (s *Store) purge(ctx context.Context, before time.Time) (int, error) {
+	sites, err := s.rdb.SMembers(ctx, s.p+"sites").Result()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, site := range sites {
+		ids, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
+			Key: s.p + "ss:" + site, ByScore: true, Start: "-inf", Stop: "(" + ms(before),
+		}).Result()
+		if err != nil {
+			return n, err
+		}
+		sessions, err := s.sessions(ctx, ids)
+		if err != nil {
+			return n, err
+		}
+		for _, x := range sessions {
+			if x.Open() {
+				continue
+			}
+			ok, err := s.deleteSession(ctx, x, "purge")
+			if err != nil {
+				return n, err
+			}
+			if ok {
+				n++
+			}
+		}
+	}
+	// The day sets of days before before's day: keys end in :YYYYMMDD.
+	day := store.DayOf(before, s.opts.Location)
+	iter := s.rdb.Scan(ctx, 0, globEscape(s.p+"u:")+"*", 1000).Iterator()
+	var old []string
+	for iter.Next(ctx) {
+		k := iter.Val()
+		if i := strings.LastIndexByte(k, ':'); i >= 0 && len(k)-i == 9 && k[i+1:] < day {
+			old = append(old, k)
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return n, err
+	}
+	for len(old) > 0 {
+		batch := old[:min(len(old), 500)]
+		old = old[len(batch):]
+		if err := s.rdb.Del(ctx, batch...).Err(); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // AppendAudit implements store.Audit.

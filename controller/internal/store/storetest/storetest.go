@@ -48,6 +48,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store, opts ...Option) 
 		{"SessionsStarted", testSessionsStarted},
 		{"Rollups", testRollups},
 		{"DistinctUsers", testDistinctUsers},
+		{"Privacy", testPrivacy},
 		{"Commands", testCommands},
 		{"Ephemeral", testEphemeral},
 		{"EphemeralExpiry", testEphemeralExpiry},
@@ -298,7 +299,7 @@ func testRollups(t *testing.T, s store.Store) {
 	must(t, err)
 	diff(t, "Daily(park)", []store.Rollup{{Start: day, Counters: map[string]int64{
 		store.CounterSessions: 2, store.MethodCounter("sms"): 1, store.MethodCounter("voucher"): 1,
-		"sms_sent": 4, "sms_failed": 1,
+		"sms_sent": 4, "sms_failed": 1, store.CounterUsers: 2,
 		store.CounterBytesDown: 1000, store.CounterBytesUp: 10, store.CounterOnlineMS: int64(time.Hour / time.Millisecond),
 	}}}, got)
 	got, err = s.Daily(ctx, "park", day.Add(time.Second), day.Add(48*time.Hour))
@@ -324,7 +325,7 @@ func RunDays(t *testing.T, newStore func(t *testing.T) store.Store) {
 	got, err := s.Daily(ctx, "park", d26.AddDate(0, 0, -1), d26.AddDate(0, 0, 1))
 	must(t, err)
 	diff(t, "Daily in Rome", []store.Rollup{{Start: d26, Counters: map[string]int64{
-		store.CounterSessions: 1, store.MethodCounter("sms"): 1, "sms_sent": 1,
+		store.CounterSessions: 1, store.MethodCounter("sms"): 1, "sms_sent": 1, store.CounterUsers: 1,
 	}}}, got)
 	for _, tc := range []struct {
 		day  time.Time
@@ -374,6 +375,111 @@ func testDistinctUsers(t *testing.T, s store.Store) {
 				t.Errorf("DistinctUsers = %d, want %d", got, tc.want)
 			}
 		})
+	}
+}
+
+func testPrivacy(t *testing.T, s store.Store) {
+	day := 24 * time.Hour
+	for i, x := range []struct {
+		sid, site, user string
+		start           time.Duration
+		closed          bool
+	}{
+		{"s1", "park", "alice", 0, true},
+		{"s2", "library", "alice", day, false},
+		{"s3", "park", "bob", 0, true},
+		{"s4", "park", "carol", 2 * day, true},
+		{"s5", "park", "dave", 0, false},
+	} {
+		e := ev(fmt.Sprintf("e%d", i), store.EventStart, x.sid, x.start, 0, 0)
+		e.SiteID, e.UserID, e.Start = x.site, x.user, at(x.start)
+		_, err := s.RecordEvent(ctx, e)
+		must(t, err)
+		if x.closed {
+			e.ID, e.Kind, e.At, e.BytesDown = e.ID+"-stop", store.EventStop, e.At.Add(time.Hour), 1000
+			_, err := s.RecordEvent(ctx, e)
+			must(t, err)
+		}
+	}
+	ids := func(ss []store.Session, err error) []string {
+		t.Helper()
+		must(t, err)
+		var out []string
+		for _, x := range ss {
+			out = append(out, x.ID)
+		}
+		return out
+	}
+	users := func(from, to time.Duration, sites ...string) int {
+		t.Helper()
+		n, err := s.DistinctUsers(ctx, at(from), at(to), sites...)
+		must(t, err)
+		return n
+	}
+	dailyUsers := func(site string) int64 {
+		t.Helper()
+		d, err := s.Daily(ctx, site, at(-10*time.Hour), at(14*time.Hour))
+		must(t, err)
+		if len(d) != 1 {
+			t.Fatalf("Daily(%s) = %v, want one day", site, d)
+		}
+		return d[0].Counters[store.CounterUsers]
+	}
+	diff(t, "UserSessions(alice)", []string{"s1", "s2"}, ids(s.UserSessions(ctx, "alice")))
+
+	n, err := s.ForgetUser(ctx, "alice")
+	must(t, err)
+	if n != 2 {
+		t.Errorf("ForgetUser(alice) = %d, want 2", n)
+	}
+	for _, id := range []string{"s1", "s2"} {
+		if _, err := s.Session(ctx, id); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("Session(%s) after ForgetUser = %v, want ErrNotFound", id, err)
+		}
+	}
+	diff(t, "UserSessions(alice) after", []string(nil), ids(s.UserSessions(ctx, "alice")))
+	diff(t, "OpenSessions(library) after", []string(nil), ids(s.OpenSessions(ctx, "library")))
+	diff(t, "SessionsStarted(park) after", []string{"s3", "s5", "s4"}, ids(s.SessionsStarted(ctx, "park", at(-day), at(3*day))))
+	if got := users(0, 2*day, "park", "library"); got != 3 {
+		t.Errorf("DistinctUsers after forgetting alice = %d, want 3 (bob, carol, dave)", got)
+	}
+	// Aggregates are anonymous and stay.
+	tot, err := s.SiteTotals(ctx, "park")
+	must(t, err)
+	diff(t, "SiteTotals(park) after", store.Totals{Sessions: 4, BytesDown: 3000}, tot)
+	if got := dailyUsers("park"); got != 3 {
+		t.Errorf("daily users counter of day 0 = %d, want 3 (alice, bob, dave)", got)
+	}
+	if n, err := s.ForgetUser(ctx, "alice"); err != nil || n != 0 {
+		t.Errorf("ForgetUser(alice) again = %d, %v; want 0, nil", n, err)
+	}
+
+	// Retention: closed sessions that started before day 2 go (s3), the
+	// open s5 stays, as does s4 (day 2); so do day 2's user sets.
+	n, err = s.PurgeSessions(ctx, at(2*day-10*time.Hour))
+	must(t, err)
+	if n != 1 {
+		t.Errorf("PurgeSessions = %d, want 1", n)
+	}
+	diff(t, "SessionsStarted(park) after purge", []string{"s5", "s4"}, ids(s.SessionsStarted(ctx, "park", at(-day), at(3*day))))
+	if got := users(0, day, "park"); got != 0 {
+		t.Errorf("DistinctUsers of purged days = %d, want 0", got)
+	}
+	if got := users(2*day, 2*day, "park"); got != 1 {
+		t.Errorf("DistinctUsers of day 2 after purge = %d, want 1", got)
+	}
+	if got := dailyUsers("park"); got != 3 {
+		t.Errorf("daily users counter of day 0 after purge = %d, want 3", got)
+	}
+	// A replayed event of a purged session is still a duplicate.
+	dup, err := s.RecordEvent(ctx, func() store.SessionEvent {
+		e := ev("e2", store.EventStart, "s3", 0, 0, 0)
+		e.UserID = "bob"
+		return e
+	}())
+	must(t, err)
+	if !dup {
+		t.Errorf("replay of a purged session's event recreated it")
 	}
 }
 
