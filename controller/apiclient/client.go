@@ -389,6 +389,9 @@ func (c *Client) WatchCommands(ctx context.Context, handle func(context.Context,
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -404,4 +407,27 @@ func quoteETag(v string) string { return `"` + v + `"` }
 func unquoteETag(s string) string {
 	s = strings.TrimPrefix(s, "W/")
 	return strings.TrimSuffix(strings.TrimPrefix(s, `"`), `"`)
+}
+
+// RunHeartbeats sends health() every interval until ctx ends (then it returns nil). The first heartbeat goes
+// after a random [0, every) and each wait is jittered by +-10%, so gateways started together drift apart. A
+// failed heartbeat is logged and not retried: the next one replaces it.
+func (c *Client) RunHeartbeats(ctx context.Context, every time.Duration, health func() Heartbeat) error {
+	if every <= 0 {
+		return errors.New("heartbeats: interval must be positive")
+	}
+	if !sleep(ctx, Spread(every)) {
+		return nil
+	}
+	for {
+		hctx, cancel := context.WithTimeout(ctx, max(every, 10*time.Second))
+		err := c.Heartbeat(hctx, health())
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("sending heartbeat", "err", err)
+		}
+		if !sleep(ctx, every-every/10+Spread(every/5)) {
+			return nil
+		}
+	}
 }

@@ -2,6 +2,12 @@ package gwapi_test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,4 +90,58 @@ func TestCommands(t *testing.T) {
 	if diff := cmp.Diff(want, h.commands.acked); diff != "" {
 		t.Errorf("acks (-want +got):\n%s", diff)
 	}
+}
+
+// TestCommandRunOnceWhenAckLost: the first ack never reaches the controller (cut on the way), so the command is
+// offered again; the gateway acks it with the remembered result instead of running it twice.
+func TestCommandRunOnceWhenAckLost(t *testing.T) {
+	h := newHarness(t, nil)
+	var drop atomic.Int32
+	drop.Store(1)
+	fwd := httputil.NewSingleHostReverseProxy(mustURL(t, h.http.URL))
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/commands/ack") && drop.Add(-1) >= 0 {
+			panic(http.ErrAbortHandler)
+		}
+		fwd.ServeHTTP(w, r)
+	}))
+	defer proxy.Close()
+	h.commands.queue("site-a", apiclient.Command{ID: "cmd-x", Kind: apiclient.CommandExtend, ClientMAC: "02:00:00:00:00:03",
+		Extend: apiclient.Duration(time.Hour)})
+	c := h.client(t, "gw-a", func(c *apiclient.Config) { c.BaseURL = proxy.URL; c.Wait = time.Second })
+	var runs atomic.Int32
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() {
+		done <- c.WatchCommands(ctx, func(context.Context, apiclient.Command) apiclient.CommandAck {
+			runs.Add(1)
+			return apiclient.CommandAck{OK: false, Error: "no such client"}
+		})
+	}()
+	waitFor(t, 5*time.Second, func() bool {
+		h.commands.mu.Lock()
+		defer h.commands.mu.Unlock()
+		return len(h.commands.acked) == 1
+	})
+	cancel()
+	<-done
+	if drop.Load() >= 0 {
+		t.Fatal("the first ack was not cut: the test proves nothing")
+	}
+	if runs.Load() != 1 {
+		t.Errorf("command ran %d times, want once", runs.Load())
+	}
+	h.commands.mu.Lock()
+	defer h.commands.mu.Unlock()
+	if got := h.commands.acked["cmd-x"]; got != (apiclient.CommandAck{ID: "cmd-x", OK: false, Error: "no such client"}) {
+		t.Errorf("ack %+v, want the remembered failure", got)
+	}
+}
+
+func mustURL(t testing.TB, s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }

@@ -222,3 +222,34 @@ func TestHeartbeat(t *testing.T) {
 		t.Errorf("got %+v, want %+v from gw-b of site-b", got, hb)
 	}
 }
+
+// TestRunHeartbeats: a gateway beating every 100 ms for 1.05 s sends about ten heartbeats, each with fresh health.
+func TestRunHeartbeats(t *testing.T) {
+	h := newHarness(t, nil)
+	c := h.client(t, "gw-a", nil)
+	ctx, cancel := context.WithTimeout(t.Context(), 1050*time.Millisecond)
+	defer cancel()
+	var n atomic.Int32
+	if err := c.RunHeartbeats(ctx, 100*time.Millisecond, func() apiclient.Heartbeat {
+		return apiclient.Heartbeat{Version: "0.3.0", ClientsOnline: int(n.Add(1))}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h.sink.mu.Lock()
+	defer h.sink.mu.Unlock()
+	// At most 11 fit (first within 100 ms, then at least 90 ms apart); a loaded machine may send fewer.
+	got := len(h.sink.heartbeats)
+	if got < 3 || got > 11 {
+		t.Errorf("%d heartbeats in 1.05 s at 100 ms +-10%%, want 9 to 11 (3 on a loaded machine)", got)
+	}
+	for i, hb := range h.sink.heartbeats {
+		if hb.HB.ClientsOnline != i+1 || hb.HB.SentAt.IsZero() {
+			t.Errorf("heartbeat %d: %+v, want clients %d and a time", i, hb.HB, i+1)
+		}
+		if i > 0 {
+			if gap := hb.HB.SentAt.Sub(h.sink.heartbeats[i-1].HB.SentAt); gap < 90*time.Millisecond {
+				t.Errorf("heartbeat %d came %v after the previous one, want at least 90 ms", i, gap)
+			}
+		}
+	}
+}
