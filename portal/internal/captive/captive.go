@@ -250,7 +250,7 @@ func (s *Server) landingLocation(host string, r *http.Request) string {
 	if !strings.HasPrefix(uri, "/") {
 		uri = r.URL.RequestURI() // absolute-form request line
 	}
-	if host == "" || !validHost(r.Host) || len(uri) > maxTarget || !strings.HasPrefix(uri, "/") || strings.HasPrefix(uri, "//") {
+	if host == "" || !validHost(r.Host) || len(uri) > maxTarget || !strings.HasPrefix(uri, "/") || strings.HasPrefix(uri, "//") || !cleanURI(uri) {
 		return s.landingPre[:len(s.landingPre)-len("?url=")]
 	}
 	b = append(b, "http://"...)
@@ -263,6 +263,21 @@ func (s *Server) landingLocation(host string, r *http.Request) string {
 	b = append(b, "&sig="...)
 	b = s.sign.appendURLSig(b, string(target[:n]))
 	return string(b[n:])
+}
+
+// cleanURI accepts a request target of visible ASCII with well-formed
+// percent escapes: what a browser sends, and what parses back.
+func cleanURI(u string) bool {
+	for i := 0; i < len(u); i++ {
+		c := u[i]
+		if c <= ' ' || c >= 0x7f || c == '#' {
+			return false
+		}
+		if c == '%' && (i+2 >= len(u) || !isHex(u[i+1:i+3])) {
+			return false
+		}
+	}
+	return true
 }
 
 // appendQueryEscape is url.QueryEscape appending to dst.
@@ -344,15 +359,45 @@ func hostOnly(h string) string {
 	return h
 }
 
-// validHost accepts a host[:port] made of the characters a DNS name or an
-// IP literal may use: anything else is never carried into a URL.
+// validHost accepts host[:port] where host is a DNS name or IPv4 address
+// (letters, digits, dots, dashes) or a bracketed IPv6 literal: anything
+// else is never carried into a URL.
 func validHost(h string) bool {
 	if h == "" || len(h) > 253 {
 		return false
 	}
-	for i := 0; i < len(h); i++ {
-		c := h[i]
-		if !(c == '.' || c == '-' || c == ':' || c == '[' || c == ']' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+	name, port := h, ""
+	if h[0] == '[' {
+		end := strings.IndexByte(h, ']')
+		if end < 2 {
+			return false
+		}
+		if a, err := netip.ParseAddr(h[1:end]); err != nil || !a.Is6() || a.Zone() != "" {
+			return false
+		}
+		name, port = "", h[end+1:]
+		if port != "" && port[0] != ':' {
+			return false
+		}
+	} else if i := strings.IndexByte(h, ':'); i >= 0 {
+		name, port = h[:i], h[i:]
+	}
+	if port != "" {
+		if len(port) < 2 || len(port) > 6 {
+			return false
+		}
+		for i := 1; i < len(port); i++ {
+			if port[i] < '0' || port[i] > '9' {
+				return false
+			}
+		}
+	}
+	if h[0] != '[' && (name == "" || name[0] == '.' || name[0] == '-') {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c == '.' || c == '-' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
 			return false
 		}
 	}
