@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -323,5 +324,42 @@ func TestScriptLoop(t *testing.T) {
 	rec, _ := c.reg.GetAP(context.Background(), mac)
 	if rec.AppliedVersion != ConfigVersion(parkConfig()) {
 		t.Errorf("applied version %q after the loop ran, want %q", rec.AppliedVersion, ConfigVersion(parkConfig()))
+	}
+}
+
+// TestScriptApplyFailure: when a uci set fails half-way, the AP puts back
+// every value it had changed, keeps nothing pending, and applies the config
+// fully at the next check-in.
+func TestScriptApplyFailure(t *testing.T) {
+	c := loopbackController(t, Options{})
+	const mac = "02:00:00:00:0a:01"
+	c.sites.m[mac] = parkConfig()
+	a := newAP(t, c, mac, nil)
+	a.mustRun("cw-ap-provision")
+	sorted := func(s string) []string {
+		l := strings.Split(strings.TrimSpace(s), "\n")
+		slices.Sort(l)
+		return l
+	}
+	before := sorted(a.read(filepath.Join(a.stub, "uci.state")))
+
+	env := a.env
+	a.env = append(env, "CW_STUB_UCI_FAIL=wireless.cw_radio1.ssid")
+	if rc, out := a.run("cw-ap-checkin"); rc == 0 {
+		t.Fatalf("check-in with a failing uci set exited 0:\n%s", out)
+	}
+	if diff := cmp.Diff(before, sorted(a.read(filepath.Join(a.stub, "uci.state")))); diff != "" {
+		t.Errorf("uci state after a failed apply (-before +after):\n%s", diff)
+	}
+	if !strings.Contains(a.syslog(), "failed: restoring the previous config") {
+		t.Errorf("syslog lacks the failure:\n%s", a.syslog())
+	}
+	if _, err := os.Stat(filepath.Join(a.dir, "state", "pending")); !os.IsNotExist(err) {
+		t.Errorf("a failed apply left a pending version (err %v)", err)
+	}
+	a.env = env
+	a.mustRun("cw-ap-checkin")
+	if diff := cmp.Diff(firstApply("Voghera Free WiFi"), a.calls("uci!", "ubus", "wifi")); diff != "" {
+		t.Errorf("apply after the failure: calls (-want +got):\n%s", diff)
 	}
 }
