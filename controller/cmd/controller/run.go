@@ -1,0 +1,221 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/controller/internal/server"
+	"github.com/civicwifi/civicwifi/controller/internal/store"
+	"github.com/civicwifi/civicwifi/controller/internal/store/boltstore"
+	"github.com/civicwifi/civicwifi/controller/internal/store/redisstore"
+	"github.com/civicwifi/civicwifi/internal/httpserve"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+)
+
+// maxWait is the longest gateway long poll; the API's write timeout leaves room for it.
+const maxWait = 30 * time.Second
+
+// runDaemon is `controller run -config controller.yaml`: the controller until SIGINT/SIGTERM.
+func runDaemon(ctx context.Context, e *env, args []string) error {
+	fs := newFlags("run", e)
+	path := fs.String("config", "/etc/civicwifi/controller.yaml", "the controller's own config file")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil || len(pos) != 0 {
+		return errUsage
+	}
+	cfg, err := server.LoadConfig(*path)
+	if err != nil {
+		fmt.Fprintln(e.stderr, err)
+		return errReported
+	}
+	var h slog.Handler = slog.NewJSONHandler(e.stderr, nil)
+	if cfg.LogFormat == "text" {
+		h = slog.NewTextHandler(e.stderr, nil)
+	}
+	log := slog.New(h)
+
+	key, err := apiclient.LoadPrivateKey(cfg.SigningKey)
+	if err != nil {
+		return fmt.Errorf("loading the signing key: %w", err)
+	}
+	tokens, err := readTokens(cfg.APEnrollTokens)
+	if err != nil {
+		return err
+	}
+	var tlsCfg *tls.Config
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return fmt.Errorf("loading the TLS certificate: %w", err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	st, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := server.New(server.Options{
+		SitesPath: cfg.Sites, Store: st, SigningKey: key, EnrollTokens: tokens,
+		APCheckin: cfg.APCheckin, APMissedCheckins: cfg.APMissedCheckins, ReloadCheck: cfg.Reload, MaxWait: maxWait,
+		Log: log, Registerer: reg,
+	})
+	if err != nil {
+		fmt.Fprintln(e.stderr, err)
+		return errReported
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening for the API: %w", err)
+	}
+	var mln net.Listener
+	if cfg.MetricsListen != "" {
+		if mln, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			ln.Close()
+			return fmt.Errorf("listening for metrics: %w", err)
+		}
+	}
+	attrs := []any{"api", ln.Addr().String(), "tls", tlsCfg != nil, "store", storeKind(cfg.Store)}
+	if mln != nil {
+		attrs = append(attrs, "metrics", mln.Addr().String())
+	}
+	log.Info("controller listening", attrs...)
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serveAPI(ctx, ln, srv.Handler(), tlsCfg) })
+	if mln != nil {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		g.Go(func() error { return httpserve.Serve(ctx, mln, mux) })
+	}
+	g.Go(func() error { return srv.Run(ctx) })
+	err = g.Wait()
+	log.Info("controller stopped", "err", err)
+	return err
+}
+
+// serveAPI serves the API until ctx ends. Its write timeout allows a long poll; at shutdown, requests get
+// httpserve.ShutdownTimeout to finish and held long polls are then cut (gateways retry another replica).
+func serveAPI(ctx context.Context, ln net.Listener, h http.Handler, tlsCfg *tls.Config) error {
+	hs := &http.Server{
+		Handler: h, TLSConfig: tlsCfg,
+		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second, WriteTimeout: maxWait + 15*time.Second,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10,
+	}
+	errc := make(chan error, 1)
+	go func() {
+		if tlsCfg != nil {
+			errc <- hs.ServeTLS(ln, "", "")
+			return
+		}
+		errc <- hs.Serve(ln)
+	}()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving the API: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), httpserve.ShutdownTimeout)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		hs.Close() // long polls still held
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving the API: %w", err)
+	}
+	return nil
+}
+
+func storeKind(s string) string {
+	if strings.HasPrefix(s, "bolt:") {
+		return s
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return "redis"
+	}
+	return u.Scheme + "://" + u.Host + u.Path
+}
+
+// openStore opens the embedded store or connects to Redis with the password from $CIVICWIFI_REDIS_PASSWORD or
+// redis_password_file.
+func openStore(ctx context.Context, cfg server.FileConfig, log *slog.Logger) (store.Store, error) {
+	if p, ok := strings.CutPrefix(cfg.Store, "bolt:"); ok {
+		st, err := boltstore.Open(p, boltstore.Options{Log: log.With("component", "boltstore")})
+		if err != nil {
+			return nil, fmt.Errorf("opening the store: %w", err)
+		}
+		return st, nil
+	}
+	u, err := url.Parse(cfg.Store)
+	if err != nil {
+		return nil, errors.New("opening the store: bad redis address")
+	}
+	pw, ok := os.LookupEnv(server.EnvRedisPassword)
+	if !ok && cfg.RedisPasswordFile != "" {
+		b, err := os.ReadFile(cfg.RedisPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading the redis password: %w", err)
+		}
+		pw = strings.TrimSpace(string(b))
+	}
+	if pw != "" {
+		u.User = url.UserPassword("", pw)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := redisstore.Open(cctx, u.String(), redisstore.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("opening the store: %w", err)
+	}
+	return st, nil
+}
+
+// readTokens reads AP enrollment tokens, one per line (# comments and blank lines skipped), from files that
+// only their owner may read.
+func readTokens(files []string) ([]string, error) {
+	var out []string
+	for _, f := range files {
+		fh, err := os.Open(f)
+		if err != nil {
+			return nil, fmt.Errorf("reading AP enrollment tokens: %w", err)
+		}
+		st, err := fh.Stat()
+		if err == nil && st.Mode().Perm()&0o077 != 0 {
+			err = fmt.Errorf("%s: mode %04o: %w", f, st.Mode().Perm(), apiclient.ErrKeyFileMode)
+		}
+		sc := bufio.NewScanner(fh)
+		for err == nil && sc.Scan() {
+			line := strings.TrimSpace(sc.Text())
+			if line != "" && !strings.HasPrefix(line, "#") {
+				out = append(out, line)
+			}
+		}
+		if err == nil {
+			err = sc.Err()
+		}
+		fh.Close()
+		if err != nil {
+			return nil, fmt.Errorf("reading AP enrollment tokens: %w", err)
+		}
+	}
+	return out, nil
+}
