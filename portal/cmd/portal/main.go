@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/civicwifi/civicwifi/controller/apiclient"
 	"github.com/civicwifi/civicwifi/internal/httpserve"
 	"github.com/civicwifi/civicwifi/portal/internal/captive"
 	"github.com/civicwifi/civicwifi/portal/internal/config"
@@ -39,6 +40,7 @@ import (
 	"github.com/civicwifi/civicwifi/portal/internal/firewall"
 	"github.com/civicwifi/civicwifi/portal/internal/gateway"
 	"github.com/civicwifi/civicwifi/portal/internal/shaper"
+	"github.com/civicwifi/civicwifi/portal/internal/uplink"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -204,6 +206,24 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 	return 0
 }
 
+// gatewayRef lets the controller link be made before the gateway it
+// drives (the gateway takes the link's event sink).
+type gatewayRef struct{ gw **gateway.Gateway }
+
+func (r gatewayRef) SetPolicy(ctx context.Context, l config.Limits) error {
+	return (*r.gw).SetPolicy(ctx, l)
+}
+
+func (r gatewayRef) Close(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, reason string) (*gateway.Session, error) {
+	return (*r.gw).Close(ctx, mac, ip, reason)
+}
+
+func (r gatewayRef) Extend(ctx context.Context, mac net.HardwareAddr, d time.Duration) (*gateway.Session, error) {
+	return (*r.gw).Extend(ctx, mac, d)
+}
+
+func (r gatewayRef) Status(ctx context.Context) (control.Status, error) { return (*r.gw).Status(ctx) }
+
 // gate adapts the gateway for the portal server.
 type gate struct{ gw *gateway.Gateway }
 
@@ -279,7 +299,24 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	hosts := discovery.NewTable()
-	gw := gateway.New(gateway.Options{
+	// The controller link, when the site has a controller: it needs the
+	// gateway (commands, policy) and the gateway needs it (events).
+	var link *uplink.Link
+	var events func([]gateway.Event) error
+	var gw *gateway.Gateway
+	if cfg.Controller.URL != "" {
+		link, err = uplink.New(uplink.Config{
+			URL: cfg.Controller.URL, Site: cfg.Site, GatewayID: cfg.Controller.GatewayID,
+			KeyFile: cfg.Controller.KeyFile, ControllerKeyFile: cfg.Controller.ControllerKeyFile,
+			StateDir: cfg.StateDir, HeartbeatInterval: cfg.Controller.HeartbeatInterval, Version: version,
+		}, gatewayRef{&gw}, log.With("component", "uplink"))
+		if err != nil {
+			return err
+		}
+		defer link.Close()
+		events = link.Events
+	}
+	gw = gateway.New(gateway.Options{
 		Config: cfg, Version: version, FW: p.fw, Shaper: p.sh, Store: store, Hosts: hosts,
 		Neighbors:  func() ([]discovery.Host, error) { return discovery.Neighbors(cfg.ClientIf) },
 		DNSRunning: p.dns.Running,
@@ -287,15 +324,26 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		// closed at boot (keep net.ipv4.ip_forward=0 in /etc/sysctl.conf).
 		FirewallReady: func() error { return tuneKernel(log) },
 		Metrics:       gateway.NewMetrics(reg),
+		Events:        events,
 		Log:           log.With("component", "gateway"),
 	})
 	if err := gw.Start(ctx); err != nil {
 		return err
 	}
+	if link != nil {
+		// The site's policy: the controller's, or the cached one while the
+		// controller is unreachable; never a reason not to start.
+		if err := link.Boot(ctx); err != nil {
+			log.Error("site policy", "err", err)
+		}
+	}
 	log.Info("gateway running", "site", cfg.Site, "version", version, "clients", cfg.ClientIf, "uplink", cfg.UplinkIf)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return gw.Run(ctx) })
+	if link != nil {
+		g.Go(func() error { return link.Run(ctx) })
+	}
 	g.Go(func() error { return p.dns.Run(ctx) })
 	g.Go(func() error {
 		s := &discovery.Sniffer{Interface: cfg.ClientIf, Subnet: cfg.ClientSubnet, Table: hosts, Log: log.With("component", "discovery")}
@@ -352,6 +400,14 @@ func checkPortalFiles(cfg *config.Config) error {
 	}
 	if cfg.PortalTLSCert != "" {
 		errs = append(errs, captive.CheckTLS(cfg.PortalTLSCert, cfg.PortalTLSKey))
+	}
+	if cfg.Controller.URL != "" {
+		if _, err := apiclient.LoadPrivateKey(cfg.Controller.KeyFile); err != nil {
+			errs = append(errs, fmt.Errorf("controller.key_file: %w", err))
+		}
+		if _, err := apiclient.LoadPublicKey(cfg.Controller.ControllerKeyFile); err != nil {
+			errs = append(errs, fmt.Errorf("controller.controller_key_file: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

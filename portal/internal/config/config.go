@@ -60,6 +60,19 @@ type Config struct {
 	StateDir      string
 	ControlSocket string
 	MetricsListen string // "" disables; never on the client network
+
+	// Controller is the town's controller; zero (no URL) runs the gateway
+	// on its own with the limits above.
+	Controller Controller
+}
+
+// Controller is how the gateway reaches the town's controller.
+type Controller struct {
+	URL               string // https://wifi.comune.example.it:8443
+	GatewayID         string // this gateway's id in sites.yaml
+	KeyFile           string // this gateway's private key (controller enroll)
+	ControllerKeyFile string // the controller's public key, to check its answers
+	HeartbeatInterval time.Duration
 }
 
 // Limits are a session's limits. Zero means unlimited.
@@ -117,6 +130,13 @@ type raw struct {
 	StateDir      v[string] `yaml:"state_dir"`
 	ControlSocket v[string] `yaml:"control_socket"`
 	Metrics       v[string] `yaml:"metrics_listen"`
+	Controller    struct {
+		URL           v[string] `yaml:"url"`
+		GatewayID     v[string] `yaml:"gateway_id"`
+		KeyFile       v[string] `yaml:"key_file"`
+		ControllerKey v[string] `yaml:"controller_key_file"`
+		Heartbeat     v[string] `yaml:"heartbeat"`
+	} `yaml:"controller"`
 }
 
 // Load reads and validates a file.
@@ -326,6 +346,8 @@ func Parse(name string, data []byte) (*Config, error) {
 		c.GardenNetworks = append(c.GardenNetworks, p.Masked())
 	}
 
+	controllerSection(ps, &r, c)
+
 	l := r.Limits
 	c.Limits.Down = rate(ps, l.Down, "limits.down", c.Limits.Down)
 	c.Limits.Up = rate(ps, l.Up, "limits.up", c.Limits.Up)
@@ -438,4 +460,58 @@ func defaultRange(p netip.Prefix, gw netip.Addr) (netip.Addr, netip.Addr) {
 		end = end.Prev()
 	}
 	return start, end
+}
+
+var gatewayIDRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+// controllerSection validates the controller: section. Without a url the
+// other keys must be absent too (a half-configured link is a mistake).
+func controllerSection(ps *yamlconf.Problems, r *raw, c *Config) {
+	rc := r.Controller
+	if !rc.URL.Set {
+		for _, k := range []struct {
+			val v[string]
+			key string
+		}{{rc.GatewayID, "gateway_id"}, {rc.KeyFile, "key_file"}, {rc.ControllerKey, "controller_key_file"}, {rc.Heartbeat, "heartbeat"}} {
+			if k.val.Set {
+				ps.Addf(k.val.Pos, "controller.%s: set without controller.url", k.key)
+			}
+		}
+		return
+	}
+	u, err := url.Parse(rc.URL.V)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil || u.RawQuery != "" {
+		ps.Addf(rc.URL.Pos, "controller.url: %q is not the controller's base URL (try https://wifi.comune.example.it:8443)", rc.URL.V)
+	} else {
+		c.Controller.URL = strings.TrimSuffix(u.String(), "/")
+	}
+	c.Controller.GatewayID = rc.GatewayID.V
+	switch {
+	case !rc.GatewayID.Set:
+		ps.Addf(rc.URL.Pos, "controller.gateway_id: missing (this gateway's id in sites.yaml)")
+	case !gatewayIDRE.MatchString(rc.GatewayID.V):
+		ps.Addf(rc.GatewayID.Pos, "controller.gateway_id: %q is not a gateway id (lower-case letters, digits, . _ -)", rc.GatewayID.V)
+	}
+	for _, f := range []struct {
+		val  v[string]
+		key  string
+		out  *string
+		hint string
+	}{
+		{rc.KeyFile, "key_file", &c.Controller.KeyFile, "this gateway's private key, made by `controller enroll`"},
+		{rc.ControllerKey, "controller_key_file", &c.Controller.ControllerKeyFile, "the controller's public key"},
+	} {
+		switch {
+		case !f.val.Set:
+			ps.Addf(rc.URL.Pos, "controller.%s: missing (%s)", f.key, f.hint)
+		case !strings.HasPrefix(f.val.V, "/"):
+			ps.Addf(f.val.Pos, "controller.%s: %q must be an absolute path", f.key, f.val.V)
+		default:
+			*f.out = f.val.V
+		}
+	}
+	c.Controller.HeartbeatInterval = duration(ps, rc.Heartbeat, "controller.heartbeat", 30*time.Second)
+	if c.Controller.HeartbeatInterval < time.Second {
+		ps.Addf(rc.Heartbeat.Pos, "controller.heartbeat: %v is too often (at least 1s)", c.Controller.HeartbeatInterval)
+	}
 }

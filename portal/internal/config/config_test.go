@@ -107,6 +107,14 @@ func TestErrors(t *testing.T) {
 		{"control character in name", base + "portal: {name: \"a\\nb\"}\n", []string{"portal.name:", "must be one line"}},
 		{"negative rate", base + "portal: {rate_limit: -1}\n", []string{"t.yaml:4:22: portal.rate_limit: -1 is not a rate"}},
 		{"portal defaults", base, nil},
+		{"controller", base + "controller: {url: \"https://wifi.example.it:8443/\", gateway_id: gw-1, key_file: /k, controller_key_file: /c}\n", nil},
+		{"controller half set", base + "controller: {gateway_id: gw-1}\n", []string{`t.yaml:4:26: controller.gateway_id: set without controller.url`}},
+		{"controller missing keys", base + "controller: {url: \"https://c/\"}\n", []string{
+			`t.yaml:4:19: controller.gateway_id: missing`, `controller.key_file: missing`, `controller.controller_key_file: missing`}},
+		{"controller bad url", base + "controller: {url: \"ftp://c/\", gateway_id: gw-1, key_file: /k, controller_key_file: /c}\n", []string{`controller.url: "ftp://c/" is not the controller's base URL`}},
+		{"controller secret in url", base + "controller: {url: \"https://u:p@c/\", gateway_id: gw-1, key_file: /k, controller_key_file: /c}\n", []string{`is not the controller's base URL`}},
+		{"controller relative key", base + "controller: {url: \"https://c/\", gateway_id: GW, key_file: k, controller_key_file: /c, heartbeat: 0}\n", []string{
+			`controller.gateway_id: "GW" is not a gateway id`, `controller.key_file: "k" must be an absolute path`, `controller.heartbeat: 0s is too often`}},
 		{"syntax", "site: [\n", []string{"t.yaml:"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
