@@ -1,7 +1,8 @@
 // Package apapi is the controller's HTTP API for OpenWrt access points:
 // first-boot provisioning, periodic check-ins answered with the AP's desired
 // config, and the offline view computed from missed check-ins. The AP side
-// is firmware-scripts/ap (busybox ash). See README.md in this directory.
+// is firmware-scripts/ap (busybox ash); firmware-scripts/README.md describes
+// the protocol and why it is shaped this way.
 package apapi
 
 import (
