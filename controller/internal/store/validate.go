@@ -246,3 +246,58 @@ func DayOf(t time.Time, loc *time.Location) string { return t.In(loc).Format("20
 
 // MaxDays bounds a DistinctUsers or Daily query (ten years).
 const MaxDays = 3660
+
+// Limits on what gateways and APs report, so a broken or hostile client
+// cannot bloat the store.
+const (
+	MaxExtra    = 32  // entries in GatewayHealth.Extra
+	MaxRadios   = 8   // radios in APState
+	MaxFieldLen = 256 // bytes in any reported string
+)
+
+// CheckHeartbeat validates a heartbeat.
+func CheckHeartbeat(id string, at time.Time, h GatewayHealth) error {
+	if err := CheckID("gateway id", id); err != nil {
+		return err
+	}
+	wrap := func(format string, a ...any) error {
+		return fmt.Errorf("%w: heartbeat of %s: %s", ErrInvalid, id, fmt.Sprintf(format, a...))
+	}
+	if at.Unix() <= 0 {
+		return wrap("time %v is not set", at)
+	}
+	if len(h.Extra) > MaxExtra {
+		return wrap("%d extra entries, at most %d", len(h.Extra), MaxExtra)
+	}
+	if len(h.Version) > MaxFieldLen {
+		return wrap("version is longer than %d bytes", MaxFieldLen)
+	}
+	for k, v := range h.Extra {
+		if len(k) > MaxFieldLen || len(v) > MaxFieldLen {
+			return wrap("extra %.20q is longer than %d bytes", k, MaxFieldLen)
+		}
+	}
+	return nil
+}
+
+// CheckAPState validates an AP check-in (after NormalizeMAC).
+func CheckAPState(mac string, at time.Time, st APState, configVersion string) error {
+	wrap := func(format string, a ...any) error {
+		return fmt.Errorf("%w: check-in of %s: %s", ErrInvalid, mac, fmt.Sprintf(format, a...))
+	}
+	if at.Unix() <= 0 {
+		return wrap("time %v is not set", at)
+	}
+	if len(st.Radios) > MaxRadios {
+		return wrap("%d radios, at most %d", len(st.Radios), MaxRadios)
+	}
+	if len(st.Firmware) > MaxFieldLen || len(configVersion) > MaxFieldLen {
+		return wrap("firmware or config version longer than %d bytes", MaxFieldLen)
+	}
+	for i, r := range st.Radios {
+		if len(r.Name) > MaxFieldLen || len(r.SSID) > MaxFieldLen {
+			return wrap("radio %d: name or SSID longer than %d bytes", i, MaxFieldLen)
+		}
+	}
+	return nil
+}

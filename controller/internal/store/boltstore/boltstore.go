@@ -169,7 +169,7 @@ func putJSON(b *bolt.Bucket, key []byte, v any) error {
 
 // Heartbeat implements store.Gateways.
 func (s *Store) Heartbeat(ctx context.Context, id string, at time.Time, h store.GatewayHealth) error {
-	if err := store.CheckID("gateway id", id); err != nil {
+	if err := store.CheckHeartbeat(id, at, h); err != nil {
 		return err
 	}
 	st := store.GatewayStatus{ID: id, LastHeartbeat: store.Millis(at), Health: h}
@@ -233,6 +233,9 @@ func list[T any](ctx context.Context, s *Store, bucket []byte) ([]T, error) {
 func (s *Store) CheckIn(ctx context.Context, mac string, at time.Time, st store.APState, configVersion string) error {
 	m, err := store.NormalizeMAC("access point mac", mac)
 	if err != nil {
+		return err
+	}
+	if err := store.CheckAPState(m, at, st, configVersion); err != nil {
 		return err
 	}
 	ap := store.APStatus{MAC: m, LastCheckIn: store.Millis(at), State: st, ConfigVersion: configVersion}

@@ -34,6 +34,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	neturl "net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -87,7 +88,13 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	o, err := redis.ParseURL(url)
 	if err != nil {
-		return nil, fmt.Errorf("parsing redis url: %w", err) // the error does not echo the password
+		// net/url's errors quote the whole URL, password included: keep
+		// only the reason.
+		var ue *neturl.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("parsing redis url: %w", err)
 	}
 	rdb := redis.NewClient(o)
 	if err := rdb.Ping(ctx).Err(); err != nil {
@@ -121,7 +128,7 @@ return 1
 
 // Heartbeat implements store.Gateways.
 func (s *Store) Heartbeat(ctx context.Context, id string, at time.Time, h store.GatewayHealth) error {
-	if err := store.CheckID("gateway id", id); err != nil {
+	if err := store.CheckHeartbeat(id, at, h); err != nil {
 		return err
 	}
 	st := store.GatewayStatus{ID: id, LastHeartbeat: store.Millis(at), Health: h}
@@ -190,6 +197,9 @@ func (s *Store) ListGateways(ctx context.Context) ([]store.GatewayStatus, error)
 func (s *Store) CheckIn(ctx context.Context, mac string, at time.Time, st store.APState, configVersion string) error {
 	m, err := store.NormalizeMAC("access point mac", mac)
 	if err != nil {
+		return err
+	}
+	if err := store.CheckAPState(m, at, st, configVersion); err != nil {
 		return err
 	}
 	ap := store.APStatus{MAC: m, LastCheckIn: store.Millis(at), State: st, ConfigVersion: configVersion}

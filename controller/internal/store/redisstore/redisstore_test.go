@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -196,4 +197,27 @@ func BenchmarkStore(b *testing.B) {
 		b.Cleanup(func() { s.Close() })
 		return s
 	})
+}
+
+// TestOpenErrors checks that a bad URL or an unreachable Redis gives a
+// clear error that never shows the password.
+func TestOpenErrors(t *testing.T) {
+	for _, tc := range []struct{ name, url, want string }{
+		{"bad port", "redis://:s3cret-pw@127.0.0.1:notaport/0", "parsing redis url"},
+		{"bad scheme", "http://:s3cret-pw@127.0.0.1:6379/0", "parsing redis url"},
+		{"nobody listening", "redis://:s3cret-pw@127.0.0.1:1/0", "connecting to redis at 127.0.0.1:1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			s, err := redisstore.Open(ctx, tc.url, redisstore.Options{})
+			if err == nil {
+				s.Close()
+				t.Fatal("Open succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("error %q: want it to contain %q and not the password", err, tc.want)
+			}
+		})
+	}
 }

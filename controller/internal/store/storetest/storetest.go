@@ -671,6 +671,17 @@ func testInvalidInput(t *testing.T, s store.Store) {
 		}},
 		{"heartbeat bad id", func() error { return s.Heartbeat(ctx, "gw a", at(0), store.GatewayHealth{}) }},
 		{"check-in bad mac", func() error { return s.CheckIn(ctx, "not-a-mac", at(0), store.APState{}, "") }},
+		{"heartbeat huge extra", func() error {
+			extra := map[string]string{}
+			for i := range store.MaxExtra + 1 {
+				extra[fmt.Sprint(i)] = "x"
+			}
+			return s.Heartbeat(ctx, "gw", at(0), store.GatewayHealth{Extra: extra})
+		}},
+		{"heartbeat no time", func() error { return s.Heartbeat(ctx, "gw", time.Time{}, store.GatewayHealth{}) }},
+		{"check-in too many radios", func() error {
+			return s.CheckIn(ctx, "02:00:00:00:00:01", at(0), store.APState{Radios: make([]store.Radio, store.MaxRadios+1)}, "")
+		}},
 		{"command bad kind", func() error {
 			_, err := s.Enqueue(ctx, store.Command{GatewayID: "gw", Kind: "reboot", ClientMAC: "02:00:00:00:00:01"})
 			return err
@@ -693,6 +704,9 @@ func testInvalidInput(t *testing.T, s store.Store) {
 		})
 	}
 	// Nothing was written.
+	if aps, err := s.ListAccessPoints(ctx); err != nil || len(aps) != 0 {
+		t.Errorf("ListAccessPoints after bad check-ins = %v, %v; want none", aps, err)
+	}
 	if _, err := s.Session(ctx, "s1"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("Session(s1) after bad events = %v, want ErrNotFound", err)
 	}
