@@ -7,13 +7,16 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/controller/internal/gwapi"
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // wire is one request as a gateway would put it on the wire.
@@ -61,7 +64,8 @@ func send(t testing.TB, base string, m wire) (*http.Response, string) {
 // TestTamperedRequestsRefused changes one thing of a correctly signed request at a time; each must be refused
 // with a bare 401/403, logged with the claimed gateway, the reason and the remote address, and reach nothing.
 func TestTamperedRequestsRefused(t *testing.T) {
-	h := newHarness(t, nil)
+	reg := prometheus.NewRegistry()
+	h := newHarness(t, func(c *gwapi.Config) { c.Registerer = reg })
 	hb, _ := json.Marshal(apiclient.Heartbeat{Version: "1.0", ClientsOnline: 7})
 	const hbPath = "/v1/sites/site-a/heartbeat"
 	cases := []struct {
@@ -114,7 +118,11 @@ func TestTamperedRequestsRefused(t *testing.T) {
 			want: 401, reason: "malformed"},
 	}
 	accepted := 0
+	wantRefusals := map[string]float64{}
 	for _, tc := range cases {
+		if tc.reason != "" {
+			wantRefusals[tc.reason]++
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			m := wire{gw: "gw-a", method: "POST", target: hbPath, body: hb}
 			if tc.gw != "" {
@@ -177,6 +185,22 @@ func TestTamperedRequestsRefused(t *testing.T) {
 			}
 		})
 	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotRefusals := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() == "civicwifi_controller_gateway_refusals_total" {
+			for _, m := range mf.GetMetric() {
+				gotRefusals[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if diff := cmp.Diff(wantRefusals, gotRefusals); diff != "" {
+		t.Errorf("refusals_total by reason (-want +got):\n%s", diff)
+	}
+
 	// Only the accepted heartbeats reached the sink, each from gw-a of site-a.
 	h.sink.mu.Lock()
 	defer h.sink.mu.Unlock()
@@ -210,4 +234,32 @@ func TestAnswerSignature(t *testing.T) {
 	if err != nil || string(p.Body) != `{"rate_down":"5mbit"}` {
 		t.Errorf("direct: %q, %v", p.Body, err)
 	}
+}
+
+// FuzzUnsignedRequests: whatever headers and body arrive without gw-a's key, nothing gets past authentication.
+func FuzzUnsignedRequests(f *testing.F) {
+	h := newHarnessNoListen(f, nil)
+	f.Add("gw-a", "1764064800", "AAAAAAAAAAAAAAAAAAAAAA", "AAAA", "POST", "/v1/sites/site-a/heartbeat", []byte("{}"))
+	f.Add("gw-a", "-1", "", "", "GET", "/v1/sites/site-a/policy?wait=30", []byte(nil))
+	f.Fuzz(func(t *testing.T, gw, ts, nonce, sig, method, target string, body []byte) {
+		if method != "GET" && method != "POST" {
+			method = "POST"
+		}
+		if !strings.HasPrefix(target, "/") {
+			target = "/" + target
+		}
+		req, err := http.NewRequest(method, "http://controller"+target, bytes.NewReader(body))
+		if err != nil {
+			return
+		}
+		req.RequestURI = req.URL.RequestURI()
+		for k, v := range map[string]string{apiclient.HeaderGateway: gw, apiclient.HeaderTimestamp: ts, apiclient.HeaderNonce: nonce, apiclient.HeaderSignature: sig} {
+			req.Header.Set(k, v)
+		}
+		rec := httptest.NewRecorder()
+		h.srv.Handler().ServeHTTP(rec, req)
+		if rec.Code/100 == 2 || rec.Code == http.StatusNotModified || rec.Header().Get(apiclient.HeaderSignature) != "" {
+			t.Fatalf("unsigned request got %d %v", rec.Code, rec.Header()) // a 307 to a cleaned path is fine
+		}
+	})
 }
