@@ -32,6 +32,19 @@ const (
 	OtherHost  = "other.example.test"  // 198.51.100.11
 )
 
+// ProbeHosts are the host names operating systems probe for connectivity
+// (Apple, Android/ChromeOS, Windows, Firefox, NetworkManager). The
+// upstream's DNS answers each as the real internet would (A OtherIP, AAAA
+// UpstreamIP6), and its HTTP serves Apple's and Android's answers, so a
+// test can tell a gateway that answers a probe itself (its own address)
+// from one that lets it through.
+var ProbeHosts = []string{
+	"captive.apple.com", "www.apple.com",
+	"connectivitycheck.gstatic.com", "www.gstatic.com", "clients3.google.com",
+	"www.msftconnecttest.com", "www.msftncsi.com",
+	"detectportal.firefox.com", "nmcheck.gnome.org",
+}
+
 // Upstream service ports.
 const (
 	HTTPPort   = 80
@@ -76,7 +89,8 @@ func (u *upstream) close() {
 //     (UpstreamCAFile, Lab.UpstreamRoots),
 //   - a TCP listener on :853 that accepts and discards,
 //   - dnsmasq on 198.51.100.1:53 and [2001:db8:100::1]:53 answering
-//     www/garden/other.example.test (NXDOMAIN for other .test names),
+//     www/garden/other.example.test (NXDOMAIN for other .test names) and
+//     the OS probe hosts (ProbeHosts),
 //   - iperf3 -s on 5201 (StartIperf3 starts more).
 //
 // The listeners are served from this process; dnsmasq and iperf3 are
@@ -182,6 +196,9 @@ func (l *Lab) startDNS(ctx context.Context) error {
 		"--host-record=" + GardenHost + "," + gardenIP.String(),
 		"--host-record=" + OtherHost + "," + otherIP.String(),
 	}
+	for _, h := range ProbeHosts {
+		argv = append(argv, "--host-record="+h+","+otherIP.String()+","+upstreamIP6.String())
+	}
 	cmd, err := l.Start(l.Upstream, "dnsmasq-upstream-stdout", argv...)
 	if err != nil {
 		return err
@@ -255,7 +272,7 @@ func (l *Lab) waitUntil(ctx context.Context, cmd *exec.Cmd, what string, ready f
 //	/stream?s=S       StreamChunk bytes every StreamTick for S seconds (at most and by default 60)
 //	/ip               the client's address as the upstream sees it, e.g. "198.51.100.2\n"
 //	/generate_204     204, as Android's connectivity check expects on the open internet
-//	/hotspot-detect.html  Apple's "Success" page
+//	/hotspot-detect.html, /library/test/success.html  Apple's "Success" page
 func UpstreamHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
@@ -268,10 +285,12 @@ func UpstreamHandler() http.Handler {
 	mux.HandleFunc("GET /generate_204", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 	})
-	mux.HandleFunc("GET /hotspot-detect.html", func(w http.ResponseWriter, r *http.Request) {
+	appleSuccess := func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html")
 		io.WriteString(w, "<HTML><HEAD><TITLE>Success</TITLE></HEAD><BODY>Success</BODY></HTML>\n")
-	})
+	}
+	mux.HandleFunc("GET /hotspot-detect.html", appleSuccess)
+	mux.HandleFunc("GET /library/test/success.html", appleSuccess)
 	mux.HandleFunc("GET /bytes", func(w http.ResponseWriter, r *http.Request) {
 		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
 		if err != nil || n < 0 || n > MaxBytes {

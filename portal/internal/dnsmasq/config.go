@@ -26,6 +26,31 @@ const (
 	DefaultGardenSet = "cw-garden"
 )
 
+// ProbeHosts are the host names operating systems probe to detect a captive
+// portal that serve nothing else: Apple, Android/ChromeOS, Windows, Firefox
+// and NetworkManager. dnsmasq answers them for every client, before and
+// after login, with the gateway's own address, so the portal answers each
+// probe itself (a redirect before login, the genuine answer after) and a
+// slow uplink never makes a phone think it is offline.
+//
+// The shared hosts some OSes also probe (www.apple.com, www.gstatic.com)
+// are not here: they serve real content, so after login they resolve to,
+// and reach, the real servers.
+var ProbeHosts = []string{
+	"captive.apple.com",
+	"connectivitycheck.gstatic.com",
+	"clients3.google.com",
+	"www.msftconnecttest.com",
+	"www.msftncsi.com",
+	"detectportal.firefox.com",
+	"nmcheck.gnome.org",
+}
+
+// SharedProbeHosts are probed by some OSes but serve real content too. They
+// resolve normally; like ProbeHosts they must never be in the walled garden,
+// or a phone would see its probe succeed before login.
+var SharedProbeHosts = []string{"www.apple.com", "www.gstatic.com"}
+
 // Config is what the client network's DNS and DHCP need.
 type Config struct {
 	// Binary is the dnsmasq executable (a name looked up in PATH, or a
@@ -53,6 +78,10 @@ type Config struct {
 	// URL of the captive portal API (RFC 8908). Empty: the option is not
 	// sent.
 	CaptivePortalURL string
+	// LocalNames are more host names answered like ProbeHosts: A = Address
+	// (subdomains included), no other record, never forwarded. ProbeHosts
+	// and the host name of CaptivePortalURL are always answered so.
+	LocalNames []string
 	// GardenDomains are walled-garden names: every address dnsmasq
 	// resolves for them, or any of their subdomains, is added to the ipset
 	// GardenSet.
@@ -179,6 +208,12 @@ func (c Config) Validate() error {
 		}
 	}
 
+	for _, d := range c.LocalNames {
+		if err := checkDomain(strings.TrimSuffix(strings.ToLower(d), ".")); err != nil {
+			bad("local name %q: %w", d, err)
+		}
+	}
+	local := c.localNames()
 	seen := map[string]bool{}
 	for _, d := range c.GardenDomains {
 		n := strings.TrimSuffix(strings.ToLower(d), ".")
@@ -188,6 +223,16 @@ func (c Config) Validate() error {
 		}
 		if seen[n] {
 			bad("garden domain %q: listed twice", d)
+		}
+		for _, h := range local {
+			if n == h || strings.HasSuffix(n, "."+h) {
+				bad("garden domain %q: %s is answered by the gateway itself (a connectivity probe or the portal), never by the walled garden", d, h)
+			}
+		}
+		for _, h := range SharedProbeHosts {
+			if n == h || strings.HasSuffix(h, "."+n) {
+				bad("garden domain %q: covers %s, a connectivity probe host: phones would think they are online before login", d, h)
+			}
 		}
 		seen[n] = true
 	}
@@ -233,6 +278,29 @@ func checkPortalURL(s string) error {
 		return errors.New("must not carry user info")
 	}
 	return nil
+}
+
+// localNames are the names dnsmasq answers with Address: ProbeHosts, the
+// portal's own host name (when CaptivePortalURL names a host rather than an
+// address) and LocalNames, lower case, without duplicates.
+func (c Config) localNames() []string {
+	names := append([]string{}, ProbeHosts...)
+	if u, err := url.Parse(c.CaptivePortalURL); err == nil && u.Hostname() != "" {
+		if _, err := netip.ParseAddr(u.Hostname()); err != nil {
+			names = append(names, u.Hostname())
+		}
+	}
+	names = append(names, c.LocalNames...)
+	var out []string
+	seen := map[string]bool{}
+	for _, n := range names {
+		n = strings.TrimSuffix(strings.ToLower(n), ".")
+		if !seen[n] && checkDomain(n) == nil {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // checkDomain accepts a lower-case DNS name without trailing dot: labels of
@@ -325,6 +393,14 @@ func (c Config) Render() []byte {
 				w("server=%s#%d", u.Addr(), u.Port())
 			}
 		}
+	}
+	w("# Answered by the gateway itself for every client, before and after login:")
+	w("# OS connectivity probes (the portal serves their genuine answers) and the")
+	w("# portal's own name. A = this gateway; no AAAA or other record (local=:")
+	w("# never forwarded), so a phone with IPv6 does not go around the portal.")
+	for _, n := range c.localNames() {
+		w("address=/%s/%s", n, c.Address)
+		w("local=/%s/", n)
 	}
 	if len(c.GardenDomains) > 0 {
 		doms := make([]string, len(c.GardenDomains))

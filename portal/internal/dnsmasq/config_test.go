@@ -97,6 +97,18 @@ func TestValidate(t *testing.T) {
 		{"bad domains", func(c *Config) {
 			c.GardenDomains = []string{"*.example.test", "ex ample.test", "-bad.test", "a..b", "ok.test", "OK.test"}
 		}, []string{"no wildcards", `character ' ' not allowed`, "starts or ends with '-'", "empty label", `"OK.test": listed twice`}},
+		{"probe hosts in the garden", func(c *Config) {
+			c.GardenDomains = []string{"captive.apple.com", "x.nmcheck.gnome.org", "gstatic.com", "WWW.Apple.com", "apple.com", "portal.civicwifi.test"}
+		}, []string{
+			`"captive.apple.com": captive.apple.com is answered by the gateway itself`,
+			`"x.nmcheck.gnome.org": nmcheck.gnome.org is answered`,
+			`"gstatic.com": covers www.gstatic.com`,
+			`"WWW.Apple.com": covers www.apple.com`,
+			`"apple.com": covers www.apple.com`,
+			`"portal.civicwifi.test": portal.civicwifi.test is answered`,
+		}},
+		{"google.com in the garden is fine (its probe host stays local)", func(c *Config) { c.GardenDomains = []string{"google.com"} }, nil},
+		{"bad local name", func(c *Config) { c.LocalNames = []string{"bad name.test"} }, []string{`local name "bad name.test"`}},
 		{"bad set", func(c *Config) { c.GardenSet = "cw garden" }, []string{`garden set "cw garden"`}},
 		{"bad interface", func(c *Config) { c.Interface = "a-very-long-interface-name" }, []string{"want a Linux interface name"}},
 		{"short lease", func(c *Config) { c.LeaseTime = time.Minute }, []string{"at least 2m"}},
@@ -131,5 +143,27 @@ func TestDurationArg(t *testing.T) {
 		if got := durationArg(d); got != want {
 			t.Errorf("durationArg(%s) = %q, want %q", d, got, want)
 		}
+	}
+}
+
+func TestLocalNames(t *testing.T) {
+	probes := append([]string{}, ProbeHosts...)
+	tests := []struct {
+		name  string
+		url   string
+		extra []string
+		want  []string
+	}{
+		{"portal by name", "https://Portal.Civicwifi.test:8443/api", nil, append(append([]string{}, probes...), "portal.civicwifi.test")},
+		{"portal by address", "https://10.20.0.1:2443/api/captive", nil, probes},
+		{"no portal", "", []string{"wifi.voghera.test.", "captive.apple.com"}, append(append([]string{}, probes...), "wifi.voghera.test")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Config{CaptivePortalURL: tt.url, LocalNames: tt.extra}.localNames()
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("localNames (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

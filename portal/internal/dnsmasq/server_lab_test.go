@@ -28,7 +28,7 @@ const portalURL = "https://portal.civicwifi.test/api/captive?site=parco-pertini"
 // proves DHCP (address and option 114), the lease file, the walled-garden
 // ipset, restart after kill -9 and adoption by a second Server.
 func TestServerLab(t *testing.T) {
-	lab.Require(t, "dnsmasq", "dhclient", "ipset", "ss")
+	lab.Require(t, "dnsmasq", "dhclient", "ipset", "ss", "dig")
 	l := lab.NewT(t, lab.Options{Clients: 1, DHCP: true, Upstream: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -161,6 +161,31 @@ func TestServerLab(t *testing.T) {
 		}
 		if set := setMembers(t, ctx, gw); !strings.Contains(set, l.GardenIP.String()) {
 			t.Errorf("after FlushCache, cw-garden lacks %s:\n%s", l.GardenIP, set)
+		}
+	})
+
+	t.Run("probe hosts and the portal answered by the gateway", func(t *testing.T) {
+		// The lab's internet knows every probe host (198.51.100.11 and an
+		// AAAA): the gateway's own address proves dnsmasq answered itself.
+		for _, name := range append(append([]string{}, dnsmasq.ProbeHosts...), "portal.civicwifi.test", "x.captive.apple.com") {
+			if got := dig(t, ctx, client.NS, l.GatewayIP, name, "A"); got != "NOERROR "+l.GatewayIP.String() {
+				t.Errorf("%s A = %q, want NOERROR %s", name, got, l.GatewayIP)
+			}
+			for _, typ := range []string{"AAAA", "HTTPS"} {
+				if got := dig(t, ctx, client.NS, l.GatewayIP, name, typ); got != "NOERROR" {
+					t.Errorf("%s %s = %q, want NOERROR without an answer (never forwarded)", name, typ, got)
+				}
+			}
+		}
+		// Control: upstream, the names exist elsewhere.
+		if got := dig(t, ctx, gw, l.UpstreamIP, "captive.apple.com", "A"); got != "NOERROR "+l.OtherIP.String() {
+			t.Errorf("upstream captive.apple.com A = %q, want NOERROR %s", got, l.OtherIP)
+		}
+		// Shared probe hosts serve real content: they resolve upstream.
+		for _, name := range dnsmasq.SharedProbeHosts {
+			if got := dig(t, ctx, client.NS, l.GatewayIP, name, "A"); got != "NOERROR "+l.OtherIP.String() {
+				t.Errorf("%s A = %q, want the real NOERROR %s", name, got, l.OtherIP)
+			}
 		}
 	})
 
@@ -473,4 +498,26 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// dig asks server for one record type of name from ns: the status and the
+// answers, e.g. "NOERROR 10.20.0.1", or "NOERROR" for an empty answer.
+func dig(t *testing.T, ctx context.Context, ns lab.NS, server netip.Addr, name, typ string) string {
+	t.Helper()
+	out, err := ns.Run(ctx, "dig", "+tries=2", "+time=2", "+noall", "+comments", "+answer", "@"+server.String(), name, typ)
+	if err != nil {
+		t.Fatalf("dig %s %s: %v\n%s", name, typ, err, out)
+	}
+	status := regexp.MustCompile(`status: ([A-Z]+)`).FindStringSubmatch(out)
+	if status == nil {
+		t.Fatalf("dig %s %s: no status in\n%s", name, typ, out)
+	}
+	got := []string{status[1]}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 5 && !strings.HasPrefix(line, ";") && f[3] == typ {
+			got = append(got, f[4])
+		}
+	}
+	return strings.Join(got, " ")
 }
