@@ -80,7 +80,7 @@ type Config struct {
 	Log        *slog.Logger          // nil: discard
 	Registerer prometheus.Registerer // nil: no metrics
 	MaxWait    time.Duration         // longest long poll; zero: 30 s
-	Recheck    time.Duration         // a long poll re-reads this often even without a notify; zero: 5 s
+	Recheck    time.Duration         // a long poll also re-reads this often without a notify; zero: never (see README)
 	MaxBody    int64                 // largest request body; zero: 1 MiB
 	Now        func() time.Time      // nil: time.Now
 }

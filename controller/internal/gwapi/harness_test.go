@@ -82,7 +82,7 @@ func newHarnessNoListen(t testing.TB, mod func(*gwapi.Config)) *harness {
 	h.policies.set("site-b", `{"rate_down":"20mbit"}`)
 	cfg := gwapi.Config{
 		Keys: h.keys, Nonces: h.nonces, Policies: h.policies, Sink: h.sink, Commands: h.commands,
-		SigningKey: h.ctrlKey, Log: slog.New(slog.NewJSONHandler(h.logs, nil)), Recheck: time.Minute,
+		SigningKey: h.ctrlKey, Log: slog.New(slog.NewJSONHandler(h.logs, nil)), // no Recheck: only a notify wakes a poll
 	}
 	if mod != nil {
 		mod(&cfg)

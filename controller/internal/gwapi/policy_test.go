@@ -12,12 +12,13 @@ import (
 	"time"
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/controller/internal/gwapi"
 )
 
 // TestPolicyLongPollWakes: a gateway waiting on its policy gets the new one within a second of the controller's
 // notify, while the other site's gateway, also waiting, is not woken with anything.
 func TestPolicyLongPollWakes(t *testing.T) {
-	h := newHarness(t, nil) // Recheck is a minute: only the notify can wake the poll in time
+	h := newHarness(t, nil) // no Recheck: only the notify can wake the poll
 	ca, cb := h.client(t, "gw-a", nil), h.client(t, "gw-b", nil)
 	p, changed, err := ca.FetchPolicy(t.Context(), "", 0)
 	if err != nil || !changed {
@@ -175,4 +176,28 @@ func replaceOnce(s, old, new string) string {
 		}
 	}
 	panic("not found: " + old)
+}
+
+// TestPolicyRecheck: with Config.Recheck set, a change nobody notified (another replica's reload) is served at
+// the next recheck: changed at 12 s, recheck every 5 s, answered at 15 s of fake time.
+func TestPolicyRecheck(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarnessNoListen(t, func(c *gwapi.Config) { c.Recheck = 5 * time.Second })
+		_, v, _ := h.policies.Policy(t.Context(), "site-a")
+		m := wire{gw: "gw-a", method: "GET", target: "/v1/sites/site-a/policy?wait=30", ts: time.Now().Unix(), nonce: apiclient.NewNonce()}
+		sign(t, &m, h.priv["gw-a"])
+		req := httptest.NewRequest(m.method, m.target, nil)
+		req.Header = m.hdr
+		req.Header.Set("If-None-Match", `"`+v+`"`)
+		go func() {
+			time.Sleep(12 * time.Second)
+			h.policies.set("site-a", `{"rate_down":"2mbit"}`)
+		}()
+		rec := httptest.NewRecorder()
+		start := time.Now()
+		h.srv.Handler().ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK || rec.Body.String() != `{"rate_down":"2mbit"}` || time.Since(start) != 15*time.Second {
+			t.Errorf("got %d %q after %v, want 200 with the new policy after 15 s", rec.Code, rec.Body, time.Since(start))
+		}
+	})
 }

@@ -42,9 +42,6 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = 30 * time.Second
 	}
-	if cfg.Recheck <= 0 {
-		cfg.Recheck = 5 * time.Second
-	}
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = 1 << 20
 	}
@@ -84,7 +81,7 @@ func (s *Server) Handler() http.Handler { return s.mux }
 
 // NotifyPolicy wakes the long polls of site's gateways so they re-read its policy; call it when sites.yaml was
 // reloaded (for every site, NotifyAllPolicies). With several replicas, call it on every replica (e.g. from a
-// Redis pub/sub message); a missed notify only delays a change by Config.Recheck.
+// Redis pub/sub message); a missed notify delays a change until the poll's wait ends (or Config.Recheck).
 func (s *Server) NotifyPolicy(site string) { s.policy.notify(site) }
 
 // NotifyAllPolicies wakes every site's policy long polls.
@@ -255,18 +252,20 @@ func (s *Server) longPoll(ctx context.Context, n *notifier, site string, wait ti
 		if deadline == nil {
 			return false, nil
 		}
-		recheck := time.NewTimer(s.cfg.Recheck)
+		var recheck <-chan time.Time
+		if s.cfg.Recheck > 0 {
+			t := time.NewTimer(s.cfg.Recheck)
+			recheck = t.C
+			defer t.Stop() // a poll loops a few times at most: notifies are rare
+		}
 		select {
 		case <-woken:
-		case <-recheck.C:
+		case <-recheck:
 		case <-deadline:
-			recheck.Stop()
 			return false, nil
 		case <-ctx.Done():
-			recheck.Stop()
 			return false, ctx.Err()
 		}
-		recheck.Stop()
 	}
 }
 
