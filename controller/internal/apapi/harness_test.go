@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -192,6 +193,18 @@ type ap struct {
 
 var scriptDir, _ = filepath.Abs("../../../firmware-scripts/ap")
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if appletsMade.Load() {
+		if dir, err := applets(); err == nil {
+			os.RemoveAll(dir)
+		}
+	}
+	os.Exit(code)
+}
+
+var appletsMade atomic.Bool
+
 // applets makes a directory of busybox applet links, so the scripts run
 // with busybox's sed, awk, grep... as on OpenWrt, not Debian's.
 var applets = sync.OnceValues(func() (string, error) {
@@ -199,6 +212,7 @@ var applets = sync.OnceValues(func() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	appletsMade.Store(true)
 	out, err := exec.Command("busybox", "--list").Output()
 	if err != nil {
 		return "", err
