@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -28,6 +29,9 @@ import (
 
 // maxWait is the longest gateway long poll; the API's write timeout leaves room for it.
 const maxWait = 30 * time.Second
+
+// started, when set (by in-process tests), is called with the running server and its store.
+var started func(*server.Server, store.Store)
 
 // runDaemon is `controller run -config controller.yaml`: the controller until SIGINT/SIGTERM.
 func runDaemon(ctx context.Context, e *env, args []string) error {
@@ -98,6 +102,9 @@ func runDaemon(ctx context.Context, e *env, args []string) error {
 		attrs = append(attrs, "metrics", mln.Addr().String())
 	}
 	log.Info("controller listening", attrs...)
+	if started != nil {
+		started(srv, st)
+	}
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serveAPI(ctx, ln, srv.Handler(), tlsCfg) })
@@ -159,6 +166,9 @@ func storeKind(s string) string {
 // redis_password_file.
 func openStore(ctx context.Context, cfg server.FileConfig, log *slog.Logger) (store.Store, error) {
 	if p, ok := strings.CutPrefix(cfg.Store, "bolt:"); ok {
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return nil, fmt.Errorf("opening the store: %w", err)
+		}
 		st, err := boltstore.Open(p, boltstore.Options{Log: log.With("component", "boltstore")})
 		if err != nil {
 			return nil, fmt.Errorf("opening the store: %w", err)
