@@ -514,4 +514,3 @@ func postJSON(t *testing.T, url, bearer, body string, out any) {
 		t.Fatalf("POST %s: %s: %v", url, b, err)
 	}
 }
-
