@@ -1,6 +1,7 @@
 package gwapi_test
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -200,4 +201,64 @@ func TestPolicyRecheck(t *testing.T) {
 			t.Errorf("got %d %q after %v, want 200 with the new policy after 15 s", rec.Code, rec.Body, time.Since(start))
 		}
 	})
+}
+
+// TestWatchPolicyAcrossOutage: a gateway watching its policy while the controller is down retries with back-off,
+// gets the policy once the controller is up, then each change in order, and nothing twice.
+func TestWatchPolicyAcrossOutage(t *testing.T) {
+	h := newHarnessNoListen(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	c, err := apiclient.New(apiclient.Config{BaseURL: "http://" + addr, Site: "site-a", GatewayID: "gw-a",
+		Key: h.priv["gw-a"], ControllerKey: h.ctrlPub, Wait: 5 * time.Second,
+		Backoff: apiclient.Backoff{Base: 20 * time.Millisecond, Max: 200 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan apiclient.Policy, 10)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- c.WatchPolicy(ctx, "", func(p apiclient.Policy) { got <- p }) }()
+	time.Sleep(500 * time.Millisecond) // several refused connections
+	select {
+	case p := <-got:
+		t.Fatalf("applied %+v with the controller down", p)
+	default:
+	}
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h.srv.Handler()}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	first := <-got
+	if string(first.Body) != `{"rate_down":"5mbit"}` {
+		t.Errorf("first policy %s", first.Body)
+	}
+	for _, rate := range []string{"2mbit", "3mbit", "4mbit"} {
+		body := `{"rate_down":"` + rate + `"}`
+		h.policies.set("site-a", body)
+		h.srv.NotifyPolicy("site-a")
+		select {
+		case p := <-got:
+			if string(p.Body) != body {
+				t.Errorf("applied %s, want %s", p.Body, body)
+			}
+		case <-time.After(time.Second):
+			t.Fatalf("change to %s not applied within 1 s", rate)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Error(err)
+	}
+	if len(got) != 0 {
+		t.Errorf("%d extra applies", len(got))
+	}
 }
