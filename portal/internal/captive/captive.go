@@ -177,18 +177,26 @@ func (s *Server) Handler() http.Handler { return s }
 // Run serves HTTP on addr:HTTPPort and, with a certificate, HTTPS on
 // addr:HTTPSPort until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
-	g, ctx := errgroup.WithContext(ctx)
 	ln, err := net.Listen("tcp", netip.AddrPortFrom(s.cfg.GatewayIP, s.cfg.HTTPPort).String())
 	if err != nil {
 		return fmt.Errorf("listening for the portal: %w", err)
 	}
-	g.Go(func() error { return httpserve.Serve(ctx, ln, s) })
+	var tln net.Listener
 	if s.cert != nil {
-		tln, err := net.Listen("tcp", netip.AddrPortFrom(s.cfg.GatewayIP, s.cfg.HTTPSPort).String())
+		tln, err = net.Listen("tcp", netip.AddrPortFrom(s.cfg.GatewayIP, s.cfg.HTTPSPort).String())
 		if err != nil {
 			ln.Close()
 			return fmt.Errorf("listening for the portal's HTTPS: %w", err)
 		}
+	}
+	return s.serve(ctx, ln, tln)
+}
+
+// serve serves plain HTTP on ln and HTTPS on tln (if not nil).
+func (s *Server) serve(ctx context.Context, ln, tln net.Listener) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return httpserve.Serve(ctx, ln, s) })
+	if tln != nil {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.cert.get}
 		g.Go(func() error { return httpserve.Serve(ctx, tls.NewListener(tln, tc), s) })
 	}
@@ -218,16 +226,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, authed := s.session(ip, now)
-	if a := s.probes.lookup(host, r.URL.Path); a != nil && authed {
-		a.write(w)
+	probe := s.probes.lookup(host, r.URL.Path)
+	if probe != nil && authed {
+		probe.write(w)
 		return
 	}
 	h := w.Header()
 	h["Cache-Control"] = noStore
 	h["Content-Length"] = zeroLength
-	// Close the connection: the next request the browser sends on it
-	// (after login, to the same site) must go out, not come back here.
-	h["Connection"] = closeConn
+	if probe == nil {
+		// Close the connection: the next request the browser sends on
+		// it (after login, to the same site) must go out, not come back
+		// here through the DNAT that conntrack keeps for it. A probe's
+		// connection may stay: after login the portal answers it.
+		h["Connection"] = closeConn
+	}
 	if authed {
 		h["Location"] = s.statusLoc
 	} else {
@@ -245,12 +258,12 @@ const maxTarget = 2048
 func (s *Server) landingLocation(host string, r *http.Request) string {
 	bp := s.bufs.Get().(*[]byte)
 	b := (*bp)[:0]
-	defer func() { *bp = b; s.bufs.Put(bp) }()
 	uri := r.RequestURI
 	if !strings.HasPrefix(uri, "/") {
 		uri = r.URL.RequestURI() // absolute-form request line
 	}
 	if host == "" || !validHost(r.Host) || len(uri) > maxTarget || !strings.HasPrefix(uri, "/") || strings.HasPrefix(uri, "//") || !cleanURI(uri) {
+		s.bufs.Put(bp)
 		return s.landingPre[:len(s.landingPre)-len("?url=")]
 	}
 	b = append(b, "http://"...)
@@ -261,8 +274,11 @@ func (s *Server) landingLocation(host string, r *http.Request) string {
 	b = append(b, s.landingPre...)
 	b = appendQueryEscape(b, target[:n])
 	b = append(b, "&sig="...)
-	b = s.sign.appendURLSig(b, string(target[:n]))
-	return string(b[n:])
+	b = s.sign.appendURLSig(b, target[:n])
+	loc := string(b[n:])
+	*bp = b
+	s.bufs.Put(bp)
+	return loc
 }
 
 // cleanURI accepts a request target of visible ASCII with well-formed

@@ -234,6 +234,12 @@ func TestRedirect(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a probe's connection stays open", func(t *testing.T) {
+		w := tp.do(req{target: "/generate_204", host: "connectivitycheck.gstatic.com"})
+		if w.Code != 302 || w.Header().Get("Connection") != "" {
+			t.Errorf("got %d, Connection %q", w.Code, w.Header().Get("Connection"))
+		}
+	})
 	t.Run("authorised client elsewhere goes to the status page", func(t *testing.T) {
 		tp.login(phone)
 		defer delete(tp.gate.sessions, netip.MustParseAddr(phone))

@@ -53,13 +53,19 @@ func LoadKey(dir string) ([]byte, error) {
 	return b, nil
 }
 
-// signer makes and checks short HMAC-SHA256 tags. Hashes are pooled: the
-// redirect path signs every original URL.
+// signer makes and checks short HMAC-SHA256 tags. The hashes and their
+// scratch space are pooled: the redirect path signs every original URL and
+// must not allocate for it.
 type signer struct{ pool sync.Pool }
+
+type macState struct {
+	h       hash.Hash
+	scratch [sha256.Size]byte
+}
 
 func newSigner(key []byte) *signer {
 	k := append([]byte(nil), key...)
-	return &signer{pool: sync.Pool{New: func() any { return hmac.New(sha256.New, k) }}}
+	return &signer{pool: sync.Pool{New: func() any { return &macState{h: hmac.New(sha256.New, k)} }}}
 }
 
 // Domains keep a tag made for one purpose from being valid for another.
@@ -70,36 +76,35 @@ const (
 
 const tagLen = 12 // bytes of the HMAC kept: 96 bits
 
-// tag appends the tag of (domain, parts...) to dst.
-func (s *signer) tag(dst []byte, domain byte, parts ...[]byte) []byte {
-	h := s.pool.Get().(hash.Hash)
-	h.Reset()
-	h.Write([]byte{domain})
-	for _, p := range parts {
-		var n [4]byte
-		binary.BigEndian.PutUint32(n[:], uint32(len(p)))
-		h.Write(n[:])
-		h.Write(p)
-	}
-	var sum [sha256.Size]byte
-	out := h.Sum(sum[:0])
-	s.pool.Put(h)
-	return append(dst, out[:tagLen]...)
+// tag appends the tag of (domain, a, b) to dst; each part is length-prefixed.
+func (s *signer) tag(dst []byte, domain byte, a, b []byte) []byte {
+	st := s.pool.Get().(*macState)
+	st.h.Reset()
+	st.scratch[0] = domain
+	binary.BigEndian.PutUint32(st.scratch[1:5], uint32(len(a)))
+	binary.BigEndian.PutUint32(st.scratch[5:9], uint32(len(b)))
+	st.h.Write(st.scratch[:9])
+	st.h.Write(a)
+	st.h.Write(b)
+	out := st.h.Sum(st.scratch[:0])
+	dst = append(dst, out[:tagLen]...)
+	s.pool.Put(st)
+	return dst
 }
 
 var b64 = base64.RawURLEncoding
 
-// signURL returns the signature of a redirect target, as URL-safe text.
-func (s *signer) appendURLSig(dst []byte, target string) []byte {
-	var raw [tagLen]byte
-	t := s.tag(raw[:0], domainURL, []byte(target))
+// appendURLSig appends the signature of a redirect target, as URL-safe
+// text, to dst.
+func (s *signer) appendURLSig(dst, target []byte) []byte {
 	n := len(dst)
-	dst = append(dst, make([]byte, b64.EncodedLen(tagLen))...)
-	b64.Encode(dst[n:], t)
-	return dst
+	dst = s.tag(dst, domainURL, target, nil)
+	var raw [tagLen]byte
+	copy(raw[:], dst[n:])
+	return b64.AppendEncode(dst[:n], raw[:])
 }
 
-func (s *signer) urlSig(target string) string { return string(s.appendURLSig(nil, target)) }
+func (s *signer) urlSig(target string) string { return string(s.appendURLSig(nil, []byte(target))) }
 
 func (s *signer) validURL(target, sig string) bool {
 	return target != "" && hmac.Equal([]byte(s.urlSig(target)), []byte(sig))
@@ -113,7 +118,7 @@ func (s *signer) csrf(ip netip.Addr, now time.Time) string {
 	var b [8 + tagLen]byte
 	binary.BigEndian.PutUint64(b[:8], uint64(now.Unix()))
 	ipb, _ := ip.MarshalBinary()
-	s.tag(b[:8], domainCSRF, ipb, b[:8])
+	s.tag(b[:8], domainCSRF, ipb, b[:8:8])
 	return b64.EncodeToString(b[:])
 }
 
