@@ -33,6 +33,7 @@ var commands = []command{
 	{"plan", "sites.yaml --against old-sites.yaml", "show what sites.yaml changes, like terraform plan", plan},
 	{"run", "[-config controller.yaml]", "run the controller: gateway and access point APIs, reloading sites.yaml", runDaemon},
 	{"enroll", "-out dir -name gateway-id", "make a gateway's key pair (or the controller's, -name controller)", enroll},
+	{"sessions", "[-config controller.yaml] [-site id] [-json]", "print each site's session totals from the store", sessions},
 }
 
 var (

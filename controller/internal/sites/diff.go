@@ -50,11 +50,14 @@ func Diff(old, new *Config) []Change {
 		new = &Config{}
 	}
 	var out []Change
-	if old.Town.Name != "" || new.Town.Name != "" {
-		if fs := changed(townFields(old.Town), townFields(new.Town)); len(fs) > 0 {
-			out = append(out, Change{Action: Update, Kind: "town", Fields: fs})
+	town := func(c *Config) map[string]item {
+		if c.Town.Name == "" {
+			return nil // an empty Config
 		}
+		fs := townFields(c.Town)
+		return map[string]item{"": {fields: fs, summary: fs}}
 	}
+	out = append(out, diffSet("town", town(old), town(new))...)
 	out = append(out, diffSet("policy", index(old.Policies, policyItem), index(new.Policies, policyItem))...)
 	out = append(out, diffSet("site", index(old.Sites, siteItem), index(new.Sites, siteItem))...)
 	out = append(out, diffSet("gateway", gateways(old), gateways(new))...)
