@@ -43,7 +43,8 @@ type SessionEvent struct {
 	ID        string    `json:"id"`
 	Kind      EventKind `json:"kind"`
 	SessionID string    `json:"session_id"`
-	At        time.Time `json:"at"`
+	Start     time.Time `json:"start"` // when the session started: the same in each of its events
+	At        time.Time `json:"at"`    // when this event happened
 	ClientMAC string    `json:"client_mac"`
 	User      string    `json:"user,omitempty"`   // pseudonym, never a phone number or fiscal code
 	Method    string    `json:"method,omitempty"` // login method: click-through, sms, spid, voucher, operator...
@@ -78,6 +79,9 @@ func (e SessionEvent) Validate() error {
 	}
 	if e.At.IsZero() {
 		errs = append(errs, errors.New("at: missing"))
+	}
+	if !e.Start.IsZero() && e.At.Before(e.Start) {
+		errs = append(errs, fmt.Errorf("at %s: before the session's start %s", e.At.Format(time.RFC3339), e.Start.Format(time.RFC3339)))
 	}
 	if hw, err := net.ParseMAC(e.ClientMAC); err != nil || len(hw) != 6 {
 		errs = append(errs, fmt.Errorf("client_mac %q: not a MAC address", e.ClientMAC))

@@ -26,7 +26,7 @@ func sessions(prefix string, n int, r *rand.Rand) (evs []apiclient.SessionEvent,
 		sid := fmt.Sprintf("%s-%d", prefix, i)
 		mac := fmt.Sprintf("02:00:00:00:%02x:%02x", i/256, i%256)
 		var d, u uint64
-		evs = append(evs, apiclient.SessionEvent{Kind: apiclient.EventStart, SessionID: sid, At: at, ClientMAC: mac, User: "u-" + sid, Method: "sms"})
+		evs = append(evs, apiclient.SessionEvent{Kind: apiclient.EventStart, SessionID: sid, Start: at, At: at, ClientMAC: mac, User: "u-" + sid, Method: "sms"})
 		for range 3 {
 			d += r.Uint64N(50 << 20)
 			u += r.Uint64N(5 << 20)
