@@ -14,6 +14,7 @@ CW_DIR=${CW_DIR:-/etc/civicwifi}
 CW_RELEASE_FILE=${CW_RELEASE_FILE:-/etc/openwrt_release}
 CW_SYSINFO_DIR=${CW_SYSINFO_DIR:-/tmp/sysinfo}
 CW_TAG=${CW_TAG:-cw-ap}
+CW_BOOT_ID_FILE=${CW_BOOT_ID_FILE:-/proc/sys/kernel/random/boot_id}
 
 cw_log() { # level message...
 	_lvl=$1
@@ -87,7 +88,7 @@ cw_uptime() {
 	cw_int "$_up"
 }
 
-cw_boot_id() { cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo none; }
+cw_boot_id() { cat "$CW_BOOT_ID_FILE" 2>/dev/null || echo none; }
 
 # cw_post PATH BODYFILE OUTFILE TOKENFILE: POST the JSON in BODYFILE to the
 # controller with the token in TOKENFILE as bearer token; the answer goes to

@@ -363,3 +363,62 @@ func TestScriptApplyFailure(t *testing.T) {
 		t.Errorf("apply after the failure: calls (-want +got):\n%s", diff)
 	}
 }
+
+// TestScriptRollbackAcrossReboot: a pending config whose AP reboots gets
+// its full rollback_after again from the new boot before it is undone;
+// then the rollback restores the previous values and is reported once the
+// controller answers again. (Unreachable here: the URL points at a closed
+// port; TestLabAPRollback cuts the network itself.)
+func TestScriptRollbackAcrossReboot(t *testing.T) {
+	c := loopbackController(t, Options{RollbackAfter: 2 * time.Second})
+	const mac = "02:00:00:00:0a:01"
+	c.sites.m[mac] = parkConfig()
+	a := newAP(t, c, mac, nil)
+	bootFile := filepath.Join(a.stub, "boot_id")
+	a.write(bootFile, "boot-1\n")
+	a.env = append(a.env, "CW_BOOT_ID_FILE="+bootFile)
+	a.mustRun("cw-ap-provision")
+	a.mustRun("cw-ap-checkin")
+	a.mustRun("cw-ap-checkin") // v1 confirmed
+	v1state := a.read(filepath.Join(a.stub, "uci.state"))
+
+	c.sites.edit(mac, func(cf *Config) { cf.Radios[0].Channel = "11" })
+	a.mustRun("cw-ap-checkin") // v2 pending
+	if got := a.uci("wireless.radio0.channel"); got != "11" {
+		t.Fatalf("channel %q after applying v2, want 11", got)
+	}
+	state := filepath.Join(a.stub, "uci.state")
+	a.write(state, strings.Replace(a.read(state), "civicwifi.main.url="+c.url, "civicwifi.main.url=https://127.0.0.1:1", 1))
+	a.write(bootFile, "boot-2\n")
+
+	time.Sleep(2500 * time.Millisecond) // past the first deadline
+	if rc, _ := a.run("cw-ap-checkin"); rc == 0 {
+		t.Fatal("check-in to a closed port succeeded")
+	}
+	if got := a.calls("uci!", "ubus", "wifi"); len(got) != 0 || a.uci("wireless.radio0.channel") != "11" {
+		t.Fatalf("rolled back right after a reboot, before the new deadline: %q", got)
+	}
+	var rolled bool
+	for i := 0; i < 20 && !rolled; i++ {
+		time.Sleep(250 * time.Millisecond)
+		a.run("cw-ap-checkin")
+		rolled = strings.Contains(a.syslog(), "restoring the previous config")
+	}
+	if !rolled {
+		t.Fatalf("no rollback 2s after the reboot; syslog:\n%s", a.syslog())
+	}
+	want := []string{"uci [set] [wireless.radio0.channel=6]", "uci [commit] [wireless]", "wifi [reload]"}
+	if diff := cmp.Diff(want, a.calls("uci!", "ubus", "wifi")); diff != "" {
+		t.Errorf("rollback: calls (-want +got):\n%s", diff)
+	}
+	a.write(state, strings.Replace(a.read(state), "civicwifi.main.url=https://127.0.0.1:1", "civicwifi.main.url="+c.url, 1))
+	a.mustRun("cw-ap-checkin")
+	if got := a.read(state); got != v1state {
+		t.Errorf("uci state after the rollback differs from v1's:\n%s", cmp.Diff(v1state, got))
+	}
+	rec, _ := c.reg.GetAP(context.Background(), mac)
+	cf, _ := c.sites.DesiredAP(mac)
+	if rec.LastRollback == nil || rec.LastRollback.Version != ConfigVersion(cf) || rec.AppliedVersion != ConfigVersion(parkConfig()) {
+		t.Errorf("record: applied %q rollback %+v; want applied %q, rollback of %q", rec.AppliedVersion, rec.LastRollback, ConfigVersion(parkConfig()), ConfigVersion(cf))
+	}
+}
