@@ -98,6 +98,12 @@ func TestSecretRef(t *testing.T) {
 		{"file:/etc/../etc/x", "", "file: wants a clean absolute path, e.g. file:/etc/civicwifi/gateways/pertini-gw1.pub"},
 		{"-----BEGIN OPENSSH PRIVATE KEY-----", "", errInlineSecret.Error()},
 		{"hunter2", "", "is not a reference to a secret (write env:NAME or file:/absolute/path)"},
+		{"/etc/civicwifi/gateways/pertini-gw1.pub", "", "is a path without its source: write file:/etc/civicwifi/gateways/pertini-gw1.pub"},
+		{"CW_GW_PERTINI1_KEY", "", "is a variable name without its source: write env:CW_GW_PERTINI1_KEY"},
+		{"${CW_GW_KEY}", "", "is a variable name without its source: write env:CW_GW_KEY"},
+		{"q9X2vTt7LmZ0pR4sW8yB1cN6", "", errInlineSecret.Error()},
+		{"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "", errInlineSecret.Error()},
+		{"AAAAC3NzaC1lZDI1NTE5AAAAIDu8p0vF1n3x9mN2a7Kq", "", errInlineSecret.Error()},
 	} {
 		ref, err := ParseSecretRef(tc.in)
 		var got []byte

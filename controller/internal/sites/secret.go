@@ -62,11 +62,22 @@ func ParseSecretRef(s string) (SecretRef, error) {
 		}
 		return SecretRef{"file", name}, nil
 	}
-	if looksSecret(s) {
+	t := strings.TrimSpace(s)
+	switch {
+	case strings.HasPrefix(t, "/") && !strings.ContainsAny(t, " \t"):
+		return SecretRef{}, fmt.Errorf("is a path without its source: write file:%s", t)
+	case envStyleRE.MatchString(strings.Trim(t, "${}")):
+		return SecretRef{}, fmt.Errorf("is a variable name without its source: write env:%s", strings.Trim(t, "${}"))
+	case looksSecret(t):
 		return SecretRef{}, errInlineSecret
 	}
 	return SecretRef{}, errors.New("is not a reference to a secret (write env:NAME or file:/absolute/path)")
 }
+
+// envStyleRE is how environment variables are named by convention.
+var envStyleRE = regexp.MustCompile(`^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$`)
+
+var hexRE = regexp.MustCompile(`^[0-9a-fA-F]{32,}$`)
 
 var tokenRE = regexp.MustCompile(`^[A-Za-z0-9+/=_\-.~]{16,}$`)
 
@@ -91,5 +102,5 @@ func looksSecret(s string) bool {
 			digit = true
 		}
 	}
-	return digit && (upper || lower)
+	return (digit && upper && lower) || hexRE.MatchString(s)
 }

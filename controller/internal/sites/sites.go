@@ -12,6 +12,7 @@ package sites
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"time"
 
@@ -169,6 +170,21 @@ type Coordinates struct {
 }
 
 func (c Coordinates) String() string { return fmt.Sprintf("%.6f,%.6f", c.Lat, c.Lon) }
+
+// ClientNetwork is a site's client network behind its gateway.
+type ClientNetwork struct {
+	Gateway netip.Addr   // the gateway's address
+	Subnet  netip.Prefix // masked
+	VLAN    int          // 0: untagged
+}
+
+func (n ClientNetwork) String() string {
+	s := netip.PrefixFrom(n.Gateway, n.Subnet.Bits()).String()
+	if n.VLAN != 0 {
+		s += fmt.Sprintf(" vlan %d", n.VLAN)
+	}
+	return s
+}
 
 // Gateway is a site's captive-portal box.
 type Gateway struct {

@@ -604,21 +604,6 @@ func distanceKm(a, b Coordinates) float64 {
 	return 2 * r * math.Asin(math.Min(1, math.Sqrt(h)))
 }
 
-// ClientNetwork is a site's client network behind its gateway.
-type ClientNetwork struct {
-	Gateway netip.Addr   // the gateway's address
-	Subnet  netip.Prefix // masked
-	VLAN    int          // 0: untagged
-}
-
-func (n ClientNetwork) String() string {
-	s := netip.PrefixFrom(n.Gateway, n.Subnet.Bits()).String()
-	if n.VLAN != 0 {
-		s += fmt.Sprintf(" vlan %d", n.VLAN)
-	}
-	return s
-}
-
 func (vd *validator) clientNetwork(cv v[rawClientNetwork], at pos, who string) ClientNetwork {
 	var out ClientNetwork
 	if !cv.Set {
