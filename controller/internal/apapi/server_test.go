@@ -270,3 +270,38 @@ func FuzzCheckin(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkCheckin: one authenticated check-in through the handler (JSON
+// decode, token check, desired config, version hash, record write, text
+// answer), MemRegistry, no TLS.
+func BenchmarkCheckin(b *testing.B) {
+	const mac = "02:00:00:00:0a:01"
+	s := &sites{m: map[string]Config{mac: parkConfig()}}
+	srv, err := New(Options{Desired: s, Registry: NewMemRegistry(), Enroll: NewEnrollTokens(enrollToken)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := srv.Handler()
+	r := httptest.NewRequest("POST", PathProvision, strings.NewReader(`{"mac":"`+mac+`"}`))
+	r.Header.Set("Authorization", "Bearer "+enrollToken)
+	r.Header.Set("Content-Type", "application/json")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	var pr ProvisionResponse
+	if err := json.Unmarshal(w.Body.Bytes(), &pr); err != nil {
+		b.Fatal(err)
+	}
+	body := `{"mac":"` + mac + `","firmware":"OpenWrt 23.05.5","uptime_s":500,"clients":3,"radios":[{"interface":"phy0-ap0","ssid":"Voghera Free WiFi","channel":6,"txpower_dbm":20,"clients":3},{"interface":"phy1-ap0","ssid":"Voghera Free WiFi","channel":36,"txpower_dbm":20,"clients":0}],"applied_version":"0123456789abcdef"}`
+	b.ReportAllocs()
+	for b.Loop() {
+		r := httptest.NewRequest("POST", PathCheckin, strings.NewReader(body))
+		r.Header.Set("Authorization", "Bearer "+pr.Secret)
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("Accept", "text/plain")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != 200 {
+			b.Fatalf("status %d: %s", w.Code, w.Body)
+		}
+	}
+}
