@@ -244,6 +244,9 @@ func (c *Client) FetchPolicy(ctx context.Context, have string, wait time.Duratio
 		return Policy{}, false, fmt.Errorf("fetching policy: %w", err)
 	}
 	if a.status == http.StatusNotModified {
+		if unquoteETag(a.etag) != have || have == "" {
+			return Policy{}, false, fmt.Errorf("fetching policy: 304 for version %q, asked about %q", a.etag, have)
+		}
 		return Policy{Version: have}, false, nil
 	}
 	if a.status != http.StatusOK || !json.Valid(a.body) {
