@@ -23,8 +23,9 @@ const keyRetry = 5 * time.Second
 
 // keys implements gwapi.Keys from the current sites.yaml and the key files it references.
 type keys struct {
-	srv *Server
-	mu  sync.Mutex
+	srv   *Server
+	retry time.Duration // keyRetry; tests shorten it
+	mu    sync.Mutex
 	m   map[string]keyEntry // by gateway id
 }
 
@@ -64,7 +65,7 @@ func (k *keys) GatewayKey(_ context.Context, id string) (gwapi.GatewayKey, error
 	if !ok {
 		return gwapi.GatewayKey{}, gwapi.ErrUnknownGateway
 	}
-	if e.err != nil && time.Since(e.tried) >= keyRetry {
+	if e.err != nil && time.Since(e.tried) >= k.retry {
 		e.tried = time.Now()
 		pub, err := readGatewayKey(e.ref)
 		e.err = err

@@ -77,7 +77,7 @@ func New(o Options) (*Server, error) {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{o: o, log: o.Log, st: o.Store, mux: http.NewServeMux()}
-	s.keys = &keys{srv: s}
+	s.keys = &keys{srv: s, retry: keyRetry}
 	s.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "civicwifi_controller_sites_reloads_total",
 		Help: "sites.yaml loads by result (applied, unchanged, rejected).",
