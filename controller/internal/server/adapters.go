@@ -26,7 +26,7 @@ type keys struct {
 	srv   *Server
 	retry time.Duration // keyRetry; tests shorten it
 	mu    sync.Mutex
-	m   map[string]keyEntry // by gateway id
+	m     map[string]keyEntry // by gateway id
 }
 
 type keyEntry struct {
