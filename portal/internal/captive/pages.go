@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -33,12 +35,15 @@ type pageSet struct {
 	tmpl   map[string]*template.Template
 	info   map[string][]byte
 	errors map[string][]byte // lang/code
+
+	mu       sync.Mutex
+	landings map[string][]byte // lang NUL target -> page with csrfMark
 }
 
 var pageNames = []string{"landing", "status", "loggedout", "info", "error"}
 
 func newPageSet(s *Server) (*pageSet, error) {
-	ps := &pageSet{s: s, tmpl: map[string]*template.Template{}, info: map[string][]byte{}, errors: map[string][]byte{}}
+	ps := &pageSet{s: s, tmpl: map[string]*template.Template{}, info: map[string][]byte{}, errors: map[string][]byte{}, landings: map[string][]byte{}}
 	for _, name := range pageNames {
 		t, err := template.ParseFS(templateFS, "templates/layout.html", "templates/methods.html", "templates/"+name+".html")
 		if err != nil {
@@ -303,20 +308,60 @@ func targetQuery(target, sig string) url.Values {
 }
 
 func (s *Server) renderLanding(c echo.Context, status int, l *Lang, ip netip.Addr, target, sig, msgKey string) error {
-	d := s.pages.base(l, "/portal/", targetQuery(target, sig))
-	d.Title = l.cat.T("landing.title")
-	d.CSRF, d.Target, d.Sig = s.sign.csrf(ip, s.now()), target, sig
-	if msgKey != "" {
-		d.Message = l.cat.T(msgKey)
+	token := s.sign.csrf(ip, s.now())
+	if msgKey == "" {
+		if b, ok := s.pages.cachedLanding(l, target); ok {
+			return s.html(c, status, bytes.Replace(b, []byte(csrfMark), []byte(token), 1))
+		}
 	}
-	if s.cfg.ClickThrough {
-		d.Methods = append(d.Methods, method{Kind: "click"})
-	}
-	b, err := s.pages.render("landing", d)
+	b, err := s.pages.landing(l, target, sig, msgKey, csrfMark)
 	if err != nil {
 		return err
 	}
-	return s.html(c, status, b)
+	if msgKey == "" {
+		s.pages.storeLanding(l, target, b)
+	}
+	return s.html(c, status, bytes.Replace(b, []byte(csrfMark), []byte(token), 1))
+}
+
+// csrfMark stands for the CSRF token in cached landing pages: the same
+// length and alphabet as a token, so it needs no escaping anywhere and
+// the page around it is exactly what the template makes with the token.
+var csrfMark = strings.Repeat("Z", len(newSigner(make([]byte, KeySize)).csrf(netip.IPv4Unspecified(), time.Unix(0, 0))))
+
+// landing renders the landing page with the given CSRF token.
+func (ps *pageSet) landing(l *Lang, target, sig, msgKey, csrf string) ([]byte, error) {
+	d := ps.base(l, "/portal/", targetQuery(target, sig))
+	d.Title = l.cat.T("landing.title")
+	d.CSRF, d.Target, d.Sig = csrf, target, sig
+	if msgKey != "" {
+		d.Message = l.cat.T(msgKey)
+	}
+	if ps.s.cfg.ClickThrough {
+		d.Methods = append(d.Methods, method{Kind: "click"})
+	}
+	return ps.render("landing", d)
+}
+
+// The landing pages are cached per language and original URL (the
+// signature follows from the URL): in a probe storm every iPhone arrives
+// with the same captive.apple.com URL, and only its token differs.
+const landingCacheMax = 512
+
+func (ps *pageSet) cachedLanding(l *Lang, target string) ([]byte, bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	b, ok := ps.landings[l.Code+"\x00"+target]
+	return b, ok
+}
+
+func (ps *pageSet) storeLanding(l *Lang, target string, b []byte) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if len(ps.landings) >= landingCacheMax {
+		clear(ps.landings) // simple and bounded; it refills with what is asked now
+	}
+	ps.landings[l.Code+"\x00"+target] = b
 }
 
 func (s *Server) renderStatus(c echo.Context, l *Lang, ip netip.Addr, ss Session, target, sig string) error {

@@ -336,3 +336,39 @@ func TestPosterNotServed(t *testing.T) {
 		}
 	}
 }
+
+// A cached landing page is byte for byte what the template makes with the
+// client's own token, for any original URL.
+func TestLandingCache(t *testing.T) {
+	tp := newTestPortal(t)
+	ip := netip.MustParseAddr(phone)
+	for _, target := range []string{"", "http://captive.apple.com/hotspot-detect.html", `http://a.example/?q="<x>'&y=1+2`, "http://b.example/caffè%20città"} {
+		for round := range 2 { // a miss, then a hit
+			for _, l := range langs {
+				q := "/portal/?lang=" + l.Code
+				sig := ""
+				if target != "" {
+					sig = tp.s.sign.urlSig(target)
+					q += "&url=" + url.QueryEscape(target) + "&sig=" + sig
+				}
+				w := tp.do(req{target: q, host: portal})
+				want, err := tp.s.pages.landing(l, target, sig, "", tp.s.sign.csrf(ip, tp.now))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if w.Code != 200 {
+					t.Fatalf("%d", w.Code)
+				}
+				if diff := cmp.Diff(string(want), w.Body.String()); diff != "" {
+					t.Errorf("%s %q round %d (-want +got)\n%s", l.Code, target, round, diff)
+				}
+				if strings.Contains(w.Body.String(), csrfMark) {
+					t.Error("the placeholder reached the page")
+				}
+			}
+		}
+	}
+	if n := len(tp.s.pages.landings); n != 16 {
+		t.Errorf("%d cached landing pages, want 16", n)
+	}
+}
