@@ -20,6 +20,9 @@ import (
 // MaxResponse is the largest answer the client reads.
 const MaxResponse = 8 << 20
 
+// RequestTimeout bounds a request whose context has no deadline.
+const RequestTimeout = 30 * time.Second
+
 // DefaultWait is how long a long poll asks the controller to hold the request.
 const DefaultWait = 30 * time.Second
 
@@ -124,6 +127,11 @@ type answer struct {
 // do signs and sends one request to /v1/sites/{site}{path} and verifies the answer's signature. Any status other
 // than 200, 204 and 304 becomes a *StatusError.
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, body []byte, hdr http.Header) (answer, error) {
+	if _, ok := ctx.Deadline(); !ok { // a dead TCP connection must not hang a caller forever
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, RequestTimeout)
+		defer cancel()
+	}
 	u := *c.base
 	u.Path = c.base.Path + "/v1/sites/" + c.cfg.Site + path // ids need no escaping (ValidID)
 	u.RawQuery = query.Encode()
