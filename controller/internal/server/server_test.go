@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -213,5 +214,49 @@ func TestReload(t *testing.T) {
 	}
 	if got := strings.Count(f.logs.String(), `msg="sites.yaml problem"`); got != 1 {
 		t.Errorf("%d problem lines logged, want 1:\n%s", got, f.logs)
+	}
+}
+
+// Run applies a changed sites.yaml when the check timer fires, and at once on SIGHUP.
+func TestRunReloads(t *testing.T) {
+	t.Setenv("TEST_PIAZZA_GW1_KEY", "")
+	f := newFixture(t, sitesYAML)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	version := func() string { _, v, _ := policies{f.srv}.Policy(ctx, "parco"); return v }
+	waitFor := func(what string, old string, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for version() == old {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: policy unchanged after %v\n%s", what, within, f.logs)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	f.srv.o.ReloadCheck = 100 * time.Millisecond
+	go func() { done <- f.srv.Run(ctx) }()
+	v1 := version()
+	f.write(t, strings.Replace(sitesYAML, "down: 5mbit", "down: 4mbit", 1))
+	waitFor("timer", v1, 2*time.Second)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	f.srv.o.ReloadCheck = time.Hour
+	go func() { done <- f.srv.Run(ctx) }()
+	time.Sleep(200 * time.Millisecond) // Run has installed its SIGHUP handler
+	v2 := version()
+	f.write(t, strings.Replace(sitesYAML, "down: 5mbit", "down: 3mbit", 1))
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("SIGHUP", v2, 2*time.Second)
+	if !strings.Contains(f.logs.String(), "SIGHUP: reloading sites.yaml") {
+		t.Errorf("no SIGHUP line:\n%s", f.logs)
 	}
 }
