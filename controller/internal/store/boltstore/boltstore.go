@@ -137,6 +137,18 @@ func (s *Store) update(ctx context.Context, f func(tx *bolt.Tx) error) error {
 	return s.db.Update(f)
 }
 
+// batch is update through bbolt's Batch: concurrent calls share one
+// commit (one fsync), at the cost of up to MaxBatchDelay (10 ms) of
+// latency. f may run more than once, so it must only touch tx. Used for
+// heartbeats and check-ins: many gateways at once, nobody waiting on the
+// answer.
+func (s *Store) batch(ctx context.Context, f func(tx *bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.Batch(f)
+}
+
 func (s *Store) view(ctx context.Context, f func(tx *bolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -173,7 +185,7 @@ func (s *Store) Heartbeat(ctx context.Context, id string, at time.Time, h store.
 		return err
 	}
 	st := store.GatewayStatus{ID: id, LastHeartbeat: store.Millis(at), Health: h}
-	err := s.update(ctx, func(tx *bolt.Tx) error {
+	err := s.batch(ctx, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bGateways)
 		if old := b.Get([]byte(id)); old != nil {
 			var prev store.GatewayStatus
@@ -239,7 +251,7 @@ func (s *Store) CheckIn(ctx context.Context, mac string, at time.Time, st store.
 		return err
 	}
 	ap := store.APStatus{MAC: m, LastCheckIn: store.Millis(at), State: st, ConfigVersion: configVersion}
-	err = s.update(ctx, func(tx *bolt.Tx) error {
+	err = s.batch(ctx, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bAPs)
 		if old := b.Get([]byte(m)); old != nil {
 			var prev store.APStatus

@@ -12,7 +12,7 @@ import (
 
 // Bench runs the store benchmarks the controller's load depends on:
 // gateway heartbeats and session-event ingest, one caller and parallel
-// callers (as many gateways' requests at once). The target elsewhere is
+// callers (16 on this 2-core machine, as many gateways' requests at once). The target elsewhere is
 // 10,000 gateways checking in every 30 s (333 heartbeats/s) plus their
 // session events.
 func Bench(b *testing.B, newStore func(b *testing.B) store.Store) {
@@ -39,6 +39,7 @@ func Bench(b *testing.B, newStore func(b *testing.B) store.Store) {
 		b.ReportAllocs()
 		defer cpuPerOp(b)()
 		var n atomic.Int64
+		b.SetParallelism(8) // 8 callers per CPU: many gateways at once
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				i := n.Add(1)
@@ -80,6 +81,7 @@ func Bench(b *testing.B, newStore func(b *testing.B) store.Store) {
 		b.ReportAllocs()
 		defer cpuPerOp(b)()
 		var n atomic.Int64
+		b.SetParallelism(8) // 8 callers per CPU: many gateways at once
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				if _, err := s.RecordEvent(ctx, event(n.Add(1)-1)); err != nil {
