@@ -97,3 +97,9 @@ func scalarSchema(t reflect.Type) *jsonschema.Schema {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// JSONSchemaExtend says in the schema what Parse checks: a legal text is
+// given by URL or inline with at least its Italian version, not both.
+func (rawText) JSONSchemaExtend(s *jsonschema.Schema) {
+	s.OneOf = []*jsonschema.Schema{{Required: []string{"url"}}, {Required: []string{"it"}}}
+}

@@ -114,6 +114,8 @@ func TestSchemaValidates(t *testing.T) {
 		{"SSID too long", "ssid: Prova WiFi", "ssid: Rete Wi-Fi libera e gratuita del Comune di Prova", "/town/ssid"},
 		{"latitude out of range", "lat: 44.98", "lat: 94.98", "/sites/1/coordinates/lat"},
 		{"missing gateways", "    gateways: [{id: museo-gw1, credential: \"env:GW_MUSEO\"}]\n", "", "/sites/2"},
+		{"privacy both url and text", "{it: Informativa sulla privacy}", "{it: Informativa, url: \"https://comune.prova.it/privacy\"}", "/town/privacy"},
+		{"privacy without Italian", "{it: Informativa sulla privacy}", "{en: Privacy notice}", "/town/privacy"},
 		{"name in overrides", "    policy: parks\n    client_network: {address: 10.20.0.1/22}", "    policy: parks\n    overrides: {name: x}\n    client_network: {address: 10.20.0.1/22}", "/sites/0/overrides"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
