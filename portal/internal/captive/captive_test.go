@@ -585,6 +585,16 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
+	t.Run("oversized form without a length", func(t *testing.T) {
+		r := httptest.NewRequest("POST", "/portal/grant", io.MultiReader(strings.NewReader("csrf="+csrf+"&accept=1&pad="), strings.NewReader(strings.Repeat("a", 10000))))
+		r.Host, r.RemoteAddr, r.ContentLength = portal, phone+":1", -1
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		w := httptest.NewRecorder()
+		tp.s.ServeHTTP(w, r)
+		if w.Code != http.StatusRequestEntityTooLarge || !strings.Contains(w.Body.String(), "Codice di errore: 413") {
+			t.Errorf("got %d\n%s", w.Code, w.Body.String())
+		}
+	})
 	if len(tp.gate.granted) != 0 {
 		t.Errorf("bad input granted %v", tp.gate.granted)
 	}

@@ -415,7 +415,7 @@ func (s *Server) form(c echo.Context) (*Lang, url.Values, error) {
 	r := c.Request()
 	if err := r.ParseForm(); err != nil {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		if errors.As(err, &mbe) || errors.Is(err, echo.ErrStatusRequestEntityTooLarge) {
 			return nil, nil, &pageError{code: http.StatusRequestEntityTooLarge, key: "error.413.text", err: err}
 		}
 		return nil, nil, &pageError{code: http.StatusBadRequest, key: "error.400.text", err: err}
