@@ -107,7 +107,7 @@ func runDaemon(ctx context.Context, e *env, args []string) error {
 	}
 
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serveAPI(ctx, ln, srv.Handler(), tlsCfg) })
+	g.Go(func() error { return serveAPI(ctx, ln, srv.Handler(), tlsCfg, log) })
 	if mln != nil {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -121,11 +121,12 @@ func runDaemon(ctx context.Context, e *env, args []string) error {
 
 // serveAPI serves the API until ctx ends. Its write timeout allows a long poll; at shutdown, requests get
 // httpserve.ShutdownTimeout to finish and held long polls are then cut (gateways retry another replica).
-func serveAPI(ctx context.Context, ln net.Listener, h http.Handler, tlsCfg *tls.Config) error {
+func serveAPI(ctx context.Context, ln net.Listener, h http.Handler, tlsCfg *tls.Config, log *slog.Logger) error {
 	hs := &http.Server{
 		Handler: h, TLSConfig: tlsCfg,
 		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 15 * time.Second, WriteTimeout: maxWait + 15*time.Second,
 		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10,
+		ErrorLog: slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
 	go func() {

@@ -123,7 +123,7 @@ type lab struct {
 	token                      string
 }
 
-func newLab(t *testing.T, storeLine string) *lab {
+func newLab(t *testing.T, storeLine string, extra ...string) *lab {
 	t.Helper()
 	l := &lab{dir: t.TempDir(), gwKey: map[string]ed25519.PrivateKey{}, credLine: map[string]string{}, token: "ap-enroll-" + apiclient.NewEventID()}
 	keys := filepath.Join(l.dir, "keys")
@@ -159,7 +159,7 @@ func newLab(t *testing.T, storeLine string) *lab {
 	}
 	l.configPath = filepath.Join(l.dir, "controller.yaml")
 	conf := fmt.Sprintf("listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nsites: sites.yaml\nstore: %s\n"+
-		"signing_key: keys/controller.key\nap_enroll_token_files: [ap.token]\n", storeLine)
+		"signing_key: keys/controller.key\nap_enroll_token_files: [ap.token]\n%s", storeLine, strings.Join(extra, ""))
 	if err := os.WriteFile(l.configPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
