@@ -84,6 +84,16 @@ func TestMistakes(t *testing.T) {
 			[]string{`f.yaml:30:24: site "piazza": coordinates.lat: 94.98 is out of range (-90 to 90)`}},
 		{"lat and lon swapped", [][2]string{{"{lat: 44.98, lon: 9.02}", "{lat: 9.02, lon: 44.98}"}},
 			[]string{`f.yaml:30:18: site "piazza": coordinates: 9.020000,44.980000 is 5277 km from the town's other sites (lat and lon swapped, or a digit lost?)`}},
+		{"swapped, and another mistake in the same site", [][2]string{{"{lat: 44.98, lon: 9.02}", "{lat: 9.02, lon: 44.98}"}, {"kind: square", "kind: piazza"}},
+			[]string{
+				`f.yaml:29:11: site "piazza": kind: "piazza" is not a kind of site (park, library, museum, office, square)`,
+				`f.yaml:30:18: site "piazza": coordinates: 9.020000,44.980000 is 5277 km from the town's other sites (lat and lon swapped, or a digit lost?)`,
+			}},
+		{"both coordinates wrong", [][2]string{{"{lat: 44.98, lon: 9.02}", "{lat: north, lon: 190}"}},
+			[]string{
+				`f.yaml:30:24: site "piazza": coordinates.lat: "north" is not a number of degrees (write decimal degrees, e.g. 44.9925)`,
+				`f.yaml:30:36: site "piazza": coordinates.lon: 190 is out of range (-180 to 180)`,
+			}},
 		{"bad opening hours: day", [][2]string{{"mon-fri 08:00-20:00", "mon-fry 08:00-20:00"}},
 			[]string{`f.yaml:13:13: policy "parks": hours: "mon-fry 08:00-20:00": "fry" is not a day (did you mean "fri"?)`}},
 		{"bad opening hours: backwards", [][2]string{{"mon-fri 08:00-20:00", "mon-fri 20:00-08:00"}},

@@ -99,19 +99,21 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 
 	siteIDs, gwIDs, macs := map[string]pos{}, map[string]pos{}, map[string]pos{}
-	var coordPos []pos
+	var placed []placedSite // sites whose coordinates are valid, whatever else is wrong
 	for i := range r.Sites {
 		rs := &r.Sites[i].V
 		s, ok := vd.site(r.Sites[i].Pos, i, rs, c, policies, siteIDs, gwIDs, macs)
 		if ok {
 			c.Sites = append(c.Sites, s)
-			coordPos = append(coordPos, rs.Coordinates.Pos)
+		}
+		if s.Coordinates != (Coordinates{}) {
+			placed = append(placed, placedSite{s.ID, s.Coordinates, rs.Coordinates.Pos})
 		}
 	}
 	if len(r.Sites) == 0 {
 		vd.addf(pos{}, "sites: none (a file describes at least one site)")
 	}
-	vd.outliers(c.Sites, coordPos)
+	vd.outliers(placed)
 
 	if err := ps.Err(); err != nil {
 		return nil, err
@@ -553,6 +555,7 @@ func (vd *validator) coordinates(cv v[rawCoordinates], at pos, who string) Coord
 		return Coordinates{}
 	}
 	var out Coordinates
+	bad := false
 	for _, f := range []struct {
 		val   v[floatText]
 		key   string
@@ -561,6 +564,7 @@ func (vd *validator) coordinates(cv v[rawCoordinates], at pos, who string) Coord
 	}{{cv.V.Lat, "lat", 90, &out.Lat}, {cv.V.Lon, "lon", 180, &out.Lon}} {
 		if !f.val.Set {
 			vd.addf(cv.Pos, "%scoordinates.%s: missing", who, f.key)
+			bad = true
 			continue
 		}
 		x, err := strconv.ParseFloat(strings.TrimSpace(string(f.val.V)), 64)
@@ -571,29 +575,40 @@ func (vd *validator) coordinates(cv v[rawCoordinates], at pos, who string) Coord
 			vd.addf(f.val.Pos, "%scoordinates.%s: %v is out of range (-%v to %v)", who, f.key, x, f.limit, f.limit)
 		default:
 			*f.dst = x
+			continue
 		}
+		bad = true
+	}
+	if bad {
+		return Coordinates{} // nothing to place on the map
 	}
 	return out
 }
 
 // outliers reports sites far from the others: usually lat and lon swapped,
 // or a digit lost.
-func (vd *validator) outliers(sites []Site, at []pos) {
+func (vd *validator) outliers(sites []placedSite) {
 	if len(sites) < 3 {
 		return
 	}
 	lats, lons := make([]float64, len(sites)), make([]float64, len(sites))
 	for i, s := range sites {
-		lats[i], lons[i] = s.Coordinates.Lat, s.Coordinates.Lon
+		lats[i], lons[i] = s.at.Lat, s.at.Lon
 	}
 	slices.Sort(lats)
 	slices.Sort(lons)
 	center := Coordinates{lats[len(lats)/2], lons[len(lons)/2]}
-	for i, s := range sites {
-		if d := distanceKm(center, s.Coordinates); d > 50 {
-			vd.addf(at[i], "site %q: coordinates: %s is %.0f km from the town's other sites (lat and lon swapped, or a digit lost?)", s.ID, s.Coordinates, d)
+	for _, s := range sites {
+		if d := distanceKm(center, s.at); d > 50 {
+			vd.addf(s.pos, "site %q: coordinates: %s is %.0f km from the town's other sites (lat and lon swapped, or a digit lost?)", s.id, s.at, d)
 		}
 	}
+}
+
+type placedSite struct {
+	id  string
+	at  Coordinates
+	pos pos
 }
 
 func distanceKm(a, b Coordinates) float64 {
