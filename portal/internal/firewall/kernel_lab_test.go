@@ -45,6 +45,17 @@ func newSite(t *testing.T) *site {
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
+	// The portal's HTTPS port (plain HTTP here: what matters is where the
+	// connection lands).
+	lnTLS, err := l.Gateway.Listen("tcp", netip.AddrPortFrom(l.GatewayIP, portalHTTPSPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvTLS := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "portal https port\n")
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go srvTLS.Serve(lnTLS)
+	t.Cleanup(func() { srvTLS.Close() })
 
 	cfg := Config{
 		ClientIf: l.LANIf, UplinkIf: l.WANIf,
@@ -215,6 +226,8 @@ func TestKernelCaptiveThenAllowed(t *testing.T) {
 	for _, c := range []*lab.Client{c1, c2} {
 		t.Run("captive/"+c.Name, func(t *testing.T) {
 			wantBody(t, "http to any site reaches the portal", s.curl(t, c.NS, other), "portal\n")
+			wantBody(t, "gateway :80 is the portal", s.curl(t, c.NS, "http://10.20.0.1/"), "portal\n")
+			wantBody(t, "gateway :443 is the portal's https port", s.curl(t, c.NS, "http://10.20.0.1:443/"), "portal https port\n")
 			wantFastFail(t, "https", s.curl(t, c.NS, otherTLS))
 			if err := dnsWorks(t, c.NS, dns); err == nil {
 				t.Error("dns to an outside resolver works, want refused")
@@ -240,6 +253,12 @@ func TestKernelCaptiveThenAllowed(t *testing.T) {
 		dialFails(t, "gateway ssh", c1.NS, "tcp", "10.20.0.1:22")
 		dialFails(t, "gateway metrics", c1.NS, "tcp", "10.20.0.1:9100")
 		wantBody(t, "portal still reachable", s.curl(t, c1.NS, "http://10.20.0.1:8080/"), "portal\n")
+		// Probe hosts resolve to the gateway for every client: after login
+		// its port 80 is still the portal, which answers the probe itself.
+		wantBody(t, "gateway :80 is still the portal", s.curl(t, c1.NS, "http://10.20.0.1/"), "portal\n")
+		wantBody(t, "gateway :443 is still the portal's https port", s.curl(t, c1.NS, "http://10.20.0.1:443/"), "portal https port\n")
+		// while port 80 elsewhere is the real site.
+		wantBody(t, "http elsewhere is not the portal", s.curl(t, c1.NS, other), "upstream ok\n")
 	})
 	t.Run("other client stays captive", func(t *testing.T) {
 		wantBody(t, "http", s.curl(t, c2.NS, other), "portal\n")

@@ -148,6 +148,12 @@ func (cfg Config) chains() []chain {
 		f("-i %s -j REJECT --reject-with icmp-port-unreachable", cli),
 	}}
 	pre := chain{fam: v4, table: "nat", name: chainPre, builtin: "PREROUTING", rules: []string{
+		// Every client, captive or authorised, reaches the portal on the
+		// gateway's own address at the standard ports: dnsmasq answers
+		// the OS probe hosts and the portal's name with it, so probes
+		// after login and an api_url without a port land on the portal.
+		f("-d %s -i %s -p tcp -m tcp --dport 80 -j DNAT --to-destination %s:%d", gw, cli, cfg.GatewayIP, cfg.PortalHTTPPort),
+		f("-d %s -i %s -p tcp -m tcp --dport 443 -j DNAT --to-destination %s:%d", gw, cli, cfg.GatewayIP, cfg.PortalHTTPSPort),
 		f("-i %s -m set --match-set %s src,src -j RETURN", cli, AuthSet),
 		f("-i %s -p tcp -m tcp --dport 80 -m set --match-set %s dst -j RETURN", cli, GardenNetSet),
 		f("-i %s -p tcp -m tcp --dport 80 -m set --match-set %s dst -j RETURN", cli, GardenSet),

@@ -1,0 +1,101 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// BrowseStep is one step of a cwbrowse script and the URL it ended on.
+type BrowseStep struct {
+	Op    string `json:"op"`
+	Arg   string `json:"arg,omitempty"`
+	URL   string `json:"url"`
+	MS    int64  `json:"ms"`
+	Title string `json:"title,omitempty"` // snapshot only
+	Text  string `json:"text,omitempty"`  // snapshot only
+}
+
+// BrowseDocument is one main-document HTTP response Chromium received.
+type BrowseDocument struct {
+	URL    string `json:"url"`
+	Status int64  `json:"status"`
+}
+
+// BrowseResult is what cwbrowse prints: the final page and every step.
+type BrowseResult struct {
+	URL       string           `json:"url"`
+	Title     string           `json:"title"`
+	Lang      string           `json:"lang"` // <html lang>
+	Text      string           `json:"text"` // document.body.innerText
+	Steps     []BrowseStep     `json:"steps"`
+	Documents []BrowseDocument `json:"documents"`
+	Error     string           `json:"error,omitempty"`
+}
+
+var (
+	browserOnce sync.Once
+	browserBin  string
+	browserErr  error
+)
+
+// BrowserBinary builds internal/lab/cmd/cwbrowse once per test binary and
+// returns its path (removed when the process's temp dir is cleaned; it is
+// small). It requires chromium (see Require).
+func BrowserBinary(t testing.TB) string {
+	t.Helper()
+	Require(t, "chromium")
+	browserOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "cwbrowse-bin-")
+		if err != nil {
+			browserErr = err
+			return
+		}
+		browserBin = filepath.Join(dir, "cwbrowse")
+		out, err := exec.Command("go", "build", "-o", browserBin, "github.com/civicwifi/civicwifi/internal/lab/cmd/cwbrowse").CombinedOutput()
+		if err != nil {
+			browserErr = fmt.Errorf("building cwbrowse: %v\n%s", err, out)
+		}
+	})
+	if browserErr != nil {
+		t.Fatal(browserErr)
+	}
+	return browserBin
+}
+
+// Browse runs cwbrowse (bin) inside ns with flags (e.g. "-cacert", file,
+// "-lang", "en-GB,en") and steps ("navigate=http://...", "snapshot").
+// A failed step is an error; the result still says where the page was.
+func Browse(ctx context.Context, ns NS, bin string, flags []string, steps ...string) (BrowseResult, error) {
+	argv := append(append([]string{bin}, flags...), steps...)
+	cmd := ns.Command(ctx, argv...)
+	var stderr limitedBuffer
+	cmd.Stderr = &stderr
+	out, runErr := cmd.Output()
+	var res BrowseResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		return res, fmt.Errorf("running cwbrowse in %s: %v (output %q, stderr %q)", ns.Name, runErr, out, stderr.String())
+	}
+	if runErr != nil || res.Error != "" {
+		return res, fmt.Errorf("cwbrowse in %s: %s (%v); at %s; stderr %q", ns.Name, res.Error, runErr, res.URL, stderr.String())
+	}
+	return res, nil
+}
+
+// limitedBuffer keeps the last 8 KiB written to it.
+type limitedBuffer struct{ b []byte }
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	l.b = append(l.b, p...)
+	if len(l.b) > 8<<10 {
+		l.b = l.b[len(l.b)-8<<10:]
+	}
+	return len(p), nil
+}
+
+func (l *limitedBuffer) String() string { return string(l.b) }
