@@ -154,8 +154,16 @@ func TestMistakes(t *testing.T) {
 				`f.yaml:4:47: town.contacts.dpo: "Mario Rossi" is not an e-mail address (write just the address, e.g. urp@comune.voghera.pv.it)`,
 				`f.yaml:5:13: town.timezone: "Europe/Roma" is not an IANA time zone (e.g. Europe/Rome)`,
 			}},
-		{"yaml type error", [][2]string{{"walled_garden: [comune.prova.it]", "walled_garden: {a: b}"}},
-			[]string{"f.yaml:14:1: cannot use a mapping here (a list belongs here)"}},
+		{"one value where a mapping belongs", [][2]string{{"coordinates: {lat: 44.98, lon: 9.02}", "coordinates: 44.98 9.02"}},
+			[]string{"f.yaml:30:18: sites[1].coordinates: expected a mapping of keys"}},
+		{"a mapping where a list belongs", [][2]string{{"walled_garden: [comune.prova.it]", "walled_garden: {a: b}"}},
+			[]string{"f.yaml:14:20: policies[0].walled_garden: a list belongs here, not a mapping"}},
+		{"values of the wrong shape, and an unknown key", [][2]string{{"    kind: park", "    kind: [park]\n    knd: x"}, {"coordinates: {lat: 44.98, lon: 9.02}", "coordinates: 44.98 9.02"}},
+			[]string{
+				`f.yaml:18:11: sites[0].kind: a single value belongs here, not a list`,
+				`f.yaml:19:5: sites[0]: unknown key "knd" (did you mean "kind"?)`,
+				"f.yaml:31:18: sites[1].coordinates: expected a mapping of keys",
+			}},
 		{"every problem at once", [][2]string{{"down: 5mbit", "down: 5 Mbps"}, {"kind: square", "kind: piazza"}, {"mac: 02:00:00:00:00:02", "mac: 02:00:00:00:00:01"}},
 			[]string{
 				`f.yaml:9:11: policy "parks": down: "5 Mbps" is not a rate (try 5mbit)`,
@@ -318,6 +326,8 @@ func FuzzParse(f *testing.F) {
 		}
 	}
 	f.Add([]byte("sites: [{id: a, overrides: {login: {sms: {countries: [x]}}}}]"))
+	f.Add([]byte("sites: &a [{kind: [x]}, *a]\npolicies: {}\n"))
+	f.Add([]byte("town: &t {name: x, terms: *t}\nsites: [{kind: {a: 1}}]\n"))
 	f.Add([]byte("policies: [{name: a, hours: [\"fri-mon 00:00-24:00\"]}]"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		c, err := Parse("f.yaml", in)

@@ -58,6 +58,21 @@ func Parse(name string, data []byte) (*Config, error) {
 	if ps.TypeErrors > 0 {
 		// Values of the wrong shape were left out: relating the rest
 		// (policies to sites, duplicates) would only report consequences.
+		// Report them at their exact place instead of yaml's line and Go
+		// type, when we can tell what they are.
+		if shapes, found := shapeProblems(data); found > 0 {
+			kept := ps.List[:0]
+			for _, p := range ps.List {
+				if !strings.HasPrefix(p.Msg, "cannot use") {
+					kept = append(kept, p)
+				}
+			}
+			ps.List = kept
+			for _, p := range shapes {
+				ps.Addf(p.Pos, "%s", p.Msg)
+			}
+			return nil, ps.Err()
+		}
 		for i := range ps.List {
 			ps.List[i].Msg = goTypeRE.ReplaceAllStringFunc(ps.List[i].Msg, func(m string) string {
 				if strings.HasPrefix(m, "as a list") {
