@@ -76,6 +76,7 @@ func Bench(b *testing.B, newStore func(b *testing.B) store.Store) {
 			i++
 		}
 	})
+	b.Run("Rollups", func(b *testing.B) { benchRollups(b, newStore(b)) })
 	b.Run("RecordEventParallel", func(b *testing.B) {
 		s := newStore(b)
 		b.ReportAllocs()
@@ -90,6 +91,36 @@ func Bench(b *testing.B, newStore func(b *testing.B) store.Store) {
 				}
 			}
 		})
+	})
+}
+
+// benchRollups seeds a year of daily counters for one site and measures a
+// year of Daily and a month of Hourly (the dashboard's reads).
+func benchRollups(b *testing.B, s store.Store) {
+	year := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
+	for d := range 365 {
+		c := map[string]int64{"sms_sent": 3, store.CounterSessions: 40, store.MethodCounter("sms"): 25}
+		if err := s.IncrHourly(ctx, "park", year.AddDate(0, 0, d), c); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("DailyYear", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			r, err := s.Daily(ctx, "park", year.AddDate(0, 0, -1), year.AddDate(1, 0, 0))
+			if err != nil || len(r) != 365 {
+				b.Fatalf("Daily = %d days, %v; want 365", len(r), err)
+			}
+		}
+	})
+	b.Run("HourlyMonth", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			r, err := s.Hourly(ctx, "park", year, year.AddDate(0, 1, 0))
+			if err != nil || len(r) != 31 {
+				b.Fatalf("Hourly = %d hours, %v; want 31", len(r), err)
+			}
+		}
 	})
 }
 
