@@ -40,7 +40,8 @@ const (
 // from one that lets it through.
 var ProbeHosts = []string{
 	"captive.apple.com", "www.apple.com",
-	"connectivitycheck.gstatic.com", "www.gstatic.com", "clients3.google.com",
+	"connectivitycheck.gstatic.com", "connectivitycheck.android.com", "www.gstatic.com",
+	"clients3.google.com", "www.google.com",
 	"www.msftconnecttest.com", "www.msftncsi.com",
 	"detectportal.firefox.com", "nmcheck.gnome.org",
 }
@@ -271,7 +272,7 @@ func (l *Lab) waitUntil(ctx context.Context, cmd *exec.Cmd, what string, ready f
 //	/bytes?n=N        exactly N bytes (N <= MaxBytes), with Content-Length
 //	/stream?s=S       StreamChunk bytes every StreamTick for S seconds (at most and by default 60)
 //	/ip               the client's address as the upstream sees it, e.g. "198.51.100.2\n"
-//	/generate_204     204, as Android's connectivity check expects on the open internet
+//	/generate_204, /gen_204  204, as Android's connectivity check expects on the open internet
 //	/hotspot-detect.html, /library/test/success.html  Apple's "Success" page
 func UpstreamHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -283,6 +284,9 @@ func UpstreamHandler() http.Handler {
 		io.WriteString(w, host+"\n")
 	})
 	mux.HandleFunc("GET /generate_204", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /gen_204", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	appleSuccess := func(w http.ResponseWriter, r *http.Request) {

@@ -33,12 +33,13 @@ const (
 // probe itself (a redirect before login, the genuine answer after) and a
 // slow uplink never makes a phone think it is offline.
 //
-// The shared hosts some OSes also probe (www.apple.com, www.gstatic.com)
-// are not here: they serve real content, so after login they resolve to,
+// The shared hosts some OSes also probe (www.apple.com, www.gstatic.com,
+// www.google.com) are not here: they serve real content, so after login they resolve to,
 // and reach, the real servers.
 var ProbeHosts = []string{
 	"captive.apple.com",
 	"connectivitycheck.gstatic.com",
+	"connectivitycheck.android.com",
 	"clients3.google.com",
 	"www.msftconnecttest.com",
 	"www.msftncsi.com",
@@ -49,7 +50,7 @@ var ProbeHosts = []string{
 // SharedProbeHosts are probed by some OSes but serve real content too. They
 // resolve normally; like ProbeHosts they must never be in the walled garden,
 // or a phone would see its probe succeed before login.
-var SharedProbeHosts = []string{"www.apple.com", "www.gstatic.com"}
+var SharedProbeHosts = []string{"www.apple.com", "www.gstatic.com", "www.google.com"}
 
 // Config is what the client network's DNS and DHCP need.
 type Config struct {
