@@ -72,7 +72,7 @@ func TestCheckID(t *testing.T) {
 		ok bool
 	}{
 		{"parco-pertini", true}, {"gw_1.voghera@comune+x=y", true}, {"", false}, {"a:b", false},
-		{"a b", false}, {"caffè", false}, {string(make([]byte, store.MaxIDLen)), false},
+		{"a b", false}, {"caffè", false}, {string(make([]byte, store.MaxIDLen+1)), false},
 	} {
 		err := store.CheckID("id", tc.id)
 		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, store.ErrInvalid)) {

@@ -127,7 +127,7 @@ const (
 // the session's cumulative totals at At (as RADIUS interim accounting does),
 // so a lost interim costs nothing and a late one cannot lower a total.
 type SessionEvent struct {
-	ID        string    `json:"id"` // unique per event; a replay is a no-op
+	ID        string    `json:"id"` // unique per gateway; a replay is a no-op
 	Kind      EventKind `json:"kind"`
 	SessionID string    `json:"session_id"`
 	GatewayID string    `json:"gateway_id"`
@@ -170,7 +170,7 @@ type Totals struct {
 
 // Sessions records session events and answers queries over sessions.
 type Sessions interface {
-	// RecordEvent applies ev. A replayed event (same ID) changes nothing
+	// RecordEvent applies ev. A replayed event (same gateway and ID) changes nothing
 	// and returns duplicate true. The first event of a session (whatever
 	// its kind) creates it; a stop closes it for good; byte totals only
 	// grow. In the same atomic step the site's totals and hourly rollups

@@ -6,13 +6,37 @@ import (
 	"fmt"
 	"net"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Helpers shared by the implementations, so that both accept and refuse
 // exactly the same input.
 
-// MaxIDLen is the longest id (gateway, site, session, event, command).
-const MaxIDLen = 128
+// MaxIDLen is the longest id (gateway, site, command) and MaxTokenLen
+// the longest event id, session id, user id or method.
+const (
+	MaxIDLen    = 128
+	MaxTokenLen = 200
+)
+
+// CheckToken checks an event id, session id, user id or method: 1 to
+// MaxTokenLen bytes of UTF-8 without control characters. Unlike site and
+// gateway ids these never sit in the middle of a Redis key, so ':' is fine.
+func CheckToken(what, s string) error {
+	if s == "" || len(s) > MaxTokenLen {
+		return fmt.Errorf("%w: %s %.20q... is empty or longer than %d bytes", ErrInvalid, what, s, MaxTokenLen)
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%w: %s %q is not UTF-8", ErrInvalid, what, s)
+	}
+	for i, r := range s {
+		if unicode.IsControl(r) {
+			return fmt.Errorf("%w: %s %q has a control character at byte %d", ErrInvalid, what, s, i)
+		}
+	}
+	return nil
+}
 
 // CheckID checks an id: 1 to MaxIDLen bytes of letters, digits and . _ - @ + =
 // (no ':' or spaces, which the implementations use as separators).
@@ -71,7 +95,7 @@ func NewID() string {
 // CheckEvent validates ev and returns it normalised (MAC, millisecond UTC
 // times, Start defaulted to At).
 func CheckEvent(ev SessionEvent) (SessionEvent, error) {
-	if err := CheckID("event id", ev.ID); err != nil {
+	if err := CheckToken("event id", ev.ID); err != nil {
 		return ev, err
 	}
 	wrap := func(err error) error { return fmt.Errorf("session event %q: %w", ev.ID, err) }
@@ -80,20 +104,21 @@ func CheckEvent(ev SessionEvent) (SessionEvent, error) {
 	default:
 		return ev, wrap(fmt.Errorf("%w: kind %q is not start, interim or stop", ErrInvalid, ev.Kind))
 	}
-	for _, f := range []struct{ what, id string }{
-		{"session id", ev.SessionID}, {"gateway id", ev.GatewayID}, {"site id", ev.SiteID},
-	} {
+	for _, f := range []struct{ what, id string }{{"gateway id", ev.GatewayID}, {"site id", ev.SiteID}} {
 		if err := CheckID(f.what, f.id); err != nil {
 			return ev, wrap(err)
 		}
 	}
+	if err := CheckToken("session id", ev.SessionID); err != nil {
+		return ev, wrap(err)
+	}
 	if ev.UserID != "" {
-		if err := CheckID("user id", ev.UserID); err != nil {
+		if err := CheckToken("user id", ev.UserID); err != nil {
 			return ev, wrap(err)
 		}
 	}
 	if ev.Method != "" {
-		if err := CheckID("method", ev.Method); err != nil {
+		if err := CheckToken("method", ev.Method); err != nil {
 			return ev, wrap(err)
 		}
 	}
@@ -116,8 +141,8 @@ func CheckEvent(ev SessionEvent) (SessionEvent, error) {
 	if ev.BytesDown > 1<<53 || ev.BytesUp > 1<<53 {
 		return ev, wrap(fmt.Errorf("%w: byte counts above 2^53", ErrInvalid))
 	}
-	if len(ev.Reason) > 64 {
-		return ev, wrap(fmt.Errorf("%w: reason is longer than 64 bytes", ErrInvalid))
+	if len(ev.Reason) > MaxFieldLen {
+		return ev, wrap(fmt.Errorf("%w: reason is longer than %d bytes", ErrInvalid, MaxFieldLen))
 	}
 	return ev, nil
 }

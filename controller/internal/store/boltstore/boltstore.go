@@ -60,7 +60,7 @@ var _ store.Store = (*Store)(nil)
 var (
 	bGateways     = []byte("gateways")      // id -> json GatewayStatus
 	bAPs          = []byte("aps")           // mac -> json APStatus
-	bEvents       = []byte("events")        // event id -> expiry (8 bytes, unix ms)
+	bEvents       = []byte("events")        // gateway + 0 + event id -> expiry (8 bytes, unix ms)
 	bSessions     = []byte("sessions")      // session id -> json Session
 	bSiteSessions = []byte("site_sessions") // site/ start ms (8) + session id -> nil
 	bSiteOpen     = []byte("site_open")     // site/ session id -> nil
@@ -317,11 +317,12 @@ func (s *Store) RecordEvent(ctx context.Context, ev store.SessionEvent) (bool, e
 		}
 		dup = false
 		events := tx.Bucket(bEvents)
-		if v := events.Get([]byte(ev.ID)); v != nil && int64(binary.BigEndian.Uint64(v)) > s.opts.Now().UnixMilli() {
+		evKey := []byte(ev.GatewayID + "\x00" + ev.ID)
+		if v := events.Get(evKey); v != nil && int64(binary.BigEndian.Uint64(v)) > s.opts.Now().UnixMilli() {
 			dup = true
 			return nil
 		}
-		if err := events.Put([]byte(ev.ID), u64(uint64(s.opts.Now().Add(s.opts.EventTTL).UnixMilli()))); err != nil {
+		if err := events.Put(evKey, u64(uint64(s.opts.Now().Add(s.opts.EventTTL).UnixMilli()))); err != nil {
 			return err
 		}
 		n, d := store.Apply(prev, ev)

@@ -12,7 +12,7 @@
 //
 //	gw, gwt              hash: gateway id -> status json, heartbeat ms
 //	ap, apt              hash: AP MAC -> status json, check-in ms
-//	ev:<event>           string with TTL: event id seen (replay guard)
+//	ev:<gw>:<event>      string with TTL: event id seen (replay guard)
 //	s:<session>          hash: the session's fields
 //	ss:<site>            zset: session ids by start ms
 //	so:<site>            set: open session ids
@@ -239,7 +239,7 @@ func (s *Store) ListAccessPoints(ctx context.Context) ([]store.APStatus, error) 
 // atomic step. It returns 1 for a duplicate, 0 when applied, and an error
 // reply when the session belongs to another site.
 //
-// KEYS: 1 ev:<id>, 2 s:<session>, 3 ss:<site>, 4 so:<site>, 5 st:<site>,
+// KEYS: 1 ev:<gw>:<id>, 2 s:<session>, 3 ss:<site>, 4 so:<site>, 5 st:<site>,
 // 6 h:<site>:<start hour>, 7 h:<site>:<event hour>, 8 u:<site>:<start day>,
 // 9 d:<site>:<start day>, 10 d:<site>:<event day>, 11 us:<user>, 12 sites
 // ARGV: 1 event ttl ms, 2 kind, 3 session, 4 gateway, 5 site, 6 mac,
@@ -320,7 +320,7 @@ func (s *Store) RecordEvent(ctx context.Context, ev store.SessionEvent) (bool, e
 		return false, err
 	}
 	keys := []string{
-		s.p + "ev:" + ev.ID, s.p + "s:" + ev.SessionID, s.p + "ss:" + ev.SiteID, s.p + "so:" + ev.SiteID,
+		s.p + "ev:" + ev.GatewayID + ":" + ev.ID, s.p + "s:" + ev.SessionID, s.p + "ss:" + ev.SiteID, s.p + "so:" + ev.SiteID,
 		s.p + "st:" + ev.SiteID, s.hourKey(ev.SiteID, ev.Start), s.hourKey(ev.SiteID, ev.At),
 		s.usersKey(ev.SiteID, store.DayOf(ev.Start, s.opts.Location)),
 		s.dayKey(ev.SiteID, ev.Start), s.dayKey(ev.SiteID, ev.At),

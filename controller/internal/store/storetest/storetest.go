@@ -223,6 +223,16 @@ func testSessionEvents(t *testing.T, s store.Store) {
 	if dup, err := s.RecordEvent(ctx, moved); err != nil || dup {
 		t.Errorf("event e8 after the refused one: duplicate %v, err %v; want applied", dup, err)
 	}
+	// Event ids are unique per gateway: another gateway's "e1" (with ids
+	// as gateways send them, ':' included) is a new event.
+	other := ev("e1", store.EventStart, "gw-2:s:1", 0, 0, 0)
+	other.GatewayID, other.SiteID = "gw-library", "library"
+	if dup, err := s.RecordEvent(ctx, other); err != nil || dup {
+		t.Errorf("e1 of another gateway: duplicate %v, err %v; want applied", dup, err)
+	}
+	if dup, err := s.RecordEvent(ctx, other); err != nil || !dup {
+		t.Errorf("e1 of another gateway, replayed: duplicate %v, err %v; want a duplicate", dup, err)
+	}
 }
 
 func testSessionsStarted(t *testing.T, s store.Store) {
@@ -655,6 +665,10 @@ func testInvalidInput(t *testing.T, s store.Store) {
 		}},
 		{"event bad mac", func() error {
 			_, err := s.RecordEvent(ctx, mod(func(e *store.SessionEvent) { e.ClientMAC = "02:00:00" }))
+			return err
+		}},
+		{"event id with a newline", func() error {
+			_, err := s.RecordEvent(ctx, mod(func(e *store.SessionEvent) { e.ID = "e\n1" }))
 			return err
 		}},
 		{"event site with colon", func() error {
