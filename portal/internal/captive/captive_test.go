@@ -305,7 +305,7 @@ func TestClickThroughWalk(t *testing.T) {
 	}
 	form := url.Values{"csrf": {field(t, csrfRE, body)}, "lang": {"it"}, "url": {field(t, urlRE, body)}, "sig": {field(t, sigRE, body)}}
 
-	// Without ticking the box: the landing again, with the reason.
+	// Without the accept button's field: the landing again, with the reason.
 	w = tp.do(req{method: "POST", target: "/portal/grant", host: portal, form: form})
 	if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), "devi accettare") || len(tp.gate.granted) != 0 {
 		t.Fatalf("grant without accepting: %d, granted %v", w.Code, tp.gate.granted)

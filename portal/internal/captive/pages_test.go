@@ -211,7 +211,8 @@ func TestFormComponents(t *testing.T) {
 		`autocomplete="one-time-code" inputmode="numeric"`,
 		`<label for="phone">Mobile phone number</label>`,
 		`<label for="code">Code received</label>`,
-		`<label for="accept-click">`, `<label for="accept-sms">`,
+		`<button type="submit" class="btn" name="accept" value="1" aria-describedby="consent-click">Accept and connect</button>`,
+		`<label for="accept-sms">`,
 		`name="csrf" value="tok"`,
 	} {
 		if !strings.Contains(b, want) {
@@ -219,8 +220,8 @@ func TestFormComponents(t *testing.T) {
 		}
 	}
 	ids := regexp.MustCompile(`<input type="(?:text|tel|checkbox)" id="([^"]+)"`).FindAllStringSubmatch(b, -1)
-	if len(ids) != 4 {
-		t.Fatalf("found %d visible inputs, want 4", len(ids))
+	if len(ids) != 3 {
+		t.Fatalf("found %d visible inputs, want 3", len(ids))
 	}
 	for _, m := range ids {
 		if !strings.Contains(b, `<label for="`+m[1]+`">`) {
