@@ -282,15 +282,18 @@ func ids(evs []apiclient.SessionEvent) []string {
 	return out
 }
 
+// apFast makes an AP offline 2 s after its last check-in.
+const apFast = "ap_checkin_interval: 1s\nap_missed_checkins: 2\n"
+
 func TestRunBolt(t *testing.T) {
-	l := newLab(t, "bolt:state/controller.db")
+	l := newLab(t, "bolt:state/controller.db", apFast)
 	testRun(t, l)
 }
 
 func TestRunRedis(t *testing.T) {
 	r := redistest.Start(t)
 	t.Setenv(server.EnvRedisPassword, r.Password)
-	l := newLab(t, "redis://"+r.Addr+"/0")
+	l := newLab(t, "redis://"+r.Addr+"/0", apFast)
 	testRun(t, l)
 }
 
@@ -475,6 +478,24 @@ func testRun(t *testing.T, l *lab) {
 	}
 	if a, err := c.st.AccessPoint(ctx, "02:00:00:00:00:01"); err != nil || time.Since(a.LastCheckIn) > 10*time.Second {
 		t.Errorf("AP check-in in the store: %+v, %v", a, err)
+	}
+
+	// The fleet as Prometheus sees it: the AP up, then offline after two missed check-ins; parco-gw1 up with
+	// its 7 clients, piazza-gw1 (never heard from) down.
+	metrics = httpGet(t, c.metrics)
+	for _, want := range []string{
+		`civicwifi_controller_access_point_up{mac="02:00:00:00:00:01",site="parco"} 1`,
+		`civicwifi_controller_gateway_up{gateway="parco-gw1",site="parco"} 1`,
+		`civicwifi_controller_gateway_clients{gateway="parco-gw1",site="parco"} 7`,
+		`civicwifi_controller_gateway_up{gateway="piazza-gw1",site="piazza"} 0`,
+	} {
+		if !strings.Contains(metrics, want+"\n") {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	time.Sleep(2500 * time.Millisecond)
+	if want := `civicwifi_controller_access_point_up{mac="02:00:00:00:00:01",site="parco"} 0`; !strings.Contains(httpGet(t, c.metrics), want+"\n") {
+		t.Errorf("2.5 s after its check-in the AP is not offline: metrics lack %q", want)
 	}
 
 	if code := c.stop(); code != 0 {

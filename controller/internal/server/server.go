@@ -128,6 +128,11 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.Registerer != nil {
+		if err := o.Registerer.Register(fleet{s}); err != nil {
+			return nil, fmt.Errorf("server: registering metrics: %w", err)
+		}
+	}
 	if len(o.EnrollTokens) == 0 {
 		s.log.Warn("no AP enrollment token configured: new access points cannot enroll")
 	}
