@@ -215,9 +215,10 @@ type Commands interface {
 	Enqueue(ctx context.Context, c Command) (Command, error)
 	// Pending returns the gateway's unacknowledged commands, oldest first.
 	Pending(ctx context.Context, gatewayID string) ([]Command, error)
-	// Ack removes a command; acknowledging an unknown or already
-	// acknowledged ID is not an error (the gateway may ack twice).
-	Ack(ctx context.Context, gatewayID, commandID string) error
+	// Ack removes a command and reports whether it was pending for that
+	// gateway: false for an unknown, another gateway's or an already
+	// acknowledged ID (a gateway may ack twice), which is not an error.
+	Ack(ctx context.Context, gatewayID, commandID string) (bool, error)
 }
 
 // Ephemeral is short-lived security state (nonces, one-time codes, grants,

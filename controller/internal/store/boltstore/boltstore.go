@@ -595,10 +595,12 @@ func (s *Store) Pending(ctx context.Context, gatewayID string) ([]store.Command,
 }
 
 // Ack implements store.Commands.
-func (s *Store) Ack(ctx context.Context, gatewayID, commandID string) error {
+func (s *Store) Ack(ctx context.Context, gatewayID, commandID string) (bool, error) {
+	acked := false
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		ids, _ := sub(tx, bCommandIDs, gatewayID, false)
-		if ids == nil {
+		q, _ := sub(tx, bCommands, gatewayID, false)
+		if ids == nil || q == nil {
 			return nil
 		}
 		seq := ids.Get([]byte(commandID))
@@ -609,16 +611,13 @@ func (s *Store) Ack(ctx context.Context, gatewayID, commandID string) error {
 		if err := ids.Delete([]byte(commandID)); err != nil {
 			return err
 		}
-		q, _ := sub(tx, bCommands, gatewayID, false)
-		if q == nil {
-			return nil
-		}
+		acked = true
 		return q.Delete(seq)
 	})
 	if err != nil {
-		return fmt.Errorf("acknowledging command %s of %s: %w", commandID, gatewayID, err)
+		return false, fmt.Errorf("acknowledging command %s of %s: %w", commandID, gatewayID, err)
 	}
-	return nil
+	return acked, nil
 }
 
 // ephemeral values are stored as expiry (8 bytes, unix ms) + value.

@@ -501,16 +501,17 @@ func (s *Store) Pending(ctx context.Context, gatewayID string) ([]store.Command,
 }
 
 // Ack implements store.Commands.
-func (s *Store) Ack(ctx context.Context, gatewayID, commandID string) error {
+func (s *Store) Ack(ctx context.Context, gatewayID, commandID string) (bool, error) {
+	var del *redis.IntCmd
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HDel(ctx, s.p+"c:"+gatewayID, commandID)
+		del = p.HDel(ctx, s.p+"c:"+gatewayID, commandID)
 		p.ZRem(ctx, s.p+"cq:"+gatewayID, commandID)
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("acknowledging command %s of %s: %w", commandID, gatewayID, err)
+		return false, fmt.Errorf("acknowledging command %s of %s: %w", commandID, gatewayID, err)
 	}
-	return nil
+	return del.Val() == 1, nil
 }
 
 func (s *Store) ek(key string) string { return s.p + "e:" + key }

@@ -509,9 +509,21 @@ func testCommands(t *testing.T, s store.Store) {
 	got, err := s.Pending(ctx, "gw-a")
 	must(t, err)
 	diff(t, "Pending(gw-a)", []store.Command{c1, c2}, got)
-	must(t, s.Ack(ctx, "gw-a", c1.ID))
-	must(t, s.Ack(ctx, "gw-a", c1.ID)) // twice: fine
-	must(t, s.Ack(ctx, "gw-a", "c3"))  // another gateway's command: no effect
+	for _, a := range []struct {
+		gw, id string
+		want   bool
+	}{
+		{"gw-a", c1.ID, true},
+		{"gw-a", c1.ID, false}, // twice: fine, but not pending any more
+		{"gw-a", "c3", false},  // another gateway's command: no effect
+		{"gw-a", "nope", false},
+	} {
+		acked, err := s.Ack(ctx, a.gw, a.id)
+		must(t, err)
+		if acked != a.want {
+			t.Errorf("Ack(%s, %s) = %v, want %v", a.gw, a.id, acked, a.want)
+		}
+	}
 	got, err = s.Pending(ctx, "gw-a")
 	must(t, err)
 	diff(t, "Pending(gw-a) after ack", []store.Command{c2}, got)
