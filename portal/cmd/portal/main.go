@@ -327,6 +327,12 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Events:        events,
 		Log:           log.With("component", "gateway"),
 	})
+	// The portal's files (certificate, logo, key) are checked before the
+	// gateway touches the kernel: a bad one stops the start cleanly.
+	srv, err := newPortal(cfg, gate{gw}, log.With("component", "captive"))
+	if err != nil {
+		return err
+	}
 	if err := gw.Start(ctx); err != nil {
 		return err
 	}
@@ -352,10 +358,6 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	g.Go(func() error {
 		return control.NewServer(gw, log.With("component", "control")).Serve(ctx, cfg.ControlSocket)
 	})
-	srv, err := newPortal(cfg, gate{gw}, log.With("component", "captive"))
-	if err != nil {
-		return err
-	}
 	g.Go(func() error { return srv.Run(ctx) })
 	if cfg.MetricsListen != "" {
 		g.Go(func() error { return serveMetrics(ctx, cfg.MetricsListen, reg) })
