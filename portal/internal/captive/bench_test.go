@@ -3,7 +3,6 @@ package captive
 import (
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"testing"
 )
 
@@ -80,5 +79,4 @@ func BenchmarkLanding(b *testing.B) {
 	for b.Loop() {
 		tp.s.ServeHTTP(httptest.NewRecorder(), r)
 	}
-	_ = netip.Addr{}
 }
