@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -105,7 +104,7 @@ type sink struct{ st store.Store }
 
 func (s sink) Heartbeat(ctx context.Context, from gwapi.Origin, hb apiclient.Heartbeat) error {
 	h := store.GatewayHealth{
-		Version: hb.Version, Uptime: time.Duration(hb.UptimeSeconds) * time.Second,
+		Version: hb.Version[:min(len(hb.Version), store.MaxFieldLen)], Uptime: time.Duration(hb.UptimeSeconds) * time.Second,
 		ClientsOnline: hb.ClientsOnline, ReconcileRepairs: int64(min(hb.ReconcileRepairs, 1<<62)),
 		Extra: map[string]string{"site": from.Site, "remote": from.Remote},
 	}
@@ -119,24 +118,24 @@ func (s sink) SessionEvent(ctx context.Context, from gwapi.Origin, ev apiclient.
 		ID: scopedID(from.Gateway, ev.ID), Kind: store.EventKind(ev.Kind), SessionID: scopedID(from.Gateway, ev.SessionID),
 		GatewayID: from.Gateway, SiteID: from.Site, ClientMAC: ev.ClientMAC,
 		UserID: safeID(ev.User), Method: safeID(ev.Method), At: ev.At,
-		BytesDown: ev.BytesDown, BytesUp: ev.BytesUp, Reason: ev.Reason[:min(len(ev.Reason), 64)],
+		BytesDown: ev.BytesDown, BytesUp: ev.BytesUp, Reason: ev.Reason[:min(len(ev.Reason), store.MaxFieldLen)],
 	}
 	return s.st.RecordEvent(ctx, sev)
 }
 
-// scopedID is "gateway.id" as the store keeps it, or a hash of it when that is not a valid store id.
+// scopedID is "gateway.id" as the store keeps it, or a hash of it when that is not a valid store token.
 func scopedID(gateway, id string) string {
 	s := gateway + "." + id
-	if store.CheckID("id", s) == nil {
+	if store.CheckToken("id", s) == nil {
 		return s
 	}
 	sum := sha256.Sum256([]byte(s))
 	return gateway + ".h" + hex.EncodeToString(sum[:16])
 }
 
-// safeID passes a valid store id through and hashes anything else (a pseudonym may hold any character).
+// safeID passes a valid store token through and hashes anything else (control characters, too long).
 func safeID(s string) string {
-	if s == "" || store.CheckID("id", s) == nil {
+	if s == "" || store.CheckToken("id", s) == nil {
 		return s
 	}
 	sum := sha256.Sum256([]byte(s))
@@ -162,25 +161,19 @@ func (c commands) Pending(ctx context.Context, site, gatewayID string) ([]apicli
 }
 
 func (c commands) Ack(ctx context.Context, site, gatewayID string, ack apiclient.CommandAck) error {
-	pending, err := c.srv.st.Pending(ctx, gatewayID)
+	was, err := c.srv.st.Ack(ctx, gatewayID, ack.ID)
 	if err != nil {
 		return err
 	}
-	i := slices.IndexFunc(pending, func(x store.Command) bool { return x.ID == ack.ID })
-	if i < 0 {
+	if !was {
 		return gwapi.ErrUnknownCommand
-	}
-	if err := c.srv.st.Ack(ctx, gatewayID, ack.ID); err != nil {
-		return err
 	}
 	detail := "ok"
 	if !ack.OK {
 		detail = "failed: " + ack.Error[:min(len(ack.Error), 200)]
 	}
-	cmd := pending[i]
 	if err := c.srv.st.AppendAudit(ctx, store.AuditEntry{
-		At: time.Now(), Actor: "gateway " + gatewayID, Action: "command." + string(cmd.Kind) + ".done",
-		Target: cmd.ClientMAC, Detail: cmd.ID + " " + detail,
+		At: time.Now(), Actor: "gateway " + gatewayID, Action: "command.done", Target: ack.ID, Detail: detail,
 	}); err != nil {
 		c.srv.log.Warn("auditing a command ack", "gateway", gatewayID, "command", ack.ID, "err", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,6 +27,7 @@ import (
 	"github.com/civicwifi/civicwifi/controller/internal/sites"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/civicwifi/civicwifi/internal/yamlconf"
+	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -56,6 +58,8 @@ type Server struct {
 	gw   *gwapi.Server
 	ap   *apapi.Server
 	mux  *http.ServeMux
+
+	noWatch bool // tests: only the timer and SIGHUP
 
 	reloadMu sync.Mutex
 	lastSeen [32]byte // the bytes last looked at, good or bad: a bad file is reported once, not every check
@@ -261,15 +265,33 @@ func countProblems(err error) int {
 	return 1
 }
 
-// Run re-reads sites.yaml every ReloadCheck (and at once on SIGHUP) until ctx ends; it returns nil then. The
-// file is compared by content, so an editor's atomic rename, a git checkout or a copy within the same second
-// are all seen.
+// Run reloads sites.yaml until ctx ends (it returns nil then): as soon as anything changes in the file's
+// directory (fsnotify: an editor's atomic rename, a git checkout, a Kubernetes ConfigMap's symlink swap), at once
+// on SIGHUP, and every ReloadCheck in any case (file systems without notifications, a missed event). The file
+// is compared by content, so spurious events cost one read.
 func (s *Server) Run(ctx context.Context) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	t := time.NewTicker(s.o.ReloadCheck)
 	defer t.Stop()
+	var events <-chan fsnotify.Event
+	var watchErrs <-chan error
+	if s.noWatch {
+		// tests of the fallback
+	} else if w, err := fsnotify.NewWatcher(); err != nil {
+		s.log.Warn("watching sites.yaml; checking it every interval only", "interval", s.o.ReloadCheck, "err", err)
+	} else {
+		defer w.Close()
+		if err := w.Add(filepath.Dir(s.o.SitesPath)); err != nil {
+			s.log.Warn("watching sites.yaml; checking it every interval only", "interval", s.o.ReloadCheck, "err", err)
+		}
+		events, watchErrs = w.Events, w.Errors
+	}
+	// Changes come in bursts (write, chmod, rename): wait for a short quiet spell before reading.
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	defer settle.Stop()
 	for {
 		force := false
 		select {
@@ -278,11 +300,21 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-hup:
 			s.log.Info("SIGHUP: reloading sites.yaml", "file", s.o.SitesPath)
 			force = true
+		case <-events:
+			settle.Reset(settleDelay)
+			continue
+		case err := <-watchErrs:
+			s.log.Warn("watching sites.yaml", "err", err)
+			continue
+		case <-settle.C:
 		case <-t.C:
 		}
 		s.Reload(ctx, force) // logged inside
 	}
 }
+
+// settleDelay is how long the directory must be quiet after a change before sites.yaml is read.
+const settleDelay = 50 * time.Millisecond
 
 // EnqueueCommand queues a remote operation for every gateway of site (a client may roam between a site's
 // gateways) and wakes their command long polls. c's GatewayID is ignored. It returns the queued commands.
