@@ -68,7 +68,7 @@ type controllerProc struct {
 	stop          func() int // cancels it and returns its exit code
 }
 
-func startController(t *testing.T, configPath string) *controllerProc {
+func startController(t testing.TB, configPath string) *controllerProc {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &controllerProc{logs: &syncBuffer{}}
@@ -123,7 +123,7 @@ type lab struct {
 	token                      string
 }
 
-func newLab(t *testing.T, storeLine string, extra ...string) *lab {
+func newLab(t testing.TB, storeLine string, extra ...string) *lab {
 	t.Helper()
 	l := &lab{dir: t.TempDir(), gwKey: map[string]ed25519.PrivateKey{}, credLine: map[string]string{}, token: "ap-enroll-" + apiclient.NewEventID()}
 	keys := filepath.Join(l.dir, "keys")
@@ -212,7 +212,7 @@ sites:
 
 // writeSites writes sites.yaml with the parks policy's down rate (written as is, so a bad one makes a bad file)
 // by an atomic rename, as an editor or a git checkout does.
-func (l *lab) writeSites(t *testing.T, down string) {
+func (l *lab) writeSites(t testing.TB, down string) {
 	t.Helper()
 	s := strings.NewReplacer("DOWN", down,
 		"CRED_PARCO", "credential: "+l.credLine["parco-gw1"], "CRED_PIAZZA", "credential: "+l.credLine["piazza-gw1"]).Replace(sitesTemplate)
@@ -225,7 +225,7 @@ func (l *lab) writeSites(t *testing.T, down string) {
 	}
 }
 
-func (l *lab) client(t *testing.T, base, site, gw string) *apiclient.Client {
+func (l *lab) client(t testing.TB, base, site, gw string) *apiclient.Client {
 	t.Helper()
 	c, err := apiclient.New(apiclient.Config{
 		BaseURL: base, Site: site, GatewayID: gw, Key: l.gwKey[gw], ControllerKey: l.ctrlPub,
