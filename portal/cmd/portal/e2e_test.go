@@ -52,8 +52,10 @@ func portalBinary(t *testing.T) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
+	for _, p := range []string{binPath, ctlBinPath} {
+		if p != "" {
+			os.RemoveAll(filepath.Dir(p))
+		}
 	}
 	os.Exit(code)
 }
@@ -80,14 +82,21 @@ control_socket: %[1]s/portal.sock
 metrics_listen: 127.0.0.1:9102
 `
 
-func newSite(t *testing.T, clients int) *site {
+func newSite(t *testing.T, clients int) *site { return newSiteWith(t, clients, "", nil) }
+
+// newSiteWith is newSite with extra lines appended to portal.yaml and a
+// hook that runs once the lab exists, before the daemon starts.
+func newSiteWith(t *testing.T, clients int, extra string, before func(*lab.Lab)) *site {
 	t.Helper()
 	lab.Require(t, "iptables", "ip6tables", "ipset", "tc", "conntrack", "dnsmasq", "curl", "dig", "iperf3")
 	bin := portalBinary(t)
 	l := lab.NewT(t, lab.Options{Clients: clients, Upstream: true})
 	s := &site{t: t, l: l, bin: bin, cfg: filepath.Join(l.Dir, "portal.yaml"), sock: filepath.Join(l.Dir, "portal.sock")}
-	if err := os.WriteFile(s.cfg, []byte(fmt.Sprintf(labConfig, l.Dir)), 0o644); err != nil {
+	if err := os.WriteFile(s.cfg, []byte(fmt.Sprintf(labConfig, l.Dir)+extra), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if before != nil {
+		before(l)
 	}
 	s.start()
 	t.Cleanup(func() {

@@ -206,6 +206,13 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 	return 0
 }
 
+func controllerStatus(l *uplink.Link) func() *control.ControllerStatus {
+	if l == nil {
+		return nil
+	}
+	return l.Status
+}
+
 // gatewayRef lets the controller link be made before the gateway it
 // drives (the gateway takes the link's event sink).
 type gatewayRef struct{ gw **gateway.Gateway }
@@ -325,6 +332,7 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		FirewallReady: func() error { return tuneKernel(log) },
 		Metrics:       gateway.NewMetrics(reg),
 		Events:        events,
+		Controller:    controllerStatus(link),
 		Log:           log.With("component", "gateway"),
 	})
 	// The portal's files (certificate, logo, key) are checked before the

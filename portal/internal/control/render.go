@@ -47,6 +47,11 @@ func (c *cli) renderStatus(st Status) error {
 		last += " (" + humanDuration(now.Sub(st.LastReconcile)) + " ago)"
 	}
 	line("last reconcile", last)
+	if cs := st.Controller; cs != nil {
+		line("controller", cs.URL)
+		line("policy version", orDash(cs.PolicyVersion))
+		line("events queued", strconv.Itoa(cs.EventsQueued))
+	}
 	return tw.Flush()
 }
 

@@ -37,6 +37,15 @@ type Status struct {
 	Repairs         uint64    `json:"repairs"`
 	LastReconcile   time.Time `json:"last_reconcile"`
 	DNSRunning      bool      `json:"dns_running"`
+	// The controller link, when the site has a controller.
+	Controller *ControllerStatus `json:"controller,omitempty"`
+}
+
+// ControllerStatus is the gateway's link to the town's controller.
+type ControllerStatus struct {
+	URL           string `json:"url"`
+	PolicyVersion string `json:"policy_version"` // "" until a policy was applied
+	EventsQueued  int    `json:"events_queued"`  // session events not yet acknowledged
 }
 
 // Client is one device seen on the client network, with its session if any.

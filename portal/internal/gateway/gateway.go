@@ -67,7 +67,9 @@ type Options struct {
 	// InterimInterval is how often an active session's totals are
 	// reported while they move (default 5m).
 	InterimInterval time.Duration
-	Now             func() time.Time
+	// Controller, if set, adds the controller link's state to Status.
+	Controller func() *control.ControllerStatus
+	Now        func() time.Time
 }
 
 // Gateway is the daemon's core.

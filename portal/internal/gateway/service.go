@@ -36,6 +36,9 @@ func (g *Gateway) Status(ctx context.Context) (control.Status, error) {
 	if g.o.DNSRunning != nil {
 		st.DNSRunning = g.o.DNSRunning()
 	}
+	if g.o.Controller != nil {
+		st.Controller = g.o.Controller()
+	}
 	return st, nil
 }
 

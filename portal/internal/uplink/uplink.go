@@ -145,8 +145,15 @@ func (l *Link) Events(evs []gateway.Event) error {
 	return l.box.Add(out...)
 }
 
-// Pending is the number of events not yet acknowledged by the controller.
-func (l *Link) Pending() (int, error) { return l.box.Len() }
+// Status is the link's state for `portal ctl status`.
+func (l *Link) Status() *control.ControllerStatus {
+	n, err := l.box.Len()
+	if err != nil {
+		n = -1
+	}
+	_, v := l.Policy()
+	return &control.ControllerStatus{URL: l.cfg.URL, PolicyVersion: v, EventsQueued: n}
+}
 
 // Boot applies the site's policy at start: the controller's if it answers
 // within its timeout, else the cached one. With neither (a gateway's first
