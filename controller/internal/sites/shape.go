@@ -29,7 +29,6 @@ func walkShape(n *yaml.Node, t reflect.Type, path string, out *[]yamlconf.Proble
 	}
 	if n.Kind == yaml.AliasNode || (n.Kind == yaml.ScalarNode && n.Tag == "!!null") {
 		return // an alias may point at its own ancestor: never followed
-		return
 	}
 	what := map[yaml.Kind]string{yaml.MappingNode: "a mapping", yaml.SequenceNode: "a list", yaml.ScalarNode: "a single value"}[n.Kind]
 	add := func(want string) {
