@@ -17,6 +17,7 @@ import (
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
 	"github.com/civicwifi/civicwifi/controller/internal/server"
+	"github.com/civicwifi/civicwifi/controller/internal/sites"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/civicwifi/civicwifi/controller/internal/store/boltstore"
 	"github.com/civicwifi/civicwifi/controller/internal/store/redisstore"
@@ -52,6 +53,11 @@ func runDaemon(ctx context.Context, e *env, args []string) error {
 	}
 	log := slog.New(h)
 
+	// sites.yaml is checked before anything is opened or created: a controller that cannot start changes nothing.
+	if _, err := sites.Load(cfg.Sites); err != nil {
+		fmt.Fprintln(e.stderr, err)
+		return errReported
+	}
 	key, err := apiclient.LoadPrivateKey(cfg.SigningKey)
 	if err != nil {
 		return fmt.Errorf("loading the signing key: %w", err)

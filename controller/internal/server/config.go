@@ -73,6 +73,13 @@ func ParseConfig(name string, data []byte) (FileConfig, error) {
 	if !yamlconf.Decode(name, data, &r, ps) {
 		return FileConfig{}, ps.Err()
 	}
+	// After a YAML error (a duplicate key, a wrong type) keys may look missing that are not: say only that.
+	decodeProblems := 0
+	for _, p := range ps.List {
+		if !strings.Contains(p.Msg, "unknown key") {
+			decodeProblems++
+		}
+	}
 	dir := filepath.Dir(name)
 	abs := func(p string) string {
 		if p == "" || filepath.IsAbs(p) {
@@ -105,11 +112,11 @@ func ParseConfig(name string, data []byte) (FileConfig, error) {
 	case t.Cert.V != "" || t.Key.V != "":
 		ps.Addf(r.TLS.Pos, "tls: give both cert and key (PEM files), or neither for plain HTTP")
 	}
-	if !r.Sites.Set || r.Sites.V == "" {
+	if (!r.Sites.Set || r.Sites.V == "") && decodeProblems == 0 {
 		ps.Addf(r.Sites.Pos, "sites: missing (the path of sites.yaml, e.g. /etc/civicwifi/sites.yaml)")
 	}
 	c.Sites = abs(r.Sites.V)
-	if !r.SigningKey.Set || r.SigningKey.V == "" {
+	if (!r.SigningKey.Set || r.SigningKey.V == "") && decodeProblems == 0 {
 		ps.Addf(r.SigningKey.Pos, "signing_key: missing (the controller's private key file; make one with `controller enroll -out /etc/civicwifi -name controller`)")
 	}
 	c.SigningKey = abs(r.SigningKey.V)

@@ -53,6 +53,11 @@ func TestParseConfig(t *testing.T) {
 			},
 		},
 		{
+			name: "duplicate key: said once, nothing reported missing",
+			in:   "sites: /s.yaml\nsigning_key: /k\nsites: /t.yaml\n",
+			err:  `/etc/cw/controller.yaml:3:1: mapping key "sites" already defined at line 1`,
+		},
+		{
 			name: "password in the redis address",
 			in:   "sites: /s.yaml\nsigning_key: /k\nstore: redis://:hunter2hunter2@10.0.0.5:6379/0\n",
 			err: "/etc/cw/controller.yaml:3:8: store: no user or password in the address: put the password in " +
