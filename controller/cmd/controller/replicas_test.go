@@ -18,7 +18,8 @@ import (
 )
 
 // TestTwoReplicasOneRedis runs two controllers on one Redis for the same gateway: a request replayed to the
-// other replica is refused, both serve the same policy version, and after one is stopped (with a long poll
+// other replica is refused, both serve the same policy version, a command queued on one wakes the gateway's long
+// poll on the other, and after one is stopped (with a long poll
 // held on it) the other serves everything the first one took: events are not counted twice and a command
 // queued through the first is delivered by the second.
 func TestTwoReplicasOneRedis(t *testing.T) {
@@ -72,6 +73,39 @@ func TestTwoReplicasOneRedis(t *testing.T) {
 	}
 	if got := send(b.base); got != http.StatusUnauthorized {
 		t.Errorf("the same request replayed to B: %d, want 401", got)
+	}
+
+	// A kick queued on A wakes the command long poll the gateway holds on B at once (Redis pub/sub).
+	type polled struct {
+		cmds []apiclient.Command
+		err  error
+		at   time.Time
+	}
+	poll := make(chan polled, 1)
+	go func() {
+		cmds, err := gwB.Commands(ctx, 20*time.Second)
+		poll <- polled{cmds, err, time.Now()}
+	}()
+	time.Sleep(300 * time.Millisecond) // the poll waits on B
+	queuedAt := time.Now()
+	k1, err := a.srv.EnqueueCommand(ctx, "parco", store.Command{Kind: store.CommandKick, ClientMAC: "aa:bb:cc:00:00:08"}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-poll:
+		if p.err != nil || len(p.cmds) != 1 || p.cmds[0].ID != k1[0].ID {
+			t.Fatalf("B's command poll: %+v %v", p.cmds, p.err)
+		}
+		t.Logf("a kick queued on A reached the gateway polling B in %v", p.at.Sub(queuedAt))
+		if d := p.at.Sub(queuedAt); d > time.Second {
+			t.Errorf("the kick took %v to cross replicas, want under 1 s", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a kick queued on A did not reach the gateway polling B within 5 s")
+	}
+	if err := gwB.AckCommands(ctx, []apiclient.CommandAck{{ID: k1[0].ID, OK: true}}); err != nil {
+		t.Fatal(err)
 	}
 
 	// A takes a session's events and queues a kick; then A stops while a long poll waits on it.

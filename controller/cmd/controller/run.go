@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -79,12 +80,22 @@ func runDaemon(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer st.Close()
+	bus, closeBus, err := openBus(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeBus()
+	var b server.Bus
+	if bus != nil {
+		b = bus
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := server.New(server.Options{
 		SitesPath: cfg.Sites, Store: st, SigningKey: key, EnrollTokens: tokens,
 		APCheckin: cfg.APCheckin, APMissedCheckins: cfg.APMissedCheckins, ReloadCheck: cfg.Reload, MaxWait: maxWait,
+		Bus: b,
 		Log: log, Registerer: reg,
 	})
 	if err != nil {
@@ -182,28 +193,55 @@ func openStore(ctx context.Context, cfg server.FileConfig, log *slog.Logger) (st
 		}
 		return st, nil
 	}
+	u, err := redisURL(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("opening the store: %w", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := redisstore.Open(cctx, u, redisstore.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("opening the store: %w", err)
+	}
+	return st, nil
+}
+
+// redisURL is the store's redis:// address with the password from $CIVICWIFI_REDIS_PASSWORD or
+// redis_password_file.
+func redisURL(cfg server.FileConfig) (string, error) {
 	u, err := url.Parse(cfg.Store)
 	if err != nil {
-		return nil, errors.New("opening the store: bad redis address")
+		return "", errors.New("bad redis address")
 	}
 	pw, ok := os.LookupEnv(server.EnvRedisPassword)
 	if !ok && cfg.RedisPasswordFile != "" {
 		b, err := os.ReadFile(cfg.RedisPasswordFile)
 		if err != nil {
-			return nil, fmt.Errorf("reading the redis password: %w", err)
+			return "", fmt.Errorf("reading the redis password: %w", err)
 		}
 		pw = strings.TrimSpace(string(b))
 	}
 	if pw != "" {
 		u.User = url.UserPassword("", pw)
 	}
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	st, err := redisstore.Open(cctx, u.String(), redisstore.Options{})
-	if err != nil {
-		return nil, fmt.Errorf("opening the store: %w", err)
+	return u.String(), nil
+}
+
+// openBus connects the replicas' wake-up channel when the store is Redis; nil for the embedded store.
+func openBus(cfg server.FileConfig, log *slog.Logger) (*server.RedisBus, func(), error) {
+	if strings.HasPrefix(cfg.Store, "bolt:") {
+		return nil, func() {}, nil
 	}
-	return st, nil
+	u, err := redisURL(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connecting the replicas: %w", err)
+	}
+	o, err := redis.ParseURL(u)
+	if err != nil {
+		return nil, nil, errors.New("connecting the replicas: bad redis address")
+	}
+	rdb := redis.NewClient(o)
+	return server.NewRedisBus(rdb, "cw:commands", log.With("component", "bus")), func() { rdb.Close() }, nil
 }
 
 // readTokens reads AP enrollment tokens, one per line (# comments and blank lines skipped), from files that

@@ -42,7 +42,8 @@ type Options struct {
 	APMissedCheckins int           // zero: apapi's default (3)
 	ReloadCheck      time.Duration // how often sites.yaml is re-read to look for a change; zero: 2 s
 	MaxWait          time.Duration // longest gateway long poll; zero: gwapi's default (30 s)
-	Recheck          time.Duration // a long poll re-reads its state this often; zero: gwapi's default (5 s)
+	Recheck          time.Duration // a long poll also re-reads its state this often; zero: only when woken
+	Bus              Bus           // wakes other replicas' command long polls; nil: a single controller
 
 	Log        *slog.Logger          // nil: discard
 	Registerer prometheus.Registerer // nil: no metrics
@@ -270,6 +271,16 @@ func countProblems(err error) int {
 // on SIGHUP, and every ReloadCheck in any case (file systems without notifications, a missed event). The file
 // is compared by content, so spurious events cost one read.
 func (s *Server) Run(ctx context.Context) error {
+	if s.o.Bus != nil {
+		busDone := make(chan struct{})
+		defer func() { <-busDone }()
+		go func() {
+			defer close(busDone)
+			if err := s.o.Bus.Run(ctx, s.gw.NotifyCommands); err != nil {
+				s.log.Error("listening to the other replicas", "err", err)
+			}
+		}()
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -339,5 +350,11 @@ func (s *Server) EnqueueCommand(ctx context.Context, site string, c store.Comman
 		}
 	}
 	s.gw.NotifyCommands(site)
+	if s.o.Bus != nil {
+		if err := s.o.Bus.Publish(ctx, site); err != nil {
+			// Queued all the same: a gateway polling another replica gets it at its next poll.
+			s.log.Warn("waking the other replicas", "site", site, "err", err)
+		}
+	}
 	return out, nil
 }
