@@ -117,7 +117,7 @@ func (s sink) SessionEvent(ctx context.Context, from gwapi.Origin, ev apiclient.
 	sev := store.SessionEvent{
 		ID: scopedID(from.Gateway, ev.ID), Kind: store.EventKind(ev.Kind), SessionID: scopedID(from.Gateway, ev.SessionID),
 		GatewayID: from.Gateway, SiteID: from.Site, ClientMAC: ev.ClientMAC,
-		UserID: safeID(ev.User), Method: safeID(ev.Method), At: ev.At,
+		UserID: safeID(ev.User), Method: safeID(ev.Method), Start: ev.Start, At: ev.At,
 		BytesDown: ev.BytesDown, BytesUp: ev.BytesUp, Reason: ev.Reason[:min(len(ev.Reason), store.MaxFieldLen)],
 	}
 	return s.st.RecordEvent(ctx, sev)

@@ -146,7 +146,7 @@ func TestSessionsAreScopedToTheGateway(t *testing.T) {
 	ctx := context.Background()
 	sk := sink{f.st}
 	at := time.Now().Add(-time.Hour).Truncate(time.Millisecond).UTC()
-	ev := apiclient.SessionEvent{ID: "e1", Kind: apiclient.EventStart, SessionID: "s1", At: at, ClientMAC: "aa:bb:cc:00:00:01",
+	ev := apiclient.SessionEvent{ID: "e1", Kind: apiclient.EventInterim, SessionID: "s1", Start: at.Add(-time.Minute), At: at, ClientMAC: "aa:bb:cc:00:00:01",
 		User: "u\x01ser", Method: "sms", BytesDown: 100, BytesUp: 10}
 	a := gwapi.Origin{Site: "parco", Gateway: "parco-gw1"}
 	b := gwapi.Origin{Site: "piazza", Gateway: "piazza-gw1"}
@@ -166,7 +166,7 @@ func TestSessionsAreScopedToTheGateway(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := store.Session{ID: "parco-gw1.s1", GatewayID: "parco-gw1", SiteID: "parco", ClientMAC: "aa:bb:cc:00:00:01",
-		UserID: s.UserID, Method: "sms", Start: at, LastSeen: at, BytesDown: 100, BytesUp: 10}
+		UserID: s.UserID, Method: "sms", Start: at.Add(-time.Minute), LastSeen: at, BytesDown: 100, BytesUp: 10}
 	if diff := cmp.Diff(want, s); diff != "" {
 		t.Errorf("A's session (-want +got):\n%s", diff)
 	}
