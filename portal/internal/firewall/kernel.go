@@ -530,7 +530,24 @@ func (k *Kernel) Allow(ctx context.Context, g Grant) error {
 		return fmt.Errorf("allowing %s: %w", g.IP, err)
 	}
 	k.log.Info("client allowed", "ip", g.IP, "mac", g.MAC.String(), "timeout_s", timeout, "quota", g.QuotaBytes)
+	k.cutPortalConnections(ctx, g.IP)
 	return nil
+}
+
+// cutPortalConnections deletes the client's conntrack entries of HTTP
+// connections that were DNATed to the portal before login. A browser keeps
+// such connections open (keep-alive, preconnected spares) and would send
+// its first request after login over one, to the portal again instead of
+// the site. Without the entry, the next segment of that connection is no
+// longer translated: the real server resets it, and the browser retries on
+// a new connection that goes out. Best effort: the client is allowed
+// already, so a failure is only logged.
+func (k *Kernel) cutPortalConnections(ctx context.Context, ip netip.Addr) {
+	out, err := k.run.Run(ctx, "", "conntrack", "-D", "-p", "tcp", "-s", ip.String(), "--dport", "80",
+		"--reply-src", k.cfg.GatewayIP.String(), "--reply-port-src", strconv.Itoa(int(k.cfg.PortalHTTPPort)))
+	if err != nil && !strings.Contains(out, "0 flow entries") {
+		k.log.Warn("cutting the client's connections to the portal", "ip", ip, "err", err)
+	}
 }
 
 // updateCounters rewrites the elements of a client already (partly) there:
