@@ -25,7 +25,7 @@ const benchConfig = `site: bench
 interfaces: {clients: br-cw, uplink: wan0, ifb: cwifb0}
 client_network: {address: ` + clientPrefix + `, dhcp_range: 10.20.0.100-10.20.0.200}
 dns: {upstreams: [198.51.100.1]}
-portal: {http_port: 2050, https_port: 2443, api_url: "https://10.20.0.1:2443/api/captive", click_through: true}
+portal: {http_port: 2050, https_port: 2443, api_url: "https://10.20.0.1:2443/api/captive", click_through: true, tls_cert: %[2]s, tls_key: %[3]s, rate_limit: 0}
 walled_garden: {domains: [garden.example.test]}
 limits: {down: "0", up: "0", session: 2h, idle: "0", quota: "0"}
 state_dir: %[1]s/state
@@ -88,6 +88,12 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	if err := b.redirect(ctx); err != nil {
 		return fmt.Errorf("measuring redirects: %w", err)
+	}
+	if err := b.portal(ctx); err != nil {
+		return fmt.Errorf("measuring the portal: %w", err)
+	}
+	if b.o.portalOnly {
+		return nil
 	}
 	// bulk and probe are real clients: synthetic sessions fill the rest.
 	if _, err := b.allow(ctx, b.bulk, "0", "0"); err != nil {
@@ -174,7 +180,15 @@ func (b *bench) setup(ctx context.Context) error {
 	}
 	b.cfg = filepath.Join(l.Dir, "portal.yaml")
 	b.sock = filepath.Join(l.Dir, "portal.sock")
-	if err := os.WriteFile(b.cfg, []byte(fmt.Sprintf(benchConfig, l.Dir)), 0o644); err != nil {
+	ca, err := lab.NewCA(l.Dir)
+	if err != nil {
+		return err
+	}
+	cert, key, err := ca.Issue("portal", l.GatewayIP.String())
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(b.cfg, []byte(fmt.Sprintf(benchConfig, l.Dir, cert, key)), 0o644); err != nil {
 		return err
 	}
 	b.ctl = control.NewClient(b.sock)

@@ -39,6 +39,7 @@ type options struct {
 	fillDown   string
 	fillUp     string
 	timeout    time.Duration
+	portalOnly bool
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -50,6 +51,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.iterations, "iterations", 100, "allow-latency samples per scale (1..1000)")
 	small := fs.Bool("small", false, "quick run: scales 10, 100, 1000 instead of 10, 1000, 10000")
 	fs.DurationVar(&o.timeout, "timeout", 15*time.Minute, "abort (and clean up) after this long")
+	fs.BoolVar(&o.portalOnly, "portal-only", false, "only the captive portal's rows (redirects, probe storm, landing page TTFB): about a minute")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
