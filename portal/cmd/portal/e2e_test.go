@@ -74,7 +74,7 @@ const labConfig = `site: lab
 interfaces: {clients: br-cw, uplink: wan0, ifb: cwifb0}
 client_network: {address: 10.20.0.1/22, dhcp_range: 10.20.0.100-10.20.0.200}
 dns: {upstreams: [198.51.100.1]}
-portal: {http_port: 2050, https_port: 2443, api_url: "https://10.20.0.1:2443/api/captive", click_through: true}
+portal: {http_port: 2050, https_port: 2443, api_url: "https://10.20.0.1:2443/api/captive", click_through: true, tls_cert: %[1]s/portal.pem, tls_key: %[1]s/portal-key.pem}
 walled_garden: {domains: [garden.example.test]}
 limits: {down: "0", up: "0", session: 2h, idle: 15m, quota: "0"}
 state_dir: %[1]s/state
@@ -92,6 +92,15 @@ func newSiteWith(t *testing.T, clients int, extra string, before func(*lab.Lab))
 	bin := portalBinary(t)
 	l := lab.NewT(t, lab.Options{Clients: clients, Upstream: true})
 	s := &site{t: t, l: l, bin: bin, cfg: filepath.Join(l.Dir, "portal.yaml"), sock: filepath.Join(l.Dir, "portal.sock")}
+	// The portal's HTTPS certificate (api_url needs one): Dir/portal.pem
+	// and Dir/portal-key.pem from a throwaway lab CA.
+	ca, err := lab.NewCA(l.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ca.Issue("portal", "10.20.0.1"); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(s.cfg, []byte(fmt.Sprintf(labConfig, l.Dir)+extra), 0o644); err != nil {
 		t.Fatal(err)
 	}
