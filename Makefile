@@ -22,8 +22,9 @@ deps: ## install what is missing (Debian packages, Go modules)
 	fi
 	$(GO) mod download
 
-build: ## build the portal (this machine) into bin/
+build: ## build the portal and the controller (this machine) into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/portal ./portal/cmd/portal
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/controller ./controller/cmd/controller
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/cwlab ./internal/lab/cmd/cwlab
 
 build-all: ## cross-compile the gateway for amd64, arm64, arm/v7 and mipsle (OpenWrt)
@@ -51,8 +52,9 @@ lab: deps build ## build the namespace lab and leave it running until Ctrl-C
 demo: deps build ## a whole site in network namespaces with the gateway running; prints what to try
 	$(BIN)/cwlab demo -portal $(BIN)/portal
 
-bench: deps build ## measure the gateway (writes bench/results.md)
+bench: deps build ## measure the gateway and the controller (writes bench/results.md, bench/controller.md)
 	$(GO) run ./portal/cmd/cwbench -portal $(BIN)/portal -out bench/results.md
+	$(GO) run ./controller/cmd/ctlbench -controller $(BIN)/controller -out bench/controller.md
 
 clean: ## remove build output and leftover lab namespaces
 	rm -rf $(BIN)
