@@ -37,6 +37,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -88,6 +89,11 @@ type Config struct {
 	LogoType     string // its media type
 	ClickThrough bool
 
+	// Login is the resident login (SMS, voucher, remembered device,
+	// SPID) through the controller; nil: click-through only. The methods
+	// offered follow SetOffer.
+	Login Login
+
 	Key  []byte // HMAC key (LoadKey)
 	Rate int    // requests per second per client (bursts of twice that); 0: no limit
 	Now  func() time.Time
@@ -114,6 +120,7 @@ type Server struct {
 	cert        *certReloader
 	pages       *pageSet
 	bufs        sync.Pool
+	offer       atomic.Pointer[Offer]
 }
 
 // New builds the server. It fails on a bad API URL or key, and on a

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,7 +41,7 @@ type pageSet struct {
 	landings map[string][]byte // lang NUL target -> page with csrfMark
 }
 
-var pageNames = []string{"landing", "status", "loggedout", "info", "error"}
+var pageNames = []string{"landing", "status", "loggedout", "info", "error", "code"}
 
 func newPageSet(s *Server) (*pageSet, error) {
 	ps := &pageSet{s: s, tmpl: map[string]*template.Template{}, info: map[string][]byte{}, errors: map[string][]byte{}, landings: map[string][]byte{}}
@@ -93,6 +94,13 @@ type pageData struct {
 
 	TimeLeft string
 	DataLeft string
+
+	// Resident login (see login.go).
+	SMS       *smsFields // the code page
+	Phone     string     // kept in the phone field after a refusal
+	Voucher   string     // kept in (or, from a voucher's QR code, put in) the voucher field
+	IdPs      []IdP
+	PortalURL string // the RFC 8908 user-portal-url, for the SPID fallback in the phone's browser
 }
 
 type langLink struct {
@@ -100,9 +108,8 @@ type langLink struct {
 	Current          bool
 }
 
-// method is one way to log in offered on the landing page. Click-through
-// is the only one today; SMS and one-time codes come with the login
-// methods (their forms, method-sms and method-code, are ready).
+// method is one way to log in offered on the landing page: click, sms,
+// voucher, spid or remembered (the templates in methods.html).
 type method struct{ Kind string }
 
 func (ps *pageSet) base(l *Lang, path string, q url.Values) pageData {
@@ -128,6 +135,17 @@ func (ps *pageSet) render(name string, d pageData) ([]byte, error) {
 		return nil, fmt.Errorf("rendering the %s page: %w", name, err)
 	}
 	return buf.Bytes(), nil
+}
+
+// renderErrorMsg is an error page with a message already translated.
+func (ps *pageSet) renderErrorMsg(l *Lang, code int, msg string) ([]byte, error) {
+	d := ps.base(l, "/portal/", nil)
+	key := "error.other"
+	if slices.Contains(errorCodes, code) {
+		key = "error." + strconv.Itoa(code)
+	}
+	d.Title, d.Message, d.Code = l.cat.T(key+".title"), msg, code
+	return ps.render("error", d)
 }
 
 func (ps *pageSet) renderError(l *Lang, code int, msgKey string) ([]byte, error) {
@@ -161,6 +179,7 @@ func (ps *pageSet) errorPage(l *Lang, code int) []byte {
 type pageError struct {
 	code int
 	key  string // catalogue key of the message
+	msg  string // or the message itself, already translated
 	err  error  // for the log
 }
 
@@ -191,6 +210,12 @@ func (s *Server) newEcho() *echo.Echo {
 	e.Match(get, "/portal/status", s.landing)
 	e.Match(get, "/portal/info", s.info)
 	e.POST("/portal/grant", s.grant)
+	e.POST("/portal/sms", s.smsStart)
+	e.POST("/portal/sms/verify", s.smsVerify)
+	e.POST("/portal/voucher", s.voucher)
+	e.POST("/portal/remembered", s.remembered)
+	e.POST("/portal/spid", s.spidStart)
+	e.Match(get, "/portal/spid/done", s.spidDone)
 	e.POST("/portal/logout", s.logout)
 	e.Match(get, "/portal/static/portal.css", func(c echo.Context) error {
 		c.Response().Header().Set("Cache-Control", "public, max-age=3600")
@@ -231,13 +256,13 @@ func (s *Server) httpError(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
-	code, key := http.StatusInternalServerError, ""
+	code, key, msg := http.StatusInternalServerError, "", ""
 	var pe *pageError
 	var he *echo.HTTPError
 	var bl errBadLang
 	switch {
 	case errors.As(err, &pe):
-		code, key = pe.code, pe.key
+		code, key, msg = pe.code, pe.key, pe.msg
 	case errors.As(err, &bl):
 		code, key = http.StatusBadRequest, "error.lang"
 	case errors.As(err, &he):
@@ -254,7 +279,11 @@ func (s *Server) httpError(err error, c echo.Context) {
 		l = langByCode(q)
 	}
 	var page []byte
-	if key == "" {
+	if msg != "" {
+		if page, err = s.pages.renderErrorMsg(l, code, msg); err != nil {
+			page = s.pages.errorPage(l, code)
+		}
+	} else if key == "" {
 		page = s.pages.errorPage(l, code)
 	} else if page, err = s.pages.renderError(l, code, key); err != nil {
 		page = s.pages.errorPage(l, code)
@@ -286,6 +315,15 @@ func (s *Server) landing(c echo.Context) error {
 	ip := clientIP(r)
 	if ss, ok := s.session(ip, s.now()); ok {
 		return s.renderStatus(c, l, ip, ss, target, sig)
+	}
+	if v := c.QueryParam("voucher"); v != "" {
+		// From a printed voucher's QR code: the code in its field, the
+		// terms still to accept (not cached: the page carries the code).
+		code := strings.ToUpper(v)
+		if !validVoucher(code) {
+			code = ""
+		}
+		return s.renderLandingMsg(c, http.StatusOK, l, ip, target, sig, "", landingExtra{Voucher: code})
 	}
 	return s.renderLanding(c, http.StatusOK, l, ip, target, sig, "")
 }
@@ -331,16 +369,56 @@ var csrfMark = strings.Repeat("Z", len(newSigner(make([]byte, KeySize)).csrf(net
 
 // landing renders the landing page with the given CSRF token.
 func (ps *pageSet) landing(l *Lang, target, sig, msgKey, csrf string) ([]byte, error) {
-	d := ps.base(l, "/portal/", targetQuery(target, sig))
-	d.Title = l.cat.T("landing.title")
-	d.CSRF, d.Target, d.Sig = csrf, target, sig
+	msg := ""
 	if msgKey != "" {
-		d.Message = l.cat.T(msgKey)
+		msg = l.cat.T(msgKey)
 	}
-	if ps.s.cfg.ClickThrough {
-		d.Methods = append(d.Methods, method{Kind: "click"})
+	return ps.landingWith(l, target, sig, msg, csrf, landingExtra{})
+}
+
+// landingWith renders the landing page with a translated message and the
+// resident's input kept. The methods follow the site's offer, in its
+// order; the one-tap button of a remembered device comes first.
+func (ps *pageSet) landingWith(l *Lang, target, sig, msg, csrf string, ex landingExtra) ([]byte, error) {
+	s := ps.s
+	q := targetQuery(target, sig)
+	if ex.Voucher != "" {
+		if q == nil {
+			q = url.Values{}
+		}
+		q.Set("voucher", ex.Voucher)
+	}
+	d := ps.base(l, "/portal/", q)
+	d.Title = l.cat.T("landing.title")
+	d.CSRF, d.Target, d.Sig, d.Message = csrf, target, sig, msg
+	d.Phone, d.Voucher, d.PortalURL = ex.Phone, ex.Voucher, s.userPortalURL()
+	o := s.currentOffer()
+	if s.allows(methodRemembered) {
+		d.Methods = append(d.Methods, method{Kind: methodRemembered})
+	}
+	for _, m := range o.Methods {
+		if !s.allows(m) {
+			continue
+		}
+		switch m {
+		case MethodClick:
+			d.Methods = append(d.Methods, method{Kind: "click"})
+		case MethodSMS, MethodVoucher:
+			d.Methods = append(d.Methods, method{Kind: m})
+		case MethodSPID:
+			if len(o.IdPs) > 0 {
+				d.Methods = append(d.Methods, method{Kind: m})
+				d.IdPs = o.IdPs
+			}
+		}
 	}
 	return ps.render("landing", d)
+}
+
+func (ps *pageSet) clearLandings() {
+	ps.mu.Lock()
+	clear(ps.landings)
+	ps.mu.Unlock()
 }
 
 // The landing pages are cached per language and original URL (the
@@ -437,7 +515,7 @@ func (s *Server) grant(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if !s.cfg.ClickThrough {
+	if !s.allows(MethodClick) {
 		return &pageError{code: http.StatusForbidden, key: "error.disabled"}
 	}
 	r := c.Request()

@@ -26,7 +26,7 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 func TestCatalogues(t *testing.T) {
 	used := map[string]bool{}
 	keyRE := regexp.MustCompile(`\.T "([a-z0-9_.]+)"`)
-	codeRE := regexp.MustCompile(`T\("([a-z0-9_.]+)"|key: "([a-z0-9_.]+)"|"(landing\.must_accept|error\.[a-z]+)"`)
+	codeRE := regexp.MustCompile(`T\("([a-z0-9_.]+)"|key: "([a-z0-9_.]+)"|"(landing\.must_accept|error\.[a-z]+|login\.err\.other)"`)
 	fs.WalkDir(templateFS, "templates", func(p string, d fs.DirEntry, err error) error {
 		if d.IsDir() {
 			return nil
@@ -37,7 +37,10 @@ func TestCatalogues(t *testing.T) {
 		}
 		return nil
 	})
-	for _, f := range []string{"pages.go", "poster.go"} {
+	for _, code := range LoginCodes {
+		used["login.err."+code] = true
+	}
+	for _, f := range []string{"pages.go", "poster.go", "login.go"} {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -199,16 +202,27 @@ func TestFormComponents(t *testing.T) {
 	tp := newTestPortal(t)
 	d := tp.s.pages.base(langs[1], "/portal/", nil)
 	d.CSRF = "tok"
+	d.IdPs = []IdP{{EntityID: "https://idp.example.it", Name: "Example ID"}}
+	d.SMS = &smsFields{RID: "r1", Phone: "+393331234567", Masked: "… 567", State: "st", ResendWait: 30}
 	var buf bytes.Buffer
-	for _, name := range []string{"method-click", "method-sms", "method-code"} {
+	for _, name := range []string{"method-click", "method-remembered", "method-sms", "method-voucher", "method-spid"} {
 		if err := tp.s.pages.tmpl["landing"].ExecuteTemplate(&buf, name, d); err != nil {
 			t.Fatal(err)
 		}
 	}
+	if err := tp.s.pages.tmpl["code"].ExecuteTemplate(&buf, "content", d); err != nil {
+		t.Fatal(err)
+	}
 	b := buf.String()
 	for _, want := range []string{
 		`<input type="tel" id="phone" name="phone" autocomplete="tel"`,
-		`autocomplete="one-time-code" inputmode="numeric"`,
+		`autocomplete="one-time-code" inputmode="numeric" pattern="[0-9]{6}"`,
+		`inputmode="tel"`,
+		`<label for="voucher">Voucher code</label>`,
+		`<label for="accept-voucher">`,
+		`<label for="accept-spid">`,
+		`<button type="submit" class="btn secondary idp" name="idp" value="https://idp.example.it">Example ID</button>`,
+		`You can ask for a new code in 30 seconds.`,
 		`<label for="phone">Mobile phone number</label>`,
 		`<label for="code">Code received</label>`,
 		`<button type="submit" class="btn" name="accept" value="1" aria-describedby="consent-click">Accept and connect</button>`,
@@ -220,8 +234,8 @@ func TestFormComponents(t *testing.T) {
 		}
 	}
 	ids := regexp.MustCompile(`<input type="(?:text|tel|checkbox)" id="([^"]+)"`).FindAllStringSubmatch(b, -1)
-	if len(ids) != 3 {
-		t.Fatalf("found %d visible inputs, want 3", len(ids))
+	if len(ids) != 6 {
+		t.Fatalf("found %d visible inputs, want 6", len(ids))
 	}
 	for _, m := range ids {
 		if !strings.Contains(b, `<label for="`+m[1]+`">`) {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 
 	"github.com/civicwifi/civicwifi/portal/internal/control"
@@ -17,4 +18,12 @@ func (g *Gateway) Logout(ctx context.Context, ip netip.Addr) error {
 		return nil
 	}
 	return err
+}
+
+// Identify returns the MAC of the client the gateway sees at ip (from DHCP
+// and the sniffer, else the neighbour table): the resident login tells the
+// controller which device is asking.
+func (g *Gateway) Identify(ip netip.Addr) (net.HardwareAddr, error) {
+	mac, _, err := g.identify(nil, ip)
+	return mac, err
 }

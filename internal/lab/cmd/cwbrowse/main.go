@@ -13,6 +13,7 @@
 //
 //	navigate=URL       load URL and wait for the load event (redirects followed)
 //	click=SELECTOR     click the first visible element the CSS selector finds
+//	type=SELECTOR=TEXT type TEXT (key presses; no '=' in it) into the first visible element the selector finds
 //	wait=SELECTOR      wait until the element is visible
 //	wait_url=TEXT      wait until the page's URL contains TEXT
 //	wait_text=TEXT     wait until the body's text contains TEXT
@@ -110,7 +111,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-var ops = map[string]bool{"navigate": true, "click": true, "wait": true, "wait_url": true, "wait_text": true, "screenshot": true, "snapshot": false}
+var ops = map[string]bool{"navigate": true, "click": true, "type": true, "wait": true, "wait_url": true, "wait_text": true, "screenshot": true, "snapshot": false}
 
 // parseSteps reads op=arg words; an op is followed by "=" only if it takes
 // an argument (the argument may itself contain "=").
@@ -250,6 +251,12 @@ func doStep(ctx context.Context, s *Step) error {
 		return chromedp.Do(ctx, chromedp.Navigate(s.Arg))
 	case "click":
 		return chromedp.Do(ctx, chromedp.Click(s.Arg, chromedp.NodeVisible))
+	case "type":
+		i := strings.LastIndexByte(s.Arg, '=') // selectors may hold '=' ([type=tel]); TEXT may not
+		if i < 1 {
+			return errors.New("want type=SELECTOR=TEXT")
+		}
+		return chromedp.Do(ctx, chromedp.SendKeys(s.Arg[:i], s.Arg[i+1:], chromedp.NodeVisible))
 	case "wait":
 		return chromedp.Do(ctx, chromedp.WaitVisible(s.Arg))
 	case "wait_url":
