@@ -30,7 +30,7 @@ type env struct {
 var commands = []command{
 	{"validate", "sites.yaml", "check sites.yaml and report every problem with file:line:col", validate},
 	{"schema", "[-o file]", "write the JSON Schema of sites.yaml (for editors; the repo keeps sites.schema.json)", schema},
-	{"plan", "sites.yaml --against old-sites.yaml", "show what sites.yaml changes, like terraform plan", plan},
+	{"plan", "sites.yaml [-config controller.yaml | --against old-sites.yaml]", "show what sites.yaml changes against the running controller (or another file), like terraform plan", plan},
 	{"run", "[-config controller.yaml]", "run the controller: gateway and access point APIs, reloading sites.yaml", runDaemon},
 	{"enroll", "-out dir -name gateway-id", "make a gateway's key pair (or the controller's, -name controller)", enroll},
 	{"sessions", "[-config controller.yaml] [-site id] [-json]", "print each site's session totals from the store", sessions},

@@ -97,7 +97,7 @@ func TestUsageAndErrors(t *testing.T) {
 		{nil, 2, "usage: controller <command> [arguments]\n"},
 		{[]string{"frobnicate"}, 2, "controller: unknown command \"frobnicate\"\n"},
 		{[]string{"validate"}, 2, "usage: controller validate sites.yaml\n"},
-		{[]string{"plan", testdata + "new.yaml"}, 2, "controller plan: --against is required (asking the running controller is not built yet)\n"},
+		{[]string{"plan", testdata + "new.yaml", "-config", testdata + "missing.yaml"}, 1, "reading controller config: open " + testdata + "missing.yaml: no such file or directory\n"},
 		{[]string{"plan", testdata + "new.yaml", "--against", testdata + "missing.yaml"}, 1, "reading sites file: open " + testdata + "missing.yaml: no such file or directory\n"},
 		{[]string{"schema", "extra"}, 2, "usage: controller schema [-o file]\n"},
 	} {

@@ -93,7 +93,7 @@ func runDaemon(ctx context.Context, e *env, args []string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := server.New(server.Options{
-		SitesPath: cfg.Sites, Store: st, SigningKey: key, EnrollTokens: tokens,
+		SitesPath: cfg.Sites, Store: st, SigningKey: key, EnrollTokens: tokens, AppliedCopy: cfg.AppliedCopy(),
 		APCheckin: cfg.APCheckin, APMissedCheckins: cfg.APMissedCheckins, ReloadCheck: cfg.Reload, MaxWait: maxWait,
 		Bus: b,
 		Log: log, Registerer: reg,

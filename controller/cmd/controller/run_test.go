@@ -159,7 +159,7 @@ func newLab(t testing.TB, storeLine string, extra ...string) *lab {
 	}
 	l.configPath = filepath.Join(l.dir, "controller.yaml")
 	conf := fmt.Sprintf("listen: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\nsites: sites.yaml\nstore: %s\n"+
-		"signing_key: keys/controller.key\nap_enroll_token_files: [ap.token]\n%s", storeLine, strings.Join(extra, ""))
+		"signing_key: keys/controller.key\nap_enroll_token_files: [ap.token]\nstate_dir: state\n%s", storeLine, strings.Join(extra, ""))
 	if err := os.WriteFile(l.configPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -372,6 +372,19 @@ func testRun(t *testing.T, l *lab) {
 	}
 	if left, err := c.st.Pending(ctx, "parco-gw1"); err != nil || len(left) != 0 {
 		t.Errorf("pending after ack: %+v, %v", left, err)
+	}
+
+	// controller plan compares a candidate file with the one the controller runs.
+	running, err := os.ReadFile(l.sitesPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	candidate := filepath.Join(l.dir, "candidate.yaml")
+	if err := os.WriteFile(candidate, bytes.Replace(running, []byte("down: 5mbit"), []byte("down: 2mbit"), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := runCmd("plan", candidate, "-config", l.configPath); code != 0 || !strings.Contains(out, "5mbit -> 2mbit") {
+		t.Errorf("plan against the running controller: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 
 	// sites.yaml changes (down 5mbit -> 2mbit): the waiting long poll returns the new policy within 3 s.

@@ -150,8 +150,8 @@ func (b *bench) setup() error {
 	if err != nil {
 		return err
 	}
-	conf := fmt.Sprintf("listen: 127.0.0.1:%d\nsites: %s/sites.yaml\nstore: redis://127.0.0.1:%d/0\nsigning_key: %s/controller.key\nmetrics_listen: \"off\"\nlog_format: text\n",
-		port, b.dir, rport, b.dir)
+	conf := fmt.Sprintf("listen: 127.0.0.1:%d\nsites: %s/sites.yaml\nstore: redis://127.0.0.1:%d/0\nsigning_key: %s/controller.key\nstate_dir: %s/state\nmetrics_listen: \"off\"\nlog_format: text\n",
+		port, b.dir, rport, b.dir, b.dir)
 	if err := os.WriteFile(filepath.Join(b.dir, "controller.yaml"), []byte(conf), 0o644); err != nil {
 		return err
 	}

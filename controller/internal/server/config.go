@@ -31,6 +31,7 @@ type FileConfig struct {
 	APCheckin         time.Duration // the check-in period told to access points
 	APMissedCheckins  int           // an AP is offline after this many missed check-ins
 	Reload            time.Duration // how often sites.yaml is checked for a change
+	StateDir          string        // the controller's own files: the copy of the running sites.yaml (controller plan)
 	LogFormat         string        // json or text
 }
 
@@ -48,6 +49,7 @@ type rawFileConfig struct {
 	APCheckin         v[string]   `yaml:"ap_checkin_interval"`
 	APMissedCheckins  v[int]      `yaml:"ap_missed_checkins"`
 	Reload            v[string]   `yaml:"reload_check"`
+	StateDir          v[string]   `yaml:"state_dir"`
 	LogFormat         v[string]   `yaml:"log_format"`
 }
 
@@ -90,6 +92,7 @@ func ParseConfig(name string, data []byte) (FileConfig, error) {
 	c := FileConfig{
 		Listen: ":8443", Store: DefaultStore, MetricsListen: "127.0.0.1:9464",
 		APCheckin: 60 * time.Second, APMissedCheckins: 3, Reload: 2 * time.Second, LogFormat: "json",
+		StateDir: "/var/lib/civicwifi",
 	}
 	addr := func(what string, val v[string]) string {
 		if _, port, err := net.SplitHostPort(val.V); err != nil || port == "" {
@@ -130,6 +133,12 @@ func ParseConfig(name string, data []byte) (FileConfig, error) {
 		}
 	}
 	c.RedisPasswordFile = abs(r.RedisPasswordFile.V)
+	if r.StateDir.Set {
+		if r.StateDir.V == "" {
+			ps.Addf(r.StateDir.Pos, "state_dir: empty (a directory for the controller's own files, e.g. /var/lib/civicwifi)")
+		}
+		c.StateDir = abs(r.StateDir.V)
+	}
 	for _, t := range r.APEnrollTokens.V {
 		if t == "" {
 			ps.Addf(r.APEnrollTokens.Pos, "ap_enroll_token_files: an empty path")
@@ -192,3 +201,6 @@ func checkStore(s string) error {
 	}
 	return nil
 }
+
+// AppliedCopy is where the running controller keeps a copy of the sites.yaml it serves, for `controller plan`.
+func (c FileConfig) AppliedCopy() string { return filepath.Join(c.StateDir, "sites.applied.yaml") }

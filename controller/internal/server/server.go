@@ -44,6 +44,9 @@ type Options struct {
 	MaxWait          time.Duration // longest gateway long poll; zero: gwapi's default (30 s)
 	Recheck          time.Duration // a long poll also re-reads its state this often; zero: only when woken
 	Bus              Bus           // wakes other replicas' command long polls; nil: a single controller
+	// AppliedCopy, if set, is kept equal to the sites.yaml being served (written after each apply), so that
+	// `controller plan` compares a new file with what runs.
+	AppliedCopy string
 
 	Log        *slog.Logger          // nil: discard
 	Registerer prometheus.Registerer // nil: no metrics
@@ -117,6 +120,7 @@ func New(o Options) (*Server, error) {
 	}
 	s.apply(context.Background(), snap, nil)
 	s.lastSeen = sum
+	s.keepCopy(data)
 
 	s.gw, err = gwapi.New(gwapi.Config{
 		Keys: s.keys, Nonces: nonces{o.Store}, Policies: policies{s}, Sink: sink{o.Store}, Commands: commands{s},
@@ -254,8 +258,28 @@ func (s *Server) Reload(ctx context.Context, force bool) error {
 		return err
 	}
 	s.apply(ctx, snap, old)
+	s.keepCopy(data)
 	s.reloads.WithLabelValues("applied").Inc()
 	return nil
+}
+
+// keepCopy writes the applied sites.yaml to Options.AppliedCopy, atomically. A failure is logged: serving goes
+// on, only `controller plan` is affected.
+func (s *Server) keepCopy(data []byte) {
+	if s.o.AppliedCopy == "" {
+		return
+	}
+	tmp := s.o.AppliedCopy + ".tmp"
+	err := os.MkdirAll(filepath.Dir(s.o.AppliedCopy), 0o750)
+	if err == nil {
+		err = os.WriteFile(tmp, data, 0o640)
+	}
+	if err == nil {
+		err = os.Rename(tmp, s.o.AppliedCopy)
+	}
+	if err != nil {
+		s.log.Warn("keeping a copy of the running sites.yaml (for controller plan)", "path", s.o.AppliedCopy, "err", err)
+	}
 }
 
 func countProblems(err error) int {
