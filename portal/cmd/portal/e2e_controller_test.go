@@ -144,12 +144,12 @@ func (tw *town) totals() map[string]siteTotals {
 	tw.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, tw.bin, "sessions", "-config", tw.conf, "-json").CombinedOutput()
+	out, err := tw.ns.Run(ctx, tw.bin, "sessions", "-config", tw.conf, "-json")
 	if err != nil {
 		tw.t.Fatalf("controller sessions: %v\n%s", err, out)
 	}
 	var lines []siteTotals
-	if err := json.Unmarshal(out, &lines); err != nil {
+	if err := json.Unmarshal([]byte(out), &lines); err != nil {
 		tw.t.Fatalf("controller sessions output %q: %v", out, err)
 	}
 	m := map[string]siteTotals{}
@@ -203,7 +203,17 @@ func upRate(s *site, ip string) (quantity.Rate, string) {
 }
 
 func TestControllerDrivesTwoSites(t *testing.T) {
+	// The embedded store, with the full two-minute controller outage; then
+	// Redis (started in the controller's namespace), with a shorter one.
+	t.Run("embedded store", func(t *testing.T) { testControllerDrivesTwoSites(t, false, 2*time.Minute) })
+	t.Run("redis", func(t *testing.T) { testControllerDrivesTwoSites(t, true, 30*time.Second) })
+}
+
+func testControllerDrivesTwoSites(t *testing.T, redis bool, outageFor time.Duration) {
 	lab.Require(t, "iptables", "ipset", "tc", "dnsmasq", "curl", "iperf3")
+	if redis {
+		lab.Require(t, "redis-server")
+	}
 	dir := t.TempDir()
 	for _, name := range []string{"controller", "gw-a", "gw-b"} {
 		if _, err := apiclient.Enroll(dir, name); err != nil {
@@ -212,14 +222,19 @@ func TestControllerDrivesTwoSites(t *testing.T) {
 	}
 	tw := &town{t: t, dir: dir, bin: controllerBinary(t), conf: filepath.Join(dir, "controller.yaml")}
 	tw.writeSites("")
+	storeAddr := "bolt:" + dir + "/controller.db"
+	if redis {
+		storeAddr = "redis://127.0.0.1:6390/0"
+	}
 	conf := fmt.Sprintf(`listen: 0.0.0.0:8443
 sites: %[1]s/sites.yaml
-store: bolt:%[1]s/controller.db
+store: %[2]s
 signing_key: %[1]s/controller.key
+state_dir: %[1]s/state
 metrics_listen: "off"
 reload_check: 1s
 log_format: text
-`, dir)
+`, dir, storeAddr)
 	if err := os.WriteFile(tw.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -230,6 +245,20 @@ log_format: text
 		ctx := context.Background()
 		if _, err := l.Upstream.Run(ctx, "ip", "addr", "add", controllerAddr+"/30", "dev", "lo"); err != nil {
 			t.Fatal(err)
+		}
+		if redis {
+			rdir := filepath.Join(dir, "redis")
+			if err := os.Mkdir(rdir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := l.Start(l.Upstream, "redis", "redis-server", "--bind", "127.0.0.1", "--port", "6390",
+				"--dir", rdir, "--appendonly", "yes", "--save", ""); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 10*time.Second, "redis answers", func() (bool, string) {
+				out, err := l.Upstream.Run(ctx, "redis-cli", "-p", "6390", "ping")
+				return err == nil && strings.TrimSpace(out) == "PONG", out
+			})
 		}
 		tw.start()
 		t.Cleanup(tw.stop)
@@ -336,7 +365,7 @@ log_format: text
 			t.Fatalf("kick: %v\n%s", err, out)
 		}
 	}
-	outage := time.Now().Add(2 * time.Minute)
+	outage := time.Now().Add(outageFor)
 	for i := 0; i < 12 && time.Now().Before(outage); i++ {
 		b.allow("--ip", c2.IP.String(), "--mac", c2.MAC.String())
 		if r := fetch(c2.NS, 10*time.Second, "-o", "/dev/null", fmt.Sprintf("http://%s/bytes?n=%d", b.l.OtherIP, 1_000_000+i)); r.Err != nil {
