@@ -22,7 +22,7 @@ const demoConfig = `site: demo-parco-pertini
 interfaces: {clients: %[2]s, uplink: %[3]s, ifb: cwifb0}
 client_network: {address: %[4]s, dhcp_range: 10.20.0.100-10.20.3.200}
 dns: {upstreams: [%[5]s]}
-portal: {http_port: 2050, https_port: 2443, api_url: "https://10.20.0.1:2443/api/captive", click_through: true}
+portal: {http_port: 2050, https_port: 2443, api_url: "https://10.20.0.1:2443/api/captive", click_through: true, tls_cert: %[1]s/portal.pem, tls_key: %[1]s/portal-key.pem}
 walled_garden: {domains: [garden.example.test]}
 limits: {down: 10mbit, up: 2mbit, session: 1h, idle: 15m, quota: 500MB}
 state_dir: %[1]s/state
@@ -57,6 +57,15 @@ func demo(args []string) error {
 		}
 	}()
 	if err := l.StartUpstream(ctx); err != nil {
+		return err
+	}
+	// The portal's HTTPS certificate from a throwaway lab CA
+	// (Dir/lab-ca.pem: curl --cacert it to read the RFC 8908 API).
+	ca, err := lab.NewCA(l.Dir)
+	if err != nil {
+		return err
+	}
+	if _, _, err := ca.Issue("portal", l.GatewayIP.String()); err != nil {
 		return err
 	}
 	cfg := filepath.Join(l.Dir, "portal.yaml")
@@ -114,7 +123,7 @@ A walk through it (each command is run for you; run them again yourself):
 		{"Let phone 1 in (what a login does)", ctl("allow", "--ip", p1.IP.String()), l.Gateway},
 		{"Phone 1 reaches the internet", []string{"curl", "-s", other}, p1.NS},
 		{"Phone 1 is shaped to 10 Mbit/s down", []string{"sh", "-c", "iperf3 -c " + l.UpstreamIP.String() + " -R -t 3 | grep receiver"}, p1.NS},
-		{"Phone 2 uses the click-through button on the portal page", []string{"curl", "-s", "-o", "/dev/null", "-w", "%{http_code} -> %{redirect_url}\n", "-d", "url=" + other, "http://10.20.0.1:2050/portal/grant"}, p2.NS},
+		{"Phone 2 uses the click-through button on the portal page (the redirect, the landing page's form, its CSRF token)", []string{"sh", "-c", clickThrough(other)}, p2.NS},
 		{"Phone 2 is in too", []string{"curl", "-s", other}, p2.NS},
 		{"Sessions, with time and data used", ctl("clients"), l.Gateway},
 		{"Kick phone 2: it is captive again at once", ctl("kick", "--ip", p2.IP.String()), l.Gateway},
@@ -179,4 +188,16 @@ func indent(s string) string {
 		return ""
 	}
 	return "   " + strings.ReplaceAll(s, "\n", "\n   ") + "\n"
+}
+
+// clickThrough is the shell for a resident's click-through: follow the
+// redirect to the landing page, read its form's hidden fields (CSRF token,
+// language, signed original URL) and post them with accept=1.
+func clickThrough(orig string) string {
+	return `landing=$(curl -s -o /dev/null -w '%{redirect_url}' ` + orig + `)
+page=$(curl -s "$landing")
+field() { printf '%s' "$page" | grep -o "name=\"$1\" value=\"[^\"]*\"" | head -n 1 | sed 's/.*value="//; s/"$//'; }
+curl -s -o /dev/null -w '%{http_code} -> %{redirect_url}\n' --data-urlencode "csrf=$(field csrf)" \
+  --data-urlencode "lang=$(field lang)" --data-urlencode "url=$(field url)" --data-urlencode "sig=$(field sig)" \
+  -d accept=1 http://10.20.0.1:2050/portal/grant`
 }
