@@ -1,0 +1,424 @@
+package spid
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/controller/internal/sites"
+	"github.com/civicwifi/civicwifi/controller/internal/store"
+	"github.com/civicwifi/civicwifi/controller/internal/store/boltstore"
+	"github.com/crewjam/saml"
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/net/html"
+)
+
+const (
+	testFiscal = "TINIT-RSSMRA80A01H501U"
+	testMAC    = "02:aa:bb:cc:dd:01"
+	testIP     = "10.20.0.57"
+)
+
+var testPepper = bytes.Repeat([]byte("p"), 32)
+
+func newKeyCert(t testing.TB, cn string) (*rsa.PrivateKey, *x509.Certificate) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn, Country: []string{"IT"}},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, cert
+}
+
+// scenario is what the test IdP does for one login.
+type scenario struct {
+	level  string                                             // the AuthnContextClassRef it asserts; "" : SpidL2
+	mutate func(a *saml.Assertion, req *saml.IdpAuthnRequest) // after the default assertion, before signing
+}
+
+// testIdP is a real SAML IdP (crewjam's IdentityProvider) on loopback that signs Response and Assertion with its
+// own key. The SP's metadata is fetched over HTTP from the controller, as a federation registry would.
+type testIdP struct {
+	idp    *saml.IdentityProvider
+	srv    *httptest.Server
+	mu     sync.Mutex
+	sc     scenario
+	spMeta func() []byte
+}
+
+func (ti *testIdP) GetServiceProvider(_ *http.Request, id string) (*saml.EntityDescriptor, error) {
+	var ed saml.EntityDescriptor
+	if err := xml.Unmarshal(ti.spMeta(), &ed); err != nil {
+		return nil, err
+	}
+	if ed.EntityID != id {
+		return nil, os.ErrNotExist
+	}
+	return &ed, nil
+}
+
+func (ti *testIdP) GetSession(w http.ResponseWriter, r *http.Request, req *saml.IdpAuthnRequest) *saml.Session {
+	ti.mu.Lock()
+	level := ti.sc.level
+	ti.mu.Unlock()
+	if level == "" {
+		level = LevelL2
+	}
+	return &saml.Session{
+		ID: "s-" + randomToken(), CreateTime: time.Now(), ExpireTime: time.Now().Add(time.Hour),
+		NameID: "_" + randomToken(), NameIDFormat: string(saml.TransientNameIDFormat), AuthnContextClassRef: level,
+		UserName: "mario",
+	}
+}
+
+func (ti *testIdP) MakeAssertion(req *saml.IdpAuthnRequest, s *saml.Session) error {
+	if err := (saml.DefaultAssertionMaker{}).MakeAssertion(req, s); err != nil {
+		return err
+	}
+	a := req.Assertion
+	a.AttributeStatements = []saml.AttributeStatement{{Attributes: []saml.Attribute{{
+		Name: AttributeFiscalNumber, NameFormat: "urn:oasis:names:tc:SAML:2.0:attrname-format:basic",
+		Values: []saml.AttributeValue{{Type: "xs:string", Value: testFiscal}},
+	}}}}
+	ti.mu.Lock()
+	m := ti.sc.mutate
+	ti.mu.Unlock()
+	if m != nil {
+		m(a, req)
+	}
+	return nil
+}
+
+func (ti *testIdP) set(sc scenario) {
+	ti.mu.Lock()
+	ti.sc = sc
+	ti.mu.Unlock()
+}
+
+func startIdP(t *testing.T, spMeta func() []byte) *testIdP {
+	key, cert := newKeyCert(t, "test-idp")
+	ti := &testIdP{spMeta: spMeta}
+	mux := http.NewServeMux()
+	ti.srv = httptest.NewServer(mux)
+	t.Cleanup(ti.srv.Close)
+	base, _ := url.Parse(ti.srv.URL)
+	ti.idp = &saml.IdentityProvider{
+		Key: key, Signer: key, Certificate: cert,
+		MetadataURL: endpoint(base, "/metadata"), SSOURL: endpoint(base, "/sso"),
+		ServiceProviderProvider: ti, SessionProvider: ti, AssertionMaker: ti,
+		SignatureMethod: "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+	}
+	mux.Handle("/metadata", ti.idp.Handler())
+	mux.Handle("/sso", ti.idp.Handler())
+	mux.HandleFunc("/initiated", func(w http.ResponseWriter, r *http.Request) {
+		ti.idp.ServeIDPInitiated(w, r, r.URL.Query().Get("sp"), "")
+	})
+	return ti
+}
+
+// registryXML wraps IdP metadata in an AgID-style EntitiesDescriptor.
+func registryXML(t *testing.T, eds ...*saml.EntityDescriptor) []byte {
+	t.Helper()
+	all := saml.EntitiesDescriptor{}
+	for _, ed := range eds {
+		e := *ed
+		e.Organization = &saml.Organization{OrganizationDisplayNames: []saml.LocalizedName{{Lang: "it", Value: "IdP di prova"}}}
+		all.EntityDescriptors = append(all.EntityDescriptors, e)
+	}
+	b, err := xml.Marshal(all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+type harness struct {
+	t        *testing.T
+	sp       *SP
+	idp      *testIdP
+	ctrl     *httptest.Server
+	gateway  *httptest.Server // stands in for the gateway's /portal/spid/done
+	st       store.Store
+	reg      *prometheus.Registry
+	spCert   *x509.Certificate
+	returnTo string
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	h := &harness{t: t, reg: prometheus.NewRegistry()}
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "c.db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	h.st = st
+	data, err := os.ReadFile("testdata/sites.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := sites.Parse("testdata/sites.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	h.ctrl = httptest.NewServer(mux)
+	t.Cleanup(h.ctrl.Close)
+	h.idp = startIdP(t, func() []byte {
+		b, err := h.sp.Metadata()
+		if err != nil {
+			t.Errorf("SP metadata: %v", err)
+		}
+		return b
+	})
+	reg, err := ParseRegistry("registry.xml", registryXML(t, h.idp.idp.Metadata()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, cert := newKeyCert(t, "controller-sp")
+	h.spCert = cert
+	pub, _ := url.Parse(h.ctrl.URL)
+	h.sp, err = New(Options{
+		EntityID: "https://wifi.comune.prova.it/spid", PublicURL: pub, Key: key, Certificate: cert, IdPs: reg,
+		Store: st, Sites: func() *sites.Config { return cfg }, Pepper: testPepper, Registerer: h.reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux.Handle("/spid/", h.sp.Handler())
+	gw := http.NewServeMux()
+	gw.HandleFunc("/portal/spid/done", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "done") })
+	h.gateway = httptest.NewServer(gw)
+	t.Cleanup(h.gateway.Close)
+	h.returnTo = h.gateway.URL + "/portal/spid/done"
+	return h
+}
+
+func (h *harness) idpID() string { return h.idp.idp.MetadataURL.String() }
+
+func (h *harness) start(site, gw string) string {
+	h.t.Helper()
+	a, err := h.sp.Start(context.Background(), site, gw, apiclient.SPIDStartRequest{
+		ClientMAC: testMAC, ClientIP: testIP, IdPEntityID: h.idpID(), Lang: "it", Consent: true, ReturnURL: h.returnTo,
+	})
+	if err != nil {
+		h.t.Fatalf("Start: %v", err)
+	}
+	return a.RedirectURL
+}
+
+// browser is an http.Client with a cookie jar that follows redirects and submits the auto-posting forms of the
+// HTTP-POST binding, as a browser does with JavaScript.
+type browser struct {
+	t        *testing.T
+	c        *http.Client
+	requests [][]byte // SAMLRequests it carried to the IdP
+	acsForms []url.Values
+	// tamper, if set, changes the SAMLResponse XML before it is posted to the ACS.
+	tamper func([]byte) []byte
+}
+
+func newBrowser(t *testing.T) *browser {
+	jar, _ := cookiejar.New(nil)
+	return &browser{t: t, c: &http.Client{Jar: jar, Timeout: 10 * time.Second}}
+}
+
+// page is where a walk ended.
+type page struct {
+	status int
+	url    *url.URL
+	body   string
+	reason string // X-Spid-Reason
+}
+
+func (b *browser) walk(start string) page {
+	b.t.Helper()
+	resp, err := b.c.Get(start)
+	for i := 0; ; i++ {
+		if err != nil {
+			b.t.Fatalf("browsing: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		action, form := postForm(body)
+		if action == "" || i > 5 {
+			return page{status: resp.StatusCode, url: resp.Request.URL, body: string(body), reason: resp.Header.Get("X-Spid-Reason")}
+		}
+		target := resp.Request.URL.ResolveReference(mustParse(action))
+		if v := form.Get("SAMLRequest"); v != "" {
+			raw, _ := base64.StdEncoding.DecodeString(v)
+			b.requests = append(b.requests, raw)
+		}
+		if v := form.Get("SAMLResponse"); v != "" {
+			if b.tamper != nil {
+				raw, _ := base64.StdEncoding.DecodeString(v)
+				form.Set("SAMLResponse", base64.StdEncoding.EncodeToString(b.tamper(raw)))
+			}
+			b.acsForms = append(b.acsForms, cloneValues(form))
+		}
+		resp, err = b.c.PostForm(target.String(), form)
+	}
+}
+
+func (b *browser) post(target string, form url.Values) page {
+	b.t.Helper()
+	resp, err := b.c.PostForm(target, form)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return page{status: resp.StatusCode, url: resp.Request.URL, body: string(body), reason: resp.Header.Get("X-Spid-Reason")}
+}
+
+func cloneValues(v url.Values) url.Values {
+	out := url.Values{}
+	for k, vs := range v {
+		out[k] = append([]string(nil), vs...)
+	}
+	return out
+}
+
+func mustParse(s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
+
+// postForm finds the first form with method post and returns its action and its inputs' values.
+func postForm(body []byte) (string, url.Values) {
+	doc, err := html.Parse(bytes.NewReader(body))
+	if err != nil {
+		return "", nil
+	}
+	var action string
+	vals := url.Values{}
+	var walk func(n *html.Node, inForm bool)
+	walk = func(n *html.Node, inForm bool) {
+		if n.Type == html.ElementNode && n.Data == "form" && action == "" && strings.EqualFold(attr(n, "method"), "post") {
+			action = attr(n, "action")
+			inForm = true
+		}
+		if inForm && n.Type == html.ElementNode && n.Data == "input" && attr(n, "name") != "" {
+			vals.Set(attr(n, "name"), attr(n, "value"))
+		}
+		for c := n.FirstChild; c != nil; c = c.NextSibling {
+			walk(c, inForm)
+		}
+	}
+	walk(doc, false)
+	return action, vals
+}
+
+func attr(n *html.Node, k string) string {
+	for _, a := range n.Attr {
+		if a.Key == k {
+			return a.Val
+		}
+	}
+	return ""
+}
+
+func (h *harness) redeem(site, gw, state string) (Verified, error) {
+	return h.sp.Redeem(context.Background(), site, gw, apiclient.SPIDGrantRequest{State: state, ClientMAC: testMAC, ClientIP: testIP})
+}
+
+func stateOf(p page) string { return p.url.Query().Get("state") }
+
+func TestFlow(t *testing.T) {
+	h := newHarness(t)
+	b := newBrowser(t)
+	end := b.walk(h.start("parco", "parco-gw1"))
+	if end.status != http.StatusOK || end.url.Path != "/portal/spid/done" || !strings.HasPrefix(end.url.String(), h.gateway.URL) {
+		t.Fatalf("walk ended at %d %s (%s): %.300s", end.status, end.url, end.reason, end.body)
+	}
+	v, err := h.redeem("parco", "parco-gw1", stateOf(end))
+	if err != nil {
+		t.Fatalf("Redeem: %v", err)
+	}
+	want := Verified{Site: "parco", GatewayID: "parco-gw1", ClientMAC: testMAC, ClientIP: testIP,
+		User: Pseudonym(testPepper, "TINIT-RSSMRA80A01H501U"), Level: 2, IdP: h.idpID()}
+	if diff := cmp.Diff(want, v, cmpIgnoreTimes); diff != "" {
+		t.Errorf("Verified (-want +got):\n%s", diff)
+	}
+	if len(v.User) != 52 || strings.Contains(v.User, "RSSMRA") {
+		t.Errorf("pseudonym %q", v.User)
+	}
+	// The state is single use at spid/grant.
+	_, err = h.redeem("parco", "parco-gw1", stateOf(end))
+	wantCode(t, err, apiclient.CodeExpired)
+	if got := testutil.ToFloat64(h.sp.outcomes.WithLabelValues("ok")); got != 1 {
+		t.Errorf("ok logins = %v, want 1", got)
+	}
+	// The fiscal code is nowhere in the store (every ephemeral key the flow wrote).
+	assertNoFiscalCode(t, h)
+}
+
+var cmpIgnoreTimes = cmp.FilterPath(func(p cmp.Path) bool {
+	s := p.String()
+	return s == "Authenticated" || s == "ConsentAt"
+}, cmp.Ignore())
+
+func wantCode(t *testing.T, err error, code string) *apiclient.LoginError {
+	t.Helper()
+	var e *apiclient.LoginError
+	if !errors.As(err, &e) || e.Code != code {
+		t.Fatalf("got error %v, want code %s", err, code)
+	}
+	return e
+}
+
+func assertNoFiscalCode(t *testing.T, h *harness) {
+	t.Helper()
+	db := filepath.Join(t.TempDir(), "copy.db")
+	_ = db
+	// The bolt file is the store: search its bytes.
+	path := h.st.(*boltstore.Store).Path()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"RSSMRA80A01H501U", "rssmra80a01h501u"} {
+		if bytes.Contains(raw, []byte(s)) {
+			t.Errorf("the store file holds the fiscal code %s in clear", s)
+		}
+	}
+}
+
+var _ = fmt.Sprint
