@@ -428,7 +428,7 @@ func maskPhone(p string) string {
 		if p[i] >= '0' && p[i] <= '9' {
 			digits++
 			if digits == 3 {
-				return "… " + p[i:]
+				return strings.ReplaceAll(p[i:], " ", "")
 			}
 		}
 	}

@@ -349,7 +349,7 @@ func (s *Server) renderLanding(c echo.Context, status int, l *Lang, ip netip.Add
 	token := s.sign.csrf(ip, s.now())
 	if msgKey == "" {
 		if b, ok := s.pages.cachedLanding(l, target); ok {
-			return s.html(c, status, bytes.Replace(b, []byte(csrfMark), []byte(token), 1))
+			return s.html(c, status, bytes.ReplaceAll(b, []byte(csrfMark), []byte(token)))
 		}
 	}
 	b, err := s.pages.landing(l, target, sig, msgKey, csrfMark)
@@ -359,7 +359,7 @@ func (s *Server) renderLanding(c echo.Context, status int, l *Lang, ip netip.Add
 	if msgKey == "" {
 		s.pages.storeLanding(l, target, b)
 	}
-	return s.html(c, status, bytes.Replace(b, []byte(csrfMark), []byte(token), 1))
+	return s.html(c, status, bytes.ReplaceAll(b, []byte(csrfMark), []byte(token)))
 }
 
 // csrfMark stands for the CSRF token in cached landing pages: the same

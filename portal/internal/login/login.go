@@ -1,0 +1,343 @@
+// Package login is the gateway's side of resident login (SMS code,
+// voucher, remembered device, SPID): it relays what the resident typed on
+// the portal page to the controller over the signed gateway protocol
+// (controller/apiclient), checks the grant the controller answers with
+// (Ed25519 signature, site, gateway, client MAC and IP, expiry, and single
+// use: grant ids are kept in a small bbolt file until they expire), and
+// opens the session with the grant's limits and the resident's pseudonym.
+//
+// The gateway never holds a provider secret and never keeps or logs a phone
+// number: it passes the number through to the controller and forgets it.
+// Service implements captive.Login.
+package login
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/internal/quantity"
+	"github.com/civicwifi/civicwifi/portal/internal/captive"
+	"github.com/civicwifi/civicwifi/portal/internal/config"
+	"github.com/civicwifi/civicwifi/portal/internal/gateway"
+)
+
+// Controller is what the gateway asks the controller (*apiclient.Client).
+// Refusals are *apiclient.LoginError.
+type Controller interface {
+	StartSMS(ctx context.Context, req apiclient.SMSStartRequest) (apiclient.SMSStartAnswer, error)
+	VerifySMS(ctx context.Context, req apiclient.SMSVerifyRequest) (apiclient.Grant, error)
+	RedeemVoucher(ctx context.Context, req apiclient.VoucherRequest) (apiclient.Grant, error)
+	Remembered(ctx context.Context, req apiclient.RememberedRequest) (apiclient.Grant, error)
+	StartSPID(ctx context.Context, req apiclient.SPIDStartRequest) (apiclient.SPIDStartAnswer, error)
+	SPIDGrant(ctx context.Context, req apiclient.SPIDGrantRequest) (apiclient.Grant, error)
+	SPIDIdPs(ctx context.Context) ([]apiclient.SPIDIdP, error)
+}
+
+// Gateway is what login needs from the gateway (*gateway.Gateway).
+type Gateway interface {
+	// Identify returns the MAC of the client the gateway sees at ip.
+	Identify(ip netip.Addr) (net.HardwareAddr, error)
+	// Open opens (or updates) the client's session.
+	Open(ctx context.Context, req gateway.Grant) (*gateway.Session, error)
+	// Limits are the site's defaults, for what a grant leaves at zero.
+	Limits() config.Limits
+}
+
+// Config of the service.
+type Config struct {
+	Site          string
+	GatewayID     string
+	ControllerKey ed25519.PublicKey // the controller's answer- and grant-signing key
+	StateDir      string            // grants.db lives here
+	Now           func() time.Time
+}
+
+// Service relays logins and opens sessions for valid grants.
+type Service struct {
+	cfg  Config
+	ctl  Controller
+	gw   Gateway
+	log  *slog.Logger
+	db   *bolt.DB
+	now  func() time.Time
+	mu   sync.Mutex // serialises grant use (bbolt does too; this keeps prune simple)
+	last time.Time  // last prune
+
+	idpMu   sync.Mutex
+	idps    []captive.IdP
+	idpsAt  time.Time
+	idpsTTL time.Duration
+}
+
+var bucketGrants = []byte("grants")
+
+// New opens StateDir/grants.db (the used grant ids). Close releases it.
+func New(cfg Config, ctl Controller, gw Gateway, log *slog.Logger) (*Service, error) {
+	if len(cfg.ControllerKey) != ed25519.PublicKeySize {
+		return nil, errors.New("resident login: no controller key")
+	}
+	if cfg.Site == "" || cfg.GatewayID == "" {
+		return nil, errors.New("resident login: site and gateway id are required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state directory: %w", err)
+	}
+	path := filepath.Join(cfg.StateDir, "grants.db")
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return nil, fmt.Errorf("opening %s: another portal daemon holds it", path)
+		}
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketGrants)
+		return err
+	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialising %s: %w", path, err)
+	}
+	return &Service{cfg: cfg, ctl: ctl, gw: gw, log: log, db: db, now: cfg.Now, idpsTTL: 10 * time.Minute}, nil
+}
+
+// Close closes the grants file.
+func (s *Service) Close() error { return s.db.Close() }
+
+// client is the MAC and IP the controller is told about.
+func (s *Service) client(ip netip.Addr) (string, string, error) {
+	mac, err := s.gw.Identify(ip)
+	if err != nil {
+		return "", "", &captive.LoginError{Code: apiclient.CodeNotConnected, Err: err}
+	}
+	return mac.String(), ip.String(), nil
+}
+
+// StartSMS asks the controller to text a code to phone.
+func (s *Service) StartSMS(ctx context.Context, ip netip.Addr, phone, lang string) (captive.SMSSent, error) {
+	mac, cip, err := s.client(ip)
+	if err != nil {
+		return captive.SMSSent{}, err
+	}
+	a, err := s.ctl.StartSMS(ctx, apiclient.SMSStartRequest{ClientMAC: mac, ClientIP: cip, Phone: phone, Lang: lang, Consent: true})
+	if err != nil {
+		return captive.SMSSent{}, refusal(err)
+	}
+	s.log.Info("sms code requested", "mac", mac, "ip", cip, "request", a.RequestID)
+	return captive.SMSSent{RequestID: a.RequestID, ResendAfter: time.Duration(a.ResendAfterS) * time.Second, Expires: time.Duration(a.ExpiresS) * time.Second}, nil
+}
+
+// VerifySMS checks the code and opens the session.
+func (s *Service) VerifySMS(ctx context.Context, ip netip.Addr, requestID, code string) error {
+	return s.grantFor(ctx, ip, "sms", func(mac, cip string) (apiclient.Grant, error) {
+		return s.ctl.VerifySMS(ctx, apiclient.SMSVerifyRequest{RequestID: requestID, ClientMAC: mac, ClientIP: cip, Code: code})
+	})
+}
+
+// Voucher redeems a voucher and opens the session.
+func (s *Service) Voucher(ctx context.Context, ip netip.Addr, code string) error {
+	return s.grantFor(ctx, ip, "voucher", func(mac, cip string) (apiclient.Grant, error) {
+		return s.ctl.RedeemVoucher(ctx, apiclient.VoucherRequest{ClientMAC: mac, ClientIP: cip, Code: code, Consent: true})
+	})
+}
+
+// Remembered lets a device the controller remembers in.
+func (s *Service) Remembered(ctx context.Context, ip netip.Addr) error {
+	return s.grantFor(ctx, ip, "remembered", func(mac, cip string) (apiclient.Grant, error) {
+		return s.ctl.Remembered(ctx, apiclient.RememberedRequest{ClientMAC: mac, ClientIP: cip})
+	})
+}
+
+// StartSPID returns the controller's SP URL to send the browser to.
+func (s *Service) StartSPID(ctx context.Context, ip netip.Addr, idp, lang, returnURL string) (string, error) {
+	mac, cip, err := s.client(ip)
+	if err != nil {
+		return "", err
+	}
+	a, err := s.ctl.StartSPID(ctx, apiclient.SPIDStartRequest{ClientMAC: mac, ClientIP: cip, IdPEntityID: idp, Lang: lang, ReturnURL: returnURL, Consent: true})
+	if err != nil {
+		return "", refusal(err)
+	}
+	s.log.Info("spid login started", "mac", mac, "ip", cip, "idp", idp)
+	return a.RedirectURL, nil
+}
+
+// FinishSPID fetches the grant of a completed SPID login and opens the
+// session.
+func (s *Service) FinishSPID(ctx context.Context, ip netip.Addr, state string) error {
+	return s.grantFor(ctx, ip, "spid", func(mac, cip string) (apiclient.Grant, error) {
+		return s.ctl.SPIDGrant(ctx, apiclient.SPIDGrantRequest{State: state, ClientMAC: mac, ClientIP: cip})
+	})
+}
+
+// IdPs are the SPID identity providers for the landing page, asked of the
+// controller at most every ten minutes (the last good list is kept while
+// it cannot be reached).
+func (s *Service) IdPs(ctx context.Context) ([]captive.IdP, error) {
+	s.idpMu.Lock()
+	defer s.idpMu.Unlock()
+	if s.idps != nil && s.now().Sub(s.idpsAt) < s.idpsTTL {
+		return s.idps, nil
+	}
+	l, err := s.ctl.SPIDIdPs(ctx)
+	if err != nil {
+		if s.idps != nil {
+			return s.idps, nil
+		}
+		return nil, fmt.Errorf("listing the SPID identity providers: %w", err)
+	}
+	out := make([]captive.IdP, 0, len(l))
+	for _, p := range l {
+		if p.EntityID != "" && p.Name != "" {
+			out = append(out, captive.IdP{EntityID: p.EntityID, Name: p.Name, LogoURL: p.LogoURL})
+		}
+	}
+	s.idps, s.idpsAt = out, s.now()
+	return out, nil
+}
+
+// grantFor asks the controller for a grant (ask gets the client's MAC and
+// IP), checks it and opens the session.
+func (s *Service) grantFor(ctx context.Context, ip netip.Addr, what string, ask func(mac, ip string) (apiclient.Grant, error)) error {
+	mac, cip, err := s.client(ip)
+	if err != nil {
+		return err
+	}
+	g, err := ask(mac, cip)
+	if err != nil {
+		return refusal(err)
+	}
+	return s.Use(ctx, g, mac, cip)
+}
+
+// ErrReplay is a grant whose id was used before.
+var ErrReplay = errors.New("grant already used")
+
+// Use checks a grant for the client (mac, ip), marks its id used and opens
+// the session. Refusals are *captive.LoginError with code grant_refused
+// wrapping apiclient.ErrGrant or ErrReplay.
+func (s *Service) Use(ctx context.Context, g apiclient.Grant, mac, ip string) error {
+	now := s.now()
+	if err := apiclient.VerifyGrant(g, s.cfg.ControllerKey, s.cfg.Site, s.cfg.GatewayID, mac, ip, now); err != nil {
+		s.log.Warn("grant refused", "mac", mac, "ip", ip, "err", err)
+		return &captive.LoginError{Code: "grant_refused", Err: err}
+	}
+	if err := s.markUsed(g, now); err != nil {
+		if errors.Is(err, ErrReplay) {
+			s.log.Warn("grant refused", "mac", mac, "ip", ip, "grant", g.ID, "err", err)
+			return &captive.LoginError{Code: "grant_refused", Err: err}
+		}
+		return err
+	}
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return fmt.Errorf("opening session: %w", err)
+	}
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return fmt.Errorf("opening session: %w", err)
+	}
+	sess, err := s.gw.Open(ctx, gateway.Grant{MAC: hw, IP: addr, Method: g.Method, User: g.User, Limits: s.limits(g)})
+	if err != nil {
+		if errors.Is(err, gateway.ErrRefused) {
+			return &captive.LoginError{Code: "grant_refused", Err: err}
+		}
+		return fmt.Errorf("opening session for grant %s: %w", g.ID, err)
+	}
+	s.log.Info("resident logged in", "method", g.Method, "user", g.User, "mac", mac, "ip", ip, "grant", g.ID, "session", sess.ID)
+	return nil
+}
+
+// limits are the grant's limits, the site's default for each left at zero.
+func (s *Service) limits(g apiclient.Grant) config.Limits {
+	l := s.gw.Limits()
+	if g.DownBPS > 0 {
+		l.Down = quantity.Rate(g.DownBPS)
+	}
+	if g.UpBPS > 0 {
+		l.Up = quantity.Rate(g.UpBPS)
+	}
+	if g.Session > 0 {
+		l.Session = time.Duration(g.Session)
+	}
+	if g.Idle > 0 {
+		l.Idle = time.Duration(g.Idle)
+	}
+	if g.QuotaBytes > 0 {
+		l.Quota = quantity.Bytes(g.QuotaBytes)
+	}
+	return l
+}
+
+// markUsed records g's id until it expires, refusing one already there.
+// Expired ids are pruned at most once a minute.
+func (s *Service) markUsed(g apiclient.Grant, now time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	prune := now.Sub(s.last) > time.Minute
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketGrants)
+		if prune {
+			c := b.Cursor()
+			for k, v := c.First(); k != nil; k, v = c.Next() {
+				if len(v) != 8 || int64(binary.BigEndian.Uint64(v)) <= now.UnixNano() {
+					if err := c.Delete(); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		if b.Get([]byte(g.ID)) != nil {
+			return fmt.Errorf("grant %q: %w", g.ID, ErrReplay)
+		}
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], uint64(g.ExpiresAt.UnixNano()))
+		return b.Put([]byte(g.ID), v[:])
+	})
+	if err != nil {
+		if errors.Is(err, ErrReplay) {
+			return err
+		}
+		return fmt.Errorf("recording grant %s: %w", g.ID, err)
+	}
+	if prune {
+		s.last = now
+	}
+	return nil
+}
+
+// UsedGrants is the number of grant ids kept (for tests and status).
+func (s *Service) UsedGrants() (int, error) {
+	n := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketGrants).Stats().KeyN
+		return nil
+	})
+	return n, err
+}
+
+// refusal turns the controller's refusal into the portal's; other errors
+// (the controller unreachable, a bad signature) stay failures.
+func refusal(err error) error {
+	var le *apiclient.LoginError
+	if !errors.As(err, &le) {
+		return err
+	}
+	return &captive.LoginError{Code: le.Code, RetryAfter: time.Duration(le.RetryAfterSeconds) * time.Second, TriesLeft: le.TriesLeft, Err: err}
+}
