@@ -686,8 +686,22 @@ func TestKernelAllowCutsPortalConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer gw.Close()
+	// And a walled-garden connection (not translated) keeps its entry.
+	garden, err := c.Dial(ctx, "tcp", netip.AddrPortFrom(s.GardenIP, 80).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer garden.Close()
+	if body, err := get(garden); err != nil || body != "upstream ok\n" {
+		t.Fatalf("garden before login: %q, %v", body, err)
+	}
 
 	s.allow(t, s.grant(0))
+
+	out, err := s.Gateway.Run(ctx, "conntrack", "-L", "-p", "tcp", "-s", c.IP.String(), "-d", s.GardenIP.String())
+	if err != nil || !strings.Contains(out, "dport=80") {
+		t.Errorf("the garden connection's conntrack entry is gone after Allow: %v\n%s", err, out)
+	}
 
 	for name, conn := range map[string]net.Conn{"kept-alive": kept, "spare": spare} {
 		if body, err := get(conn); err == nil {
