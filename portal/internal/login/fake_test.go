@@ -286,7 +286,9 @@ type page struct {
 
 func (h *harness) get(target string) page { return h.do("GET", target, nil, phoneIP) }
 
-func (h *harness) post(target string, form url.Values) page { return h.do("POST", target, form, phoneIP) }
+func (h *harness) post(target string, form url.Values) page {
+	return h.do("POST", target, form, phoneIP)
+}
 
 func (h *harness) do(method, target string, form url.Values, from string) page {
 	return h.doHost(method, portal, target, form, from)
