@@ -3,6 +3,7 @@ package spid
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -10,7 +11,6 @@ import (
 	"encoding/base64"
 	"encoding/xml"
 	"errors"
-	"fmt"
 	"io"
 	"math/big"
 	"net/http"
@@ -25,6 +25,9 @@ import (
 	"time"
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/controller/internal/gwapi"
+	"github.com/civicwifi/civicwifi/controller/internal/login"
+	"github.com/civicwifi/civicwifi/controller/internal/login/pepper"
 	"github.com/civicwifi/civicwifi/controller/internal/sites"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/civicwifi/civicwifi/controller/internal/store/boltstore"
@@ -38,7 +41,6 @@ import (
 const (
 	testFiscal = "TINIT-RSSMRA80A01H501U"
 	testMAC    = "02:aa:bb:cc:dd:01"
-	testIP     = "10.20.0.57"
 )
 
 var testPepper = bytes.Repeat([]byte("p"), 32)
@@ -172,15 +174,58 @@ type harness struct {
 	idp      *testIdP
 	ctrl     *httptest.Server
 	gateway  *httptest.Server // stands in for the gateway's /portal/spid/done
-	st       store.Store
+	st       *boltstore.Store
 	reg      *prometheus.Registry
 	spCert   *x509.Certificate
+	ctrlKey  ed25519.PrivateKey
+	gwKeys   map[string]ed25519.PrivateKey // by gateway id
+	pep      pepper.Pepper
 	returnTo string
+}
+
+// gateways of testdata/sites.yaml: id -> site.
+var testGateways = map[string]string{"parco-gw1": "parco", "biblio-gw1": "biblio", "museo-gw1": "museo"}
+
+// a client address in each site's client network.
+var testIPs = map[string]string{"parco": "10.20.0.57", "biblio": "10.20.4.57", "museo": "10.20.8.57"}
+
+type fakeKeys map[string]gwapi.GatewayKey
+
+func (k fakeKeys) GatewayKey(_ context.Context, id string) (gwapi.GatewayKey, error) {
+	if g, ok := k[id]; ok {
+		return g, nil
+	}
+	return gwapi.GatewayKey{}, gwapi.ErrUnknownGateway
+}
+
+type nonces struct{ st store.Ephemeral }
+
+func (n nonces) PutIfAbsent(ctx context.Context, key string, ttl time.Duration) (bool, error) {
+	return n.st.PutIfAbsent(ctx, key, []byte{1}, ttl)
+}
+
+// unused is the rest of the gateway API, which these tests do not call.
+type unused struct{}
+
+func (unused) Policy(context.Context, string) ([]byte, string, error) {
+	return nil, "", errors.New("unused")
+}
+func (unused) Heartbeat(context.Context, gwapi.Origin, apiclient.Heartbeat) error {
+	return errors.New("unused")
+}
+func (unused) SessionEvent(context.Context, gwapi.Origin, apiclient.SessionEvent) (bool, error) {
+	return false, errors.New("unused")
+}
+func (unused) Pending(context.Context, string, string) ([]apiclient.Command, error) {
+	return nil, errors.New("unused")
+}
+func (unused) Ack(context.Context, string, string, apiclient.CommandAck) error {
+	return errors.New("unused")
 }
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	h := &harness{t: t, reg: prometheus.NewRegistry()}
+	h := &harness{t: t, reg: prometheus.NewRegistry(), gwKeys: map[string]ed25519.PrivateKey{}}
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "c.db"), boltstore.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -192,6 +237,27 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	cfg, err := sites.Parse("testdata/sites.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, h.ctrlKey, _ = ed25519.GenerateKey(rand.Reader)
+	keys := fakeKeys{}
+	for gw, site := range testGateways {
+		pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+		h.gwKeys[gw] = priv
+		keys[gw] = gwapi.GatewayKey{PublicKey: pub, Site: site}
+	}
+	gw, err := gwapi.New(gwapi.Config{Keys: keys, Nonces: nonces{st}, Policies: unused{}, Sink: unused{},
+		Commands: unused{}, SigningKey: h.ctrlKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.pep, err = pepper.New(testPepper)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sitesFn := func() *sites.Config { return cfg }
+	ls, err := login.New(login.Config{Sites: sitesFn, Store: st, Pepper: h.pep, SigningKey: h.ctrlKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,15 +280,17 @@ func newHarness(t *testing.T) *harness {
 	pub, _ := url.Parse(h.ctrl.URL)
 	h.sp, err = New(Options{
 		EntityID: "https://wifi.comune.prova.it/spid", PublicURL: pub, Key: key, Certificate: cert, IdPs: reg,
-		Store: st, Sites: func() *sites.Config { return cfg }, Pepper: testPepper, Registerer: h.reg,
+		Store: st, Sites: sitesFn, Pepper: h.pep, Login: ls, Registerer: h.reg,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.sp.Register(gw)
+	mux.Handle("/v1/", gw.Handler())
 	mux.Handle("/spid/", h.sp.Handler())
-	gw := http.NewServeMux()
-	gw.HandleFunc("/portal/spid/done", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "done") })
-	h.gateway = httptest.NewServer(gw)
+	gwMux := http.NewServeMux()
+	gwMux.HandleFunc("/portal/spid/done", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "done") })
+	h.gateway = httptest.NewServer(gwMux)
 	t.Cleanup(h.gateway.Close)
 	h.returnTo = h.gateway.URL + "/portal/spid/done"
 	return h
@@ -230,15 +298,41 @@ func newHarness(t *testing.T) *harness {
 
 func (h *harness) idpID() string { return h.idp.idp.MetadataURL.String() }
 
-func (h *harness) start(site, gw string) string {
+// client is gateway gw's signed client of the controller.
+func (h *harness) client(gw string) *apiclient.Client {
 	h.t.Helper()
-	a, err := h.sp.Start(context.Background(), site, gw, apiclient.SPIDStartRequest{
-		ClientMAC: testMAC, ClientIP: testIP, IdPEntityID: h.idpID(), Lang: "it", Consent: true, ReturnURL: h.returnTo,
+	c, err := apiclient.New(apiclient.Config{BaseURL: h.ctrl.URL, Site: testGateways[gw], GatewayID: gw,
+		Key: h.gwKeys[gw], ControllerKey: h.ctrlKey.Public().(ed25519.PublicKey)})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return c
+}
+
+// start asks spid/start as gateway gw, signed, over HTTP.
+func (h *harness) start(gw string) string {
+	h.t.Helper()
+	a, err := h.client(gw).StartSPID(context.Background(), apiclient.SPIDStartRequest{
+		ClientMAC: testMAC, ClientIP: testIPs[testGateways[gw]], IdPEntityID: h.idpID(), Lang: "it", Consent: true,
+		ReturnURL: h.returnTo,
 	})
 	if err != nil {
-		h.t.Fatalf("Start: %v", err)
+		h.t.Fatalf("StartSPID: %v", err)
 	}
 	return a.RedirectURL
+}
+
+// grant asks spid/grant as gateway gw and checks the grant as the gateway does.
+func (h *harness) grant(gw, state string) (apiclient.Grant, error) {
+	site := testGateways[gw]
+	g, err := h.client(gw).SPIDGrant(context.Background(), apiclient.SPIDGrantRequest{State: state, ClientMAC: testMAC, ClientIP: testIPs[site]})
+	if err != nil {
+		return g, err
+	}
+	if err := apiclient.VerifyGrant(g, h.ctrlKey.Public().(ed25519.PublicKey), site, gw, testMAC, testIPs[site], time.Now()); err != nil {
+		h.t.Fatalf("VerifyGrant: %v", err)
+	}
+	return g, nil
 }
 
 // browser is an http.Client with a cookie jar that follows redirects and submits the auto-posting forms of the
@@ -355,38 +449,43 @@ func attr(n *html.Node, k string) string {
 	return ""
 }
 
-func (h *harness) redeem(site, gw, state string) (Verified, error) {
-	return h.sp.Redeem(context.Background(), site, gw, apiclient.SPIDGrantRequest{State: state, ClientMAC: testMAC, ClientIP: testIP})
-}
-
 func stateOf(p page) string { return p.url.Query().Get("state") }
 
 func TestFlow(t *testing.T) {
 	h := newHarness(t)
 	b := newBrowser(t)
-	end := b.walk(h.start("parco", "parco-gw1"))
+	end := b.walk(h.start("parco-gw1"))
 	if end.status != http.StatusOK || end.url.Path != "/portal/spid/done" || !strings.HasPrefix(end.url.String(), h.gateway.URL) {
 		t.Fatalf("walk ended at %d %s (%s): %.300s", end.status, end.url, end.reason, end.body)
 	}
-	v, err := h.redeem("parco", "parco-gw1", stateOf(end))
+	g, err := h.grant("parco-gw1", stateOf(end))
 	if err != nil {
-		t.Fatalf("Redeem: %v", err)
+		t.Fatalf("SPIDGrant: %v", err)
 	}
-	want := Verified{Site: "parco", GatewayID: "parco-gw1", ClientMAC: testMAC, ClientIP: testIP,
-		User: Pseudonym(testPepper, "TINIT-RSSMRA80A01H501U"), Level: 2, IdP: h.idpID()}
-	if diff := cmp.Diff(want, v, cmpIgnoreTimes); diff != "" {
-		t.Errorf("Verified (-want +got):\n%s", diff)
+	want := apiclient.Grant{Site: "parco", GatewayID: "parco-gw1", ClientMAC: testMAC, ClientIP: testIPs["parco"],
+		User: h.pep.Pseudonym("spid:TINIT-RSSMRA80A01H501U"), Method: "spid"}
+	got := apiclient.Grant{Site: g.Site, GatewayID: g.GatewayID, ClientMAC: g.ClientMAC, ClientIP: g.ClientIP, User: g.User, Method: g.Method}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("grant (-want +got):\n%s", diff)
 	}
-	if len(v.User) != 52 || strings.Contains(v.User, "RSSMRA") {
-		t.Errorf("pseudonym %q", v.User)
+	if len(g.User) != 52 || strings.Contains(strings.ToUpper(g.User), "RSSMRA") {
+		t.Errorf("pseudonym %q", g.User)
 	}
 	// The state is single use at spid/grant.
-	_, err = h.redeem("parco", "parco-gw1", stateOf(end))
+	_, err = h.grant("parco-gw1", stateOf(end))
 	wantCode(t, err, apiclient.CodeExpired)
 	if got := testutil.ToFloat64(h.sp.outcomes.WithLabelValues("ok")); got != 1 {
 		t.Errorf("ok logins = %v, want 1", got)
 	}
-	// The fiscal code is nowhere in the store (every ephemeral key the flow wrote).
+	// The IdP list for the landing page.
+	idps, err := h.client("parco-gw1").SPIDIdPs(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]apiclient.SPIDIdP{{EntityID: h.idpID(), Name: "IdP di prova"}}, idps); diff != "" {
+		t.Errorf("idps (-want +got):\n%s", diff)
+	}
+	// The fiscal code is nowhere in the store.
 	assertNoFiscalCode(t, h)
 }
 
@@ -406,10 +505,8 @@ func wantCode(t *testing.T, err error, code string) *apiclient.LoginError {
 
 func assertNoFiscalCode(t *testing.T, h *harness) {
 	t.Helper()
-	db := filepath.Join(t.TempDir(), "copy.db")
-	_ = db
 	// The bolt file is the store: search its bytes.
-	path := h.st.(*boltstore.Store).Path()
+	path := h.st.Path()
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -421,4 +518,3 @@ func assertNoFiscalCode(t *testing.T, h *harness) {
 	}
 }
 
-var _ = fmt.Sprint

@@ -2,7 +2,6 @@ package spid
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/xml"
 	"errors"
@@ -227,7 +226,7 @@ func (s *SP) verify(raw []byte, shapeErr error, p *pending, res *result) (string
 	if !ok {
 		return CodeFailed, "bad_fiscal_number"
 	}
-	res.User, res.Got = Pseudonym(s.o.Pepper, cf), got
+	res.User, res.Got = s.o.Pepper.Pseudonym("spid:"+cf), got
 	return "", ""
 }
 
@@ -446,4 +445,3 @@ func (s *SP) Metadata() ([]byte, error) {
 	return doc.WriteToBytes()
 }
 
-var _ = context.Background

@@ -22,12 +22,9 @@ package spid
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base32"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -40,6 +37,8 @@ import (
 	"time"
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/controller/internal/login"
+	"github.com/civicwifi/civicwifi/controller/internal/login/pepper"
 	"github.com/civicwifi/civicwifi/controller/internal/sites"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/crewjam/saml"
@@ -93,8 +92,8 @@ type Options struct {
 	IdPs            *Registry
 	Store           store.Ephemeral
 	Sites           func() *sites.Config // the running sites.yaml (policy level, town name, IPA code, contacts)
-	Pepper          []byte               // at least 32 bytes; the pseudonym key
-	Issuer          Issuer               // makes the grants of spid/grant (ServeGrant); nil: ServeGrant answers 503
+	Pepper          pepper.Pepper        // the pseudonym key
+	Login           *login.Server        // grants, consent records and client checks of spid/start and spid/grant
 	Log             *slog.Logger
 	Registerer      prometheus.Registerer
 }
@@ -130,8 +129,11 @@ func New(o Options) (*SP, error) {
 	if o.IdPs == nil || o.Store == nil || o.Sites == nil {
 		errs = append(errs, errors.New("IdP registry, Store and Sites are required"))
 	}
-	if len(o.Pepper) < 32 {
-		errs = append(errs, errors.New("pepper shorter than 32 bytes"))
+	if !o.Pepper.Valid() {
+		errs = append(errs, errors.New("pepper missing"))
+	}
+	if o.Login == nil {
+		errs = append(errs, errors.New("login server missing"))
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("spid: %w", errors.Join(errs...))
@@ -342,15 +344,6 @@ func (s *SP) get(ctx context.Context, key string, take bool, v any) error {
 		return err
 	}
 	return json.Unmarshal(data, v)
-}
-
-// Pseudonym is the user id of a SPID login: base32(HMAC-SHA256(pepper, "spid:" + fiscalNumber)), lower case, no
-// padding (as the login package's pepper.Pseudonym). fiscalNumber is as SPID and CIE send it, normalised by
-// fiscalNumber: "TINIT-" and the upper-case code.
-func Pseudonym(pepper []byte, fiscalCode string) string {
-	m := hmac.New(sha256.New, pepper)
-	m.Write([]byte("spid:" + fiscalCode))
-	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(m.Sum(nil)))
 }
 
 // fiscalNumber normalises a fiscalNumber attribute value to "TINIT-" + the upper-case code (16 characters for a
