@@ -517,4 +517,3 @@ func assertNoFiscalCode(t *testing.T, h *harness) {
 		}
 	}
 }
-

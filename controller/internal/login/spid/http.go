@@ -444,4 +444,3 @@ func (s *SP) Metadata() ([]byte, error) {
 	doc.WriteSettings.CanonicalEndTags = true
 	return doc.WriteToBytes()
 }
-
