@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -39,6 +40,7 @@ import (
 	"github.com/civicwifi/civicwifi/portal/internal/dnsmasq"
 	"github.com/civicwifi/civicwifi/portal/internal/firewall"
 	"github.com/civicwifi/civicwifi/portal/internal/gateway"
+	"github.com/civicwifi/civicwifi/portal/internal/login"
 	"github.com/civicwifi/civicwifi/portal/internal/shaper"
 	"github.com/civicwifi/civicwifi/portal/internal/uplink"
 )
@@ -335,11 +337,24 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Controller:    controllerStatus(link),
 		Log:           log.With("component", "gateway"),
 	})
+	// Resident login (SMS, voucher, remembered device, SPID) relays through
+	// the controller; without one the portal offers click-through only.
+	var logins *login.Service
+	if link != nil {
+		if logins, err = newLogin(cfg, link, gw, log.With("component", "login")); err != nil {
+			return err
+		}
+		defer logins.Close()
+	}
 	// The portal's files (certificate, logo, key) are checked before the
 	// gateway touches the kernel: a bad one stops the start cleanly.
-	srv, err := newPortal(cfg, gate{gw}, log.With("component", "captive"))
+	srv, err := newPortal(cfg, gate{gw}, logins, log.With("component", "captive"))
 	if err != nil {
 		return err
+	}
+	if link != nil {
+		// The landing page offers the methods of the site's policy.
+		link.OnPolicy(func(sp apiclient.SitePolicy) { offerLogins(ctx, srv, logins, link, sp, log) })
 	}
 	if err := gw.Start(ctx); err != nil {
 		return err
@@ -391,15 +406,54 @@ func portalConfig(cfg *config.Config) (captive.Config, error) {
 	return pc, nil
 }
 
-func newPortal(cfg *config.Config, g captive.Gate, log *slog.Logger) (*captive.Server, error) {
+func newPortal(cfg *config.Config, g captive.Gate, logins *login.Service, log *slog.Logger) (*captive.Server, error) {
 	pc, err := portalConfig(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if logins != nil {
+		pc.Login = logins
 	}
 	if pc.Key, err = captive.LoadKey(cfg.StateDir); err != nil {
 		return nil, err
 	}
 	return captive.New(pc, g, log)
+}
+
+// newLogin makes the resident login service (grant ids in the state
+// directory's grants.db).
+func newLogin(cfg *config.Config, link *uplink.Link, gw *gateway.Gateway, log *slog.Logger) (*login.Service, error) {
+	ckey, err := apiclient.LoadPublicKey(cfg.Controller.ControllerKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("resident login: %w", err)
+	}
+	return login.New(login.Config{Site: cfg.Site, GatewayID: cfg.Controller.GatewayID, ControllerKey: ckey, StateDir: cfg.StateDir},
+		link.Client(), gw, log)
+}
+
+// offerLogins makes the landing page follow a site policy: its login
+// methods and remembered devices at once; SPID once the identity providers
+// are known (asked of the controller in the background, so a slow
+// controller never holds up the policy).
+func offerLogins(ctx context.Context, srv *captive.Server, logins *login.Service, link *uplink.Link, sp apiclient.SitePolicy, log *slog.Logger) {
+	offer := func(sp apiclient.SitePolicy, idps []captive.IdP) captive.Offer {
+		return captive.Offer{Methods: sp.LoginMethods, RememberDevice: sp.RememberDeviceDays > 0, IdPs: idps}
+	}
+	srv.SetOffer(offer(sp, nil))
+	if !slices.Contains(sp.LoginMethods, captive.MethodSPID) {
+		return
+	}
+	go func() {
+		idps, err := logins.IdPs(ctx)
+		if err != nil {
+			log.Warn("SPID not offered: no identity providers", "err", err)
+			return
+		}
+		cur, _ := link.Policy() // the policy may have changed meanwhile
+		if slices.Contains(cur.LoginMethods, captive.MethodSPID) {
+			srv.SetOffer(offer(cur, idps))
+		}
+	}()
 }
 
 // checkPortalFiles is validate's check of the files the portal reads.

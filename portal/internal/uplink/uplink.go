@@ -278,3 +278,7 @@ func (l *Link) command(ctx context.Context, c apiclient.Command) apiclient.Comma
 	l.log.Info("controller command done", "command", c.ID, "kind", c.Kind, "mac", c.ClientMAC)
 	return ack
 }
+
+// Client is the signed controller client (the resident login relays
+// through it).
+func (l *Link) Client() *apiclient.Client { return l.client }
