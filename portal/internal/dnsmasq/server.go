@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,11 +28,15 @@ const (
 
 // Server supervises one dnsmasq.
 type Server struct {
-	cfg  Config
-	conf []byte
-	log  *slog.Logger
+	log *slog.Logger
+
+	reconf sync.Mutex // serialises SetGardenDomains
+	// fixed at New: what SetGardenDomains never changes
+	stateDir, confPath, pidPath, binary string
 
 	mu      sync.Mutex
+	cfg     Config   // the configuration in use (SetGardenDomains changes it)
+	conf    []byte   // cfg rendered
 	proc    *process // the dnsmasq we started or adopted; nil if none
 	stopped bool     // Stop was called: Run no longer restarts
 }
@@ -54,11 +59,59 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, conf: cfg.Render(), log: log.With("component", "dnsmasq")}, nil
+	return &Server{cfg: cfg, conf: cfg.Render(), log: log.With("component", "dnsmasq"),
+		stateDir: cfg.StateDir, confPath: cfg.ConfPath(), pidPath: cfg.PidPath(), binary: cfg.Binary}, nil
 }
 
 // Config returns the configuration in use, defaults filled.
-func (s *Server) Config() Config { return s.cfg }
+func (s *Server) Config() Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg
+}
+
+func (s *Server) rendered() (Config, []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg, s.conf
+}
+
+// SetGardenDomains replaces the walled garden's domain names (the site's
+// policy changed). The new configuration is checked with dnsmasq --test and
+// written; the running dnsmasq is then restarted with it (dnsmasq reads its
+// ipset lines only at start), so DNS pauses for about a second. A list that
+// fails validation changes nothing.
+func (s *Server) SetGardenDomains(ctx context.Context, domains []string) error {
+	s.reconf.Lock()
+	defer s.reconf.Unlock()
+	cfg := s.Config()
+	if slices.Equal(cfg.GardenDomains, domains) {
+		return nil
+	}
+	cfg.GardenDomains = slices.Clone(domains)
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("changing the walled garden: %w", err)
+	}
+	conf := cfg.Render()
+	if err := s.check(ctx, cfg, conf); err != nil {
+		return fmt.Errorf("changing the walled garden: %w", err)
+	}
+	if err := writeFileAtomic(cfg.ConfPath(), conf); err != nil {
+		return fmt.Errorf("changing the walled garden: %w", err)
+	}
+	s.mu.Lock()
+	s.cfg, s.conf = cfg, conf
+	p := s.proc
+	s.mu.Unlock()
+	s.log.Info("walled garden changed: restarting dnsmasq", "domains", domains)
+	if p != nil && s.alive(p) {
+		// Run sees it exit and starts it again with the new file.
+		if err := s.terminate(ctx, p); err != nil {
+			return fmt.Errorf("changing the walled garden: restarting dnsmasq: %w", err)
+		}
+	}
+	return nil
+}
 
 // Run makes sure dnsmasq runs with this configuration and restarts it, with
 // back-off, whenever it dies. It adopts a dnsmasq that already runs from
@@ -67,7 +120,7 @@ func (s *Server) Config() Config { return s.cfg }
 // leaves dnsmasq running (see Stop); it returns an error only when dnsmasq
 // rejects the configuration or StateDir is unusable.
 func (s *Server) Run(ctx context.Context) error {
-	if err := os.MkdirAll(s.cfg.StateDir, 0o755); err != nil {
+	if err := os.MkdirAll(s.stateDir, 0o755); err != nil {
 		return fmt.Errorf("running dnsmasq: %w", err)
 	}
 	p, err := s.adopt()
@@ -75,10 +128,11 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("running dnsmasq: %w", err)
 	}
 	if p == nil {
-		if err := s.check(ctx); err != nil {
+		cfg, conf := s.rendered()
+		if err := s.check(ctx, cfg, conf); err != nil {
 			return fmt.Errorf("running dnsmasq: %w", err)
 		}
-		if err := writeFileAtomic(s.cfg.ConfPath(), s.conf); err != nil {
+		if err := writeFileAtomic(cfg.ConfPath(), conf); err != nil {
 			return fmt.Errorf("running dnsmasq: %w", err)
 		}
 	}
@@ -118,21 +172,21 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
-// check asks dnsmasq to validate the rendered configuration (dnsmasq --test).
-func (s *Server) check(ctx context.Context) error {
-	f, err := os.CreateTemp(s.cfg.StateDir, ".check-*.conf")
+// check asks dnsmasq to validate a rendered configuration (dnsmasq --test).
+func (s *Server) check(ctx context.Context, cfg Config, conf []byte) error {
+	f, err := os.CreateTemp(cfg.StateDir, ".check-*.conf")
 	if err != nil {
 		return fmt.Errorf("checking config: %w", err)
 	}
 	defer os.Remove(f.Name())
-	if _, err := f.Write(s.conf); err != nil {
+	if _, err := f.Write(conf); err != nil {
 		f.Close()
 		return fmt.Errorf("checking config: %w", err)
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("checking config: %w", err)
 	}
-	argv := []string{s.cfg.Binary, "--test", "--conf-file=" + f.Name()}
+	argv := []string{cfg.Binary, "--test", "--conf-file=" + f.Name()}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -148,8 +202,9 @@ func (s *Server) adopt() (*process, error) {
 	if !ok {
 		return nil, nil
 	}
-	old, err := os.ReadFile(s.cfg.ConfPath())
-	if err == nil && bytes.Equal(old, s.conf) {
+	_, conf := s.rendered()
+	old, err := os.ReadFile(s.confPath)
+	if err == nil && bytes.Equal(old, conf) {
 		p := &process{pid: pid, started: time.Now()}
 		s.setProc(p)
 		s.log.Info("adopted running dnsmasq", "pid", pid)
@@ -167,7 +222,7 @@ func (s *Server) adopt() (*process, error) {
 // start starts dnsmasq in its own session, with no parent-death signal, so
 // that it survives the daemon.
 func (s *Server) start() (*process, error) {
-	out, err := openOutput(filepath.Join(s.cfg.StateDir, outName))
+	out, err := openOutput(filepath.Join(s.stateDir, outName))
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +250,7 @@ func (s *Server) start() (*process, error) {
 }
 
 func (s *Server) argv() []string {
-	return []string{s.cfg.Binary, "--keep-in-foreground", "--conf-file=" + s.cfg.ConfPath()}
+	return []string{s.binary, "--keep-in-foreground", "--conf-file=" + s.confPath}
 }
 
 // wait blocks until p is gone (true) or ctx is done (false).
@@ -265,7 +320,7 @@ func (s *Server) Stop(ctx context.Context) error {
 	if err := s.terminate(ctx, p); err != nil {
 		return fmt.Errorf("stopping dnsmasq: %w", err)
 	}
-	os.Remove(s.cfg.PidPath())
+	os.Remove(s.pidPath)
 	return nil
 }
 
@@ -361,7 +416,7 @@ func (s *Server) isStopped() bool {
 // file, else such a process found by scanning /proc (the pidfile may be
 // gone or stale while dnsmasq still runs).
 func (s *Server) pidFromFile() (int, bool) {
-	if b, err := os.ReadFile(s.cfg.PidPath()); err == nil {
+	if b, err := os.ReadFile(s.pidPath); err == nil {
 		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 && s.isOurs(pid) {
 			return pid, true
 		}
@@ -393,7 +448,7 @@ func (s *Server) isOurs(pid int) bool {
 		return false
 	}
 	for _, a := range args[1:] {
-		if a == "--conf-file="+s.cfg.ConfPath() {
+		if a == "--conf-file="+s.confPath {
 			return true
 		}
 	}
@@ -409,7 +464,7 @@ func (p *process) status() string {
 
 // outputTail returns the end of dnsmasq.out, for logs.
 func (s *Server) outputTail() string {
-	b, err := os.ReadFile(filepath.Join(s.cfg.StateDir, outName))
+	b, err := os.ReadFile(filepath.Join(s.stateDir, outName))
 	if err != nil {
 		return ""
 	}

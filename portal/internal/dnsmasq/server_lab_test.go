@@ -189,6 +189,46 @@ func TestServerLab(t *testing.T) {
 		}
 	})
 
+	t.Run("walled garden changed by the policy", func(t *testing.T) {
+		r := client.Resolver(l.GatewayIP.String() + ":53")
+		// A bad list (a probe host) changes nothing: same dnsmasq.
+		before := srv.PID()
+		if err := srv.SetGardenDomains(ctx, []string{"captive.apple.com"}); err == nil {
+			t.Fatal("a probe host was accepted in the walled garden")
+		}
+		if srv.PID() != before {
+			t.Errorf("a refused garden restarted dnsmasq")
+		}
+		gw.Run(ctx, "ipset", "flush", "cw-garden")
+		if err := srv.SetGardenDomains(ctx, []string{"other.example.test"}); err != nil {
+			t.Fatal(err)
+		}
+		waitNewPID(t, ctx, srv, before)
+		if err := lab.WaitListening(ctx, gw, "udp", 53); err != nil {
+			t.Fatal(err)
+		}
+		var set string
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			r.LookupNetIP(ctx, "ip4", "other.example.test")
+			r.LookupNetIP(ctx, "ip4", "garden.example.test")
+			if set = setMembers(t, ctx, gw); strings.Contains(set, l.OtherIP.String()) {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if !strings.Contains(set, l.OtherIP.String()) || strings.Contains(set, l.GardenIP.String()) {
+			t.Errorf("cw-garden after the change = %q, want only other.example.test's %s", set, l.OtherIP)
+		}
+		// And back, for the subtests that follow.
+		if err := srv.SetGardenDomains(ctx, cfg.GardenDomains); err != nil {
+			t.Fatal(err)
+		}
+		if err := lab.WaitListening(ctx, gw, "udp", 53); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("restart after kill -9", func(t *testing.T) {
 		old := srv.PID()
 		syscall.Kill(old, syscall.SIGKILL)
@@ -230,8 +270,16 @@ func TestServerLab(t *testing.T) {
 		start := time.Now()
 		pid := waitNewPID(t, ctx, srv2, running)
 		t.Logf("adopted dnsmasq %d killed, %d started after %s", running, pid, time.Since(start).Round(time.Millisecond))
-		if pids := dnsmasqPIDs(t, cfg.StateDir); len(pids) != 1 {
-			t.Errorf("dnsmasq processes on this state dir: %v, want one", pids)
+		// The new pid runs the wrapper (sh, then ip netns exec) for a
+		// moment before it execs dnsmasq: wait for that, bounded.
+		var pids []int
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if pids = dnsmasqPIDs(t, cfg.StateDir); len(pids) == 1 || time.Now().After(deadline) {
+				break
+			}
+		}
+		if len(pids) != 1 || pids[0] != pid {
+			t.Errorf("dnsmasq processes on this state dir: %v, want one (%d)", pids, pid)
 		}
 	})
 
