@@ -1,0 +1,248 @@
+package dashboard
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/civicwifi/civicwifi/controller/internal/sites"
+	"github.com/civicwifi/civicwifi/controller/internal/store"
+	"github.com/labstack/echo/v4"
+	dto "github.com/prometheus/client_model/go"
+)
+
+type reportsData struct {
+	Period  string // hour, day, month
+	Site    string // "" all
+	Sites   []sites.Site
+	Range   string
+	Charts  []barChart
+	Totals  []fact
+	Periods []string
+}
+
+type fact struct{ Name, Value string }
+
+// period returns the bucket starts of the chosen period (ending with the
+// current hour, day or month) and the end of the range.
+func (d *Dashboard) period(p string, now time.Time) (starts []time.Time, to time.Time, layout string) {
+	loc := d.loc()
+	switch p {
+	case "hour":
+		to = now.Truncate(time.Hour).Add(time.Hour)
+		return buckets(to.Add(-48*time.Hour), 48, func(t time.Time) time.Time { return t.Add(time.Hour) }), to, "02/01 15h"
+	case "month":
+		n := now.In(loc)
+		first := time.Date(n.Year(), n.Month(), 1, 0, 0, 0, 0, loc)
+		to = first.AddDate(0, 1, 0)
+		return buckets(first.AddDate(0, -11, 0), 12, func(t time.Time) time.Time { return t.AddDate(0, 1, 0) }), to, "Jan 2006"
+	default:
+		day := d.dayStart(now)
+		to = day.AddDate(0, 0, 1)
+		return buckets(day.AddDate(0, 0, -30), 31, func(t time.Time) time.Time { return t.AddDate(0, 0, 1) }), to, "02/01"
+	}
+}
+
+func (d *Dashboard) reports(c echo.Context) error {
+	ctx := c.Request().Context()
+	cfg := d.o.Sites()
+	rd := reportsData{Period: c.QueryParam("period"), Site: c.QueryParam("site"), Sites: cfg.Sites, Periods: []string{"hour", "day", "month"}}
+	if rd.Period != "hour" && rd.Period != "month" {
+		rd.Period = "day"
+	}
+	var ids []string
+	if rd.Site != "" {
+		if cfg.Site(rd.Site) == nil {
+			return echo.NewHTTPError(http.StatusNotFound, fmt.Sprintf("no site %q in sites.yaml", rd.Site))
+		}
+		ids = []string{rd.Site}
+	} else {
+		for _, s := range cfg.Sites {
+			ids = append(ids, s.ID)
+		}
+	}
+	now := d.o.Now()
+	starts, to, layout := d.period(rd.Period, now)
+	from := starts[0]
+	rd.Range = fmt.Sprintf("%s – %s", from.In(d.loc()).Format("2006-01-02 15:04"), to.In(d.loc()).Format("2006-01-02 15:04 MST"))
+	var rs []store.Rollup
+	for _, id := range ids {
+		var part []store.Rollup
+		var err error
+		if rd.Period == "hour" {
+			part, err = d.o.Store.Hourly(ctx, id, from, to)
+		} else {
+			part, err = d.o.Store.Daily(ctx, id, from, to)
+		}
+		if err != nil {
+			return fmt.Errorf("reading counters of %s: %w", id, err)
+		}
+		rs = append(rs, part...)
+	}
+	labels := make([]string, len(starts))
+	for i, t := range starts {
+		labels[i] = t.In(d.loc()).Format(layout)
+	}
+	sum := func(name string) []float64 {
+		return sumInto(starts, rs, func(m map[string]int64) float64 { return float64(m[name]) })
+	}
+	sessions := sum(store.CounterSessions)
+	rd.Charts = append(rd.Charts, stacked("Sessions started", labels, []seriesData{{Name: "sessions", Values: sessions, Format: count}}))
+
+	users := stacked("Distinct users", labels, []seriesData{{Name: "users", Values: make([]float64, len(starts)), Format: count}})
+	totalUsers := 0
+	if rd.Period == "hour" {
+		users.Note = "Distinct users are counted per day, not per hour: choose day or month."
+		users.SVG = ""
+	} else {
+		vals := make([]float64, len(starts))
+		for i, st := range starts {
+			end := to
+			if i+1 < len(starts) {
+				end = starts[i+1]
+			}
+			n, err := d.o.Store.DistinctUsers(ctx, st, end.Add(-time.Second), ids...)
+			if err != nil {
+				return fmt.Errorf("counting distinct users: %w", err)
+			}
+			vals[i] = float64(n)
+		}
+		users = stacked("Distinct users", labels, []seriesData{{Name: "users", Values: vals, Format: count}})
+		users.Note = "Each user counted once per bar, across the sites shown. Days whose user lists were purged after the retention period count nobody."
+		var err error
+		if totalUsers, err = d.o.Store.DistinctUsers(ctx, from, to.Add(-time.Second), ids...); err != nil {
+			return fmt.Errorf("counting distinct users: %w", err)
+		}
+	}
+	rd.Charts = append(rd.Charts, users)
+	bytesF := func(v float64) string { return humanBytes(v) }
+	rd.Charts = append(rd.Charts, stacked("Data (down + up)", labels, []seriesData{
+		{Name: "down", Values: sum(store.CounterBytesDown), Format: bytesF},
+		{Name: "up", Values: sum(store.CounterBytesUp), Format: bytesF},
+	}))
+	methods := map[string]bool{}
+	for _, r := range rs {
+		for k := range r.Counters {
+			if strings.HasPrefix(k, "method:") {
+				methods[k] = true
+			}
+		}
+	}
+	var ms []seriesData
+	for _, k := range sortedKeys(methods) {
+		ms = append(ms, seriesData{Name: strings.TrimPrefix(k, "method:"), Values: sum(k), Format: count})
+	}
+	mc := stacked("Login methods", labels, ms)
+	if len(ms) == 0 {
+		mc.Note = "No session in this range recorded a login method."
+	}
+	rd.Charts = append(rd.Charts, mc)
+
+	var tot [4]float64
+	for _, v := range sessions {
+		tot[0] += v
+	}
+	for _, v := range sum(store.CounterOnlineMS) {
+		tot[1] += v
+	}
+	for _, v := range sum(store.CounterBytesDown) {
+		tot[2] += v
+	}
+	for _, v := range sum(store.CounterBytesUp) {
+		tot[3] += v
+	}
+	rd.Totals = []fact{
+		{"Sessions", count(tot[0])},
+		{"Hours online", fmt.Sprintf("%.1f", tot[1]/3.6e6)},
+		{"Data down", humanBytes(tot[2])},
+		{"Data up", humanBytes(tot[3])},
+	}
+	if rd.Period != "hour" {
+		rd.Totals = append([]fact{{"Distinct users", fmt.Sprint(totalUsers)}}, rd.Totals...)
+	}
+	return d.render(c, http.StatusOK, "reports", page{Title: "Reports", Session: sessionOf(c), Nav: "reports", Data: rd})
+}
+
+// metricRow is one sample of a metric family, for the health page.
+type metricRow struct {
+	Name, Labels string
+	Value        float64
+}
+
+type healthData struct {
+	SMSMetrics    []metricRow
+	SMSCounters   []fact // store counters named sms* over the last 24 h
+	Refusals      []metricRow
+	HasGatherer   bool
+	LoginFailures []store.AuditEntry
+}
+
+// health shows what the controller knows of failing SMS deliveries and
+// authentication errors: its metrics (gateway refusals; any sms family),
+// the store's sms* hourly counters, and the dashboard's own failed logins.
+func (d *Dashboard) health(c echo.Context) error {
+	ctx := c.Request().Context()
+	hd := healthData{HasGatherer: d.o.Gatherer != nil}
+	if d.o.Gatherer != nil {
+		fams, err := d.o.Gatherer.Gather()
+		if err != nil {
+			d.log.Warn("reading metrics", "err", err)
+		}
+		for _, f := range fams {
+			name := f.GetName()
+			switch {
+			case name == "civicwifi_controller_gateway_refusals_total":
+				hd.Refusals = append(hd.Refusals, rowsOf(f)...)
+			case strings.Contains(name, "sms"):
+				hd.SMSMetrics = append(hd.SMSMetrics, rowsOf(f)...)
+			}
+		}
+	}
+	now := d.o.Now()
+	sms := map[string]int64{}
+	for _, s := range d.o.Sites().Sites {
+		rs, err := d.o.Store.Hourly(ctx, s.ID, now.Add(-24*time.Hour), now.Add(time.Hour))
+		if err != nil {
+			return fmt.Errorf("reading counters of %s: %w", s.ID, err)
+		}
+		for _, r := range rs {
+			for k, v := range r.Counters {
+				if strings.HasPrefix(k, "sms") {
+					sms[k] += v
+				}
+			}
+		}
+	}
+	for _, k := range sortedKeys(sms) {
+		hd.SMSCounters = append(hd.SMSCounters, fact{k, fmt.Sprint(sms[k])})
+	}
+	es, err := d.o.Store.ListAudit(ctx, now.Add(-24*time.Hour), now.Add(time.Second), 500)
+	if err != nil {
+		return fmt.Errorf("reading the audit log: %w", err)
+	}
+	for _, e := range es {
+		if e.Action == "login.fail" || e.Action == "login.limited" || e.Action == "sso.fail" {
+			hd.LoginFailures = append(hd.LoginFailures, e)
+		}
+	}
+	return d.render(c, http.StatusOK, "health", page{Title: "Failures", Session: sessionOf(c), Nav: "health", Data: hd})
+}
+
+func rowsOf(f *dto.MetricFamily) []metricRow {
+	var out []metricRow
+	for _, m := range f.GetMetric() {
+		var ls []string
+		for _, l := range m.GetLabel() {
+			ls = append(ls, l.GetName()+"="+l.GetValue())
+		}
+		v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		out = append(out, metricRow{Name: f.GetName(), Labels: strings.Join(ls, " "), Value: v})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Labels < out[j].Labels })
+	return out
+}
+
+var _ = context.Background
