@@ -517,3 +517,5 @@ func assertNoFiscalCode(t *testing.T, h *harness) {
 		}
 	}
 }
+
+func b64(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }

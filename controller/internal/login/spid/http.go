@@ -1,7 +1,6 @@
 package spid
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/xml"
 	"errors"
@@ -141,18 +140,18 @@ func (s *SP) serveACS(w http.ResponseWriter, r *http.Request) {
 	res := result{pending: p, At: time.Now()}
 	code, reason := s.verify(raw, shapeErr, &p, &res)
 	res.Code, res.Reason = code, reason
-	// One answer per request: a second one (a replay, a double post) never replaces the first.
-	data, err := jsonBytes(res)
-	if err == nil {
-		var fresh bool
-		fresh, err = s.o.Store.PutIfAbsent(ctx, keyResult+p.State, data, ResultTTL)
-		if err == nil && !fresh {
-			if reason == "" {
-				reason = "answered_twice"
-			}
-			s.reject(w, reason, http.StatusConflict)
-			return
+	// One answer per request, ever (kept as long as the request): a second one (a replay, a double post, even
+	// after the gateway redeemed the first) never replaces or follows the first.
+	fresh, err := s.o.Store.PutIfAbsent(ctx, keyAnswered+p.RequestID, []byte{1}, StateTTL)
+	if err == nil && !fresh {
+		if reason == "" {
+			reason = "answered_twice"
 		}
+		s.reject(w, reason, http.StatusConflict)
+		return
+	}
+	if err == nil {
+		err = s.put(ctx, keyResult+p.State, res, ResultTTL)
 	}
 	if err != nil {
 		s.log.Error("storing SPID result", "err", err)
@@ -351,12 +350,6 @@ func originOf(loc string) string {
 		return "'none'"
 	}
 	return u.Scheme + "://" + u.Host
-}
-
-func jsonBytes(v any) ([]byte, error) {
-	var b bytes.Buffer
-	err := jsonEncode(&b, v)
-	return b.Bytes(), err
 }
 
 // serveMetadata serves the SP's signed metadata.

@@ -20,7 +20,6 @@
 package spid
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -254,6 +253,7 @@ const (
 	keyRequest   = "spid/req/"
 	keyResult    = "spid/result/"
 	keyAssertion = "spid/assertion/"
+	keyAnswered  = "spid/answered/"
 )
 
 // Start begins a login for a client of gateway gatewayID at site (both from the gateway's verified signature).
@@ -300,19 +300,20 @@ func (s *SP) Redeem(ctx context.Context, site, gatewayID string, r apiclient.SPI
 	if err != nil {
 		return Verified{}, err
 	}
-	data, err := s.o.Store.Take(ctx, keyResult+r.State)
-	if errors.Is(err, store.ErrNotFound) {
-		return Verified{}, refuse(http.StatusGone, apiclient.CodeExpired, "state unknown, used or expired")
-	}
-	if err != nil {
-		return Verified{}, fmt.Errorf("spid: taking the login result: %w", err)
-	}
+	// Checked before it is taken: a request for another client cannot burn the resident's login.
 	var res result
-	if err := json.Unmarshal(data, &res); err != nil {
-		return Verified{}, fmt.Errorf("spid: decoding the login result: %w", err)
+	if err := s.get(ctx, keyResult+r.State, false, &res); errors.Is(err, store.ErrNotFound) {
+		return Verified{}, refuse(http.StatusGone, apiclient.CodeExpired, "state unknown, used or expired")
+	} else if err != nil {
+		return Verified{}, fmt.Errorf("spid: reading the login result: %w", err)
 	}
 	if res.Site != site || res.Gateway != gatewayID || res.MAC != mac || res.IP != ip {
 		return Verified{}, refuse(http.StatusForbidden, apiclient.CodeNotConnected, "state was started for another site, gateway or client")
+	}
+	if _, err := s.o.Store.Take(ctx, keyResult+r.State); errors.Is(err, store.ErrNotFound) {
+		return Verified{}, refuse(http.StatusGone, apiclient.CodeExpired, "state unknown, used or expired")
+	} else if err != nil {
+		return Verified{}, fmt.Errorf("spid: taking the login result: %w", err)
 	}
 	if res.Code != "" {
 		return Verified{}, refuse(http.StatusForbidden, res.Code, "%s", res.Reason)
@@ -417,8 +418,6 @@ func (c replayCache) Consume(id string, expiresAt time.Time) error {
 	}
 	return nil
 }
-
-func jsonEncode(b *bytes.Buffer, v any) error { return json.NewEncoder(b).Encode(v) }
 
 // endpoint is base with path appended to its path.
 func endpoint(base *url.URL, path string) url.URL {
