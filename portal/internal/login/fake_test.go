@@ -51,6 +51,9 @@ type fakeController struct {
 	// it after, for forgeries).
 	mutate func(g *apiclient.Grant)
 	resign func(g *apiclient.Grant)
+	// onSMS, when set, "texts" the code it returns (the test reads it as
+	// the SMS provider would); else the code is 123456.
+	onSMS func(apiclient.SMSStartRequest) string
 }
 
 func newFakeController(now func() time.Time) *fakeController {
@@ -99,10 +102,14 @@ func (f *fakeController) StartSMS(_ context.Context, req apiclient.SMSStartReque
 	if err := f.record("sms/start", req); err != nil {
 		return apiclient.SMSStartAnswer{}, err
 	}
+	code := "123456"
+	if f.onSMS != nil {
+		code = f.onSMS(req)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	id := fmt.Sprintf("r%d", len(f.reqs))
-	f.codes[id] = "123456"
+	f.codes[id] = code
 	return apiclient.SMSStartAnswer{RequestID: id, ResendAfterS: 30, ExpiresS: 600}, nil
 }
 
