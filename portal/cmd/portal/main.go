@@ -23,6 +23,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -354,7 +355,8 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	if link != nil {
 		// The landing page offers the methods of the site's policy.
-		link.OnPolicy(func(sp apiclient.SitePolicy) { offerLogins(ctx, srv, logins, link, sp, log) })
+		lp := &loginPolicy{cfg: cfg, srv: srv, logins: logins, link: link, dns: p.dns, log: log.With("component", "login")}
+		link.OnPolicy(func(sp apiclient.SitePolicy) { lp.apply(ctx, sp) })
 	}
 	if err := gw.Start(ctx); err != nil {
 		return err
@@ -431,29 +433,74 @@ func newLogin(cfg *config.Config, link *uplink.Link, gw *gateway.Gateway, log *s
 		link.Client(), gw, log)
 }
 
-// offerLogins makes the landing page follow a site policy: its login
-// methods and remembered devices at once; SPID once the identity providers
-// are known (asked of the controller in the background, so a slow
-// controller never holds up the policy).
-func offerLogins(ctx context.Context, srv *captive.Server, logins *login.Service, link *uplink.Link, sp apiclient.SitePolicy, log *slog.Logger) {
+// loginPolicy makes the portal follow the site policy's login part.
+type loginPolicy struct {
+	cfg    *config.Config
+	srv    *captive.Server
+	logins *login.Service
+	link   *uplink.Link
+	dns    *dnsmasq.Server
+	log    *slog.Logger
+	mu     sync.Mutex // one garden change at a time, the latest policy's
+}
+
+// apply offers the policy's login methods and remembered devices at once;
+// SPID once the identity providers are known (asked of the controller in
+// the background, so a slow controller never holds up the policy), with
+// the walled garden opened to the controller's and the IdPs' hosts.
+func (lp *loginPolicy) apply(ctx context.Context, sp apiclient.SitePolicy) {
 	offer := func(sp apiclient.SitePolicy, idps []captive.IdP) captive.Offer {
 		return captive.Offer{Methods: sp.LoginMethods, RememberDevice: sp.RememberDeviceDays > 0, IdPs: idps}
 	}
-	srv.SetOffer(offer(sp, nil))
+	lp.srv.SetOffer(offer(sp, nil))
 	if !slices.Contains(sp.LoginMethods, captive.MethodSPID) {
+		go lp.garden(ctx, sp, nil)
 		return
 	}
 	go func() {
-		idps, err := logins.IdPs(ctx)
+		idps, err := lp.logins.IdPs(ctx)
 		if err != nil {
-			log.Warn("SPID not offered: no identity providers", "err", err)
+			lp.log.Warn("SPID not offered: no identity providers", "err", err)
 			return
 		}
-		cur, _ := link.Policy() // the policy may have changed meanwhile
+		cur, _ := lp.link.Policy() // the policy may have changed meanwhile
 		if slices.Contains(cur.LoginMethods, captive.MethodSPID) {
-			srv.SetOffer(offer(cur, idps))
+			lp.garden(ctx, cur, idps)
+			lp.srv.SetOffer(offer(cur, idps))
 		}
 	}()
+}
+
+// garden sets dnsmasq's walled garden to the config's domains, the
+// policy's, and while SPID is offered the controller's and the IdPs'
+// hosts. Captive clients (those still logging in) reach them; a logged-in
+// client reaches everything anyway.
+func (lp *loginPolicy) garden(ctx context.Context, sp apiclient.SitePolicy, idps []captive.IdP) {
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	var spid, skipped []string
+	if len(idps) > 0 {
+		spid, skipped = login.SPIDGarden(lp.cfg.Controller.URL, idps)
+	}
+	if len(skipped) > 0 {
+		lp.log.Warn("SPID hosts given by address cannot be in the walled garden by name: add them to walled_garden.networks", "hosts", skipped)
+	}
+	var domains []string
+	for _, d := range slices.Concat(lp.cfg.GardenDomains, sp.WalledGarden, spid) {
+		d = strings.ToLower(strings.TrimPrefix(d, "*."))
+		if d != "" && !slices.Contains(domains, d) {
+			domains = append(domains, d)
+		}
+	}
+	// dnsmasq's state directory exists once it has run; the first policy
+	// may come before that.
+	if err := os.MkdirAll(lp.dns.Config().StateDir, 0o755); err != nil {
+		lp.log.Error("walled garden", "err", err)
+		return
+	}
+	if err := lp.dns.SetGardenDomains(ctx, domains); err != nil {
+		lp.log.Error("walled garden", "err", err)
+	}
 }
 
 // checkPortalFiles is validate's check of the files the portal reads.

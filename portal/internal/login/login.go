@@ -20,8 +20,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -340,4 +342,36 @@ func refusal(err error) error {
 		return err
 	}
 	return &captive.LoginError{Code: le.Code, RetryAfter: time.Duration(le.RetryAfterSeconds) * time.Second, TriesLeft: le.TriesLeft, Err: err}
+}
+
+// SPIDGarden are the domain names a captive browser must reach during a
+// SPID login: the controller's (its SP endpoints and ACS) and each
+// identity provider's (the host of its entity ID, which is its SSO host
+// for the AgID registry's IdPs). They go into the dnsmasq walled garden
+// (each with its subdomains) while the site offers SPID; addresses are
+// left out (a garden by address is walled_garden.networks in the config),
+// and reported in skipped.
+func SPIDGarden(controllerURL string, idps []captive.IdP) (domains, skipped []string) {
+	seen := map[string]bool{}
+	add := func(raw string) {
+		u, err := url.Parse(raw)
+		if err != nil || u.Hostname() == "" || (u.Scheme != "https" && u.Scheme != "http") {
+			return
+		}
+		h := strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
+		if seen[h] {
+			return
+		}
+		seen[h] = true
+		if _, err := netip.ParseAddr(h); err == nil {
+			skipped = append(skipped, h)
+			return
+		}
+		domains = append(domains, h)
+	}
+	add(controllerURL)
+	for _, p := range idps {
+		add(p.EntityID)
+	}
+	return domains, skipped
 }

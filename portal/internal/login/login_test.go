@@ -586,3 +586,18 @@ func TestUnknownClient(t *testing.T) {
 		t.Errorf("unknown client: %d requests\n%s", len(h.ctl.requests()), p.body)
 	}
 }
+
+// The SPID garden: the controller's host and each IdP's, once, lower
+// case; addresses are left out and reported.
+func TestSPIDGarden(t *testing.T) {
+	domains, skipped := SPIDGarden("https://Login.Comune.Example:8443/base", []captive.IdP{
+		{EntityID: "https://id.lepida.it/idp/shibboleth"}, {EntityID: "https://posteid.poste.it"},
+		{EntityID: "https://login.comune.example/other"}, {EntityID: "urn:not-a-url"}, {EntityID: "https://192.0.2.7/idp"},
+	})
+	if diff := cmp.Diff([]string{"login.comune.example", "id.lepida.it", "posteid.poste.it"}, domains); diff != "" {
+		t.Errorf("domains (-want +got)\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"192.0.2.7"}, skipped); diff != "" {
+		t.Errorf("skipped (-want +got)\n%s", diff)
+	}
+}
