@@ -234,6 +234,8 @@ func (r gatewayRef) Extend(ctx context.Context, mac net.HardwareAddr, d time.Dur
 
 func (r gatewayRef) Status(ctx context.Context) (control.Status, error) { return (*r.gw).Status(ctx) }
 
+func (r gatewayRef) SetSchedule(s *gateway.Schedule) { (*r.gw).SetSchedule(s) }
+
 // gate adapts the gateway for the portal server.
 type gate struct{ gw *gateway.Gateway }
 
@@ -362,6 +364,26 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	if link != nil {
+		// The walled garden follows the site's policy (with the names of
+		// portal.yaml, e.g. the controller's own host, kept).
+		link.OnPolicy(func(sp apiclient.SitePolicy) {
+			garden := slices.Clone(cfg.GardenDomains)
+			for _, d := range sp.WalledGarden {
+				if !slices.Contains(garden, d) {
+					garden = append(garden, d)
+				}
+			}
+			if slices.Equal(p.dns.Config().GardenDomains, garden) {
+				return
+			}
+			if err := p.dns.SetGardenDomains(ctx, garden); err != nil {
+				log.Error("walled garden of the site policy; keeping the running one", "err", err)
+				return
+			}
+			if err := p.fw.FlushGarden(ctx); err != nil {
+				log.Error("walled garden of the site policy", "err", err)
+			}
+		})
 		// The site's policy: the controller's, or the cached one while the
 		// controller is unreachable; never a reason not to start.
 		if err := link.Boot(ctx); err != nil {

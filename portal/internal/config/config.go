@@ -83,6 +83,10 @@ type Limits struct {
 	Idle       time.Duration
 	Quota      quantity.Bytes
 	MaxClients int
+	// DailyQuota makes Quota each device's allowance per day (counted in
+	// the town's time zone) across its sessions, as the controller's
+	// policies say; otherwise Quota is per session.
+	DailyQuota bool
 }
 
 type v[T any] = yamlconf.Value[T]

@@ -502,6 +502,17 @@ func failedLine(out string) int {
 	return n
 }
 
+// FlushGarden empties the dynamic walled garden (the addresses dnsmasq
+// added for the garden's names): after the site's garden domains changed,
+// a name no longer in it must not stay reachable until its addresses time
+// out. The names still in it fill the set again as they are resolved.
+func (k *Kernel) FlushGarden(ctx context.Context) error {
+	if _, err := k.run.Run(ctx, "", "ipset", "flush", GardenSet); err != nil {
+		return fmt.Errorf("flushing the walled garden: %w", err)
+	}
+	return nil
+}
+
 // ErrExpired is returned by Allow for a grant whose Expires has passed.
 var ErrExpired = errors.New("grant already expired")
 

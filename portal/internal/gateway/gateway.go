@@ -98,6 +98,12 @@ type Gateway struct {
 	// limits are the site's defaults for new sessions: the config's, then
 	// the controller's policy (SetPolicy).
 	limits config.Limits
+	// schedule: opening hours and the town's time zone (nil: always open,
+	// days counted in local time). daily: bytes of ended sessions per
+	// device since day (daily quotas).
+	schedule *Schedule
+	day      time.Time
+	daily    map[string]uint64
 	// outq holds events of an open until kmu's holder sends them (without
 	// mu). Guarded by kmu.
 	outq    []Event
@@ -136,6 +142,7 @@ func New(o Options) *Gateway {
 		touched:  map[netip.Addr]uint64{},
 		lockout:  map[string]time.Time{},
 		limits:   o.Config.Limits,
+		daily:    map[string]uint64{},
 	}
 }
 
@@ -160,8 +167,10 @@ func (g *Gateway) Start(ctx context.Context) error {
 	}
 	g.mu.Lock()
 	now := g.now()
+	g.day = g.schedule.dayStart(now)
 	for _, s := range previous {
 		g.noteLockout(s, now)
+		g.countDay(s)
 	}
 	var ended []*Session
 	for _, s := range stored {
@@ -417,6 +426,8 @@ func (g *Gateway) poll(ctx context.Context) error {
 		switch {
 		case !s.Expires.IsZero() && !now.Before(s.Expires):
 			s.EndReason = "expired"
+		case s.Method != "ctl" && g.closed(now):
+			s.EndReason = "closed"
 		case s.IdleTimeout > 0 && now.Sub(s.LastActive) >= s.IdleTimeout:
 			s.EndReason = "idle"
 		case s.QuotaBytes > 0 && (u.OverQuota || s.BytesDown+s.BytesUp >= s.QuotaBytes):
@@ -439,6 +450,7 @@ func (g *Gateway) poll(ctx context.Context) error {
 // forget drops a session from the in-memory indexes. Caller holds g.mu.
 func (g *Gateway) forget(s *Session) {
 	g.touch(s.IP)
+	g.countDay(s)
 	delete(g.sessions, s.ID)
 	if g.byIP[s.IP] == s {
 		delete(g.byIP, s.IP)
@@ -455,6 +467,9 @@ func (g *Gateway) noteLockout(s *Session, now time.Time) {
 	until := s.Expires
 	if until.IsZero() {
 		until = s.Ended.Add(time.Hour)
+	}
+	if s.EndReason == "quota" && g.limits.DailyQuota {
+		until = g.schedule.dayStart(now).AddDate(0, 0, 1) // the allowance comes back tomorrow
 	}
 	if until.After(now) {
 		g.lockout[s.MAC.String()] = until
@@ -632,6 +647,10 @@ func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr,
 		displaced, s = s, nil
 	}
 	var prev *Session // the session before this update, to roll back to
+	if req.Method != "ctl" && g.closed(now) {
+		next := g.schedule.NextOpen(now)
+		return nil, fmt.Errorf("%w: the site is closed now (it opens %s)", ErrRefused, next.In(g.schedule.loc()).Format("Mon 15:04"))
+	}
 	if s == nil {
 		if max := g.limits.MaxClients; max > 0 && len(g.sessions) >= max && displaced == nil {
 			return nil, fmt.Errorf("%w: %w: the site is full (%d clients)", control.ErrBadRequest, ErrRefused, max)
@@ -649,6 +668,18 @@ func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr,
 	}
 	s.IdleTimeout, s.QuotaBytes = l.Idle, uint64(l.Quota)
 	s.DownRate, s.UpRate = uint64(l.Down), uint64(l.Up)
+	if l.DailyQuota && l.Quota > 0 {
+		// What is left of the device's day; this session's own counters
+		// carry on inside it.
+		used := g.usedToday(mac.String(), now)
+		if used >= uint64(l.Quota) {
+			if prev != nil {
+				*s = *prev
+			}
+			return nil, fmt.Errorf("%w: %s used its daily data allowance (%s)", ErrRefused, mac, l.Quota)
+		}
+		s.QuotaBytes = uint64(l.Quota) - used
+	}
 
 	// The store of record first: a crash after this line is repaired by
 	// the next reconcile; a crash before it leaves nothing behind.

@@ -17,8 +17,10 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
+	_ "time/tzdata" // the town's time zone, also on a gateway without zoneinfo files
 
 	"golang.org/x/sync/errgroup"
 
@@ -33,6 +35,7 @@ import (
 // Gateway is what the link needs from the gateway.
 type Gateway interface {
 	SetPolicy(ctx context.Context, l config.Limits) error
+	SetSchedule(s *gateway.Schedule)
 	Close(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, reason string) (*gateway.Session, error)
 	Extend(ctx context.Context, mac net.HardwareAddr, d time.Duration) (*gateway.Session, error)
 	Status(ctx context.Context) (control.Status, error)
@@ -178,9 +181,14 @@ func (l *Link) apply(ctx context.Context, p apiclient.Policy) error {
 		return fmt.Errorf("policy %s is for site %q, not %q", p.Version, sp.SiteID, l.cfg.Site)
 	}
 	lim := Limits(sp)
+	sched, err := ParseSchedule(sp.Hours, sp.Timezone)
+	if err != nil {
+		return fmt.Errorf("policy %s: %w", p.Version, err)
+	}
 	if err := l.gw.SetPolicy(ctx, lim); err != nil {
 		return fmt.Errorf("applying policy %s: %w", p.Version, err)
 	}
+	l.gw.SetSchedule(sched)
 	l.mu.Lock()
 	l.policy, l.version = sp, p.Version
 	hooks := append([]func(apiclient.SitePolicy){}, l.onPol...)
@@ -194,14 +202,53 @@ func (l *Link) apply(ctx context.Context, p apiclient.Policy) error {
 }
 
 // Limits are the gateway's limits for a site policy. The daily quota is
-// enforced per session for now (a device that uses it up is locked out
-// until its session would have ended).
+// each device's allowance per day (in the town's time zone), across its
+// sessions at this site.
 func Limits(sp apiclient.SitePolicy) config.Limits {
 	return config.Limits{
 		Down: quantity.Rate(sp.DownBitsPerSecond), Up: quantity.Rate(sp.UpBitsPerSecond),
 		Session: time.Duration(sp.Session), Idle: time.Duration(sp.Idle),
-		Quota: quantity.Bytes(sp.DailyQuotaBytes), MaxClients: sp.MaxClients,
+		Quota: quantity.Bytes(sp.DailyQuotaBytes), MaxClients: sp.MaxClients, DailyQuota: true,
 	}
+}
+
+var weekdays = map[string]time.Weekday{"sun": time.Sunday, "mon": time.Monday, "tue": time.Tuesday,
+	"wed": time.Wednesday, "thu": time.Thursday, "fri": time.Friday, "sat": time.Saturday}
+
+// ParseSchedule reads a policy's opening hours ({"mon": ["08:00-20:00"]};
+// none: always open) and time zone (IANA; "" is Europe/Rome).
+func ParseSchedule(hours map[string][]string, tz string) (*gateway.Schedule, error) {
+	if tz == "" {
+		tz = "Europe/Rome"
+	}
+	loc, err := time.LoadLocation(tz)
+	if err != nil {
+		return nil, fmt.Errorf("time zone %q: %w", tz, err)
+	}
+	s := &gateway.Schedule{Loc: loc, Always: len(hours) == 0}
+	clock := func(v string) (int, bool) {
+		var h, m int
+		if n, err := fmt.Sscanf(v, "%d:%d", &h, &m); err != nil || n != 2 || len(v) != 5 || m < 0 || m > 59 || h < 0 || h > 24 || h == 24 && m != 0 {
+			return 0, false
+		}
+		return h*60 + m, true
+	}
+	for day, spans := range hours {
+		wd, ok := weekdays[day]
+		if !ok {
+			return nil, fmt.Errorf("opening hours: %q is not a day (mon ... sun)", day)
+		}
+		for _, sp := range spans {
+			a, b, ok := strings.Cut(sp, "-")
+			from, ok1 := clock(a)
+			to, ok2 := clock(b)
+			if !ok || !ok1 || !ok2 || from >= to {
+				return nil, fmt.Errorf("opening hours: %s %q is not a span like 08:00-20:00", day, sp)
+			}
+			s.Days[wd] = append(s.Days[wd], gateway.Span{From: from, To: to})
+		}
+	}
+	return s, nil
 }
 
 // Run follows the policy, runs commands, sends heartbeats and delivers the
