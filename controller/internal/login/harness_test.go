@@ -30,6 +30,7 @@ import (
 	"github.com/civicwifi/civicwifi/controller/internal/store/redisstore"
 	"github.com/civicwifi/civicwifi/internal/redistest"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 )
 
 // clock is the login flows' time; tests move it forward (the gateway protocol keeps real time).
@@ -86,7 +87,9 @@ func (n nonces) PutIfAbsent(ctx context.Context, key string, ttl time.Duration) 
 
 type nothing struct{}
 
-func (nothing) Policy(context.Context, string) ([]byte, string, error) { return []byte("{}"), "v1", nil }
+func (nothing) Policy(context.Context, string) ([]byte, string, error) {
+	return []byte("{}"), "v1", nil
+}
 func (nothing) Heartbeat(context.Context, gwapi.Origin, apiclient.Heartbeat) error {
 	return nil
 }
@@ -94,7 +97,7 @@ func (nothing) SessionEvent(context.Context, gwapi.Origin, apiclient.SessionEven
 	return false, nil
 }
 func (nothing) Pending(context.Context, string, string) ([]apiclient.Command, error) { return nil, nil }
-func (nothing) Ack(context.Context, string, string, apiclient.CommandAck) error       { return nil }
+func (nothing) Ack(context.Context, string, string, apiclient.CommandAck) error      { return nil }
 
 // env is one controller (gateway API + login endpoints over a real store, on loopback) and a signed client for
 // each gateway of testdata/sites.yaml.
@@ -110,6 +113,7 @@ type env struct {
 	provider *fakeProvider
 	pepper   pepper.Pepper
 	url      string
+	dump     func() string // every byte the store holds, as text
 }
 
 type envOpts struct {
@@ -119,7 +123,9 @@ type envOpts struct {
 	sender   sms.Sender // Attempts, Timeout, Backoff
 }
 
-func openStore(t testing.TB, kind string) store.Store {
+// openStore opens a real store and returns it with a function that dumps everything it holds: for bbolt the
+// whole database file, for Redis every key and value (read by type) and its append-only files.
+func openStore(t testing.TB, kind string) (store.Store, func() string) {
 	t.Helper()
 	switch kind {
 	case "redis":
@@ -129,15 +135,76 @@ func openStore(t testing.TB, kind string) store.Store {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		return st
+		return st, func() string { return dumpRedis(t, rs) }
 	default:
-		st, err := boltstore.Open(filepath.Join(t.TempDir(), "controller.db"), boltstore.Options{})
+		path := filepath.Join(t.TempDir(), "controller.db")
+		st, err := boltstore.Open(path, boltstore.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		return st
+		return st, func() string {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return string(data)
+		}
 	}
+}
+
+func dumpRedis(t testing.TB, rs *redistest.Server) string {
+	t.Helper()
+	ctx := context.Background()
+	opt, err := redis.ParseURL(rs.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	var b strings.Builder
+	keys, err := rdb.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		typ, err := rdb.Type(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v any
+		switch typ {
+		case "string":
+			v, err = rdb.Get(ctx, k).Result()
+		case "hash":
+			v, err = rdb.HGetAll(ctx, k).Result()
+		case "set":
+			v, err = rdb.SMembers(ctx, k).Result()
+		case "zset":
+			v, err = rdb.ZRangeWithScores(ctx, k, 0, -1).Result()
+		case "list":
+			v, err = rdb.LRange(ctx, k, 0, -1).Result()
+		case "stream":
+			v, err = rdb.XRange(ctx, k, "-", "+").Result()
+		default:
+			t.Fatalf("key %s of type %s not dumped", k, typ)
+		}
+		if err != nil && err != redis.Nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%s %s %v\n", typ, k, v)
+	}
+	if len(keys) == 0 {
+		t.Fatal("redis holds no keys: nothing was tested")
+	}
+	filepath.WalkDir(rs.Dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			data, _ := os.ReadFile(p)
+			b.Write(data)
+		}
+		return nil
+	})
+	return b.String()
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -151,7 +218,8 @@ func newEnv(t testing.TB, o envOpts) *env {
 		t.Fatal(err)
 	}
 	pub, priv, _ := ed25519.GenerateKey(nil)
-	e := &env{t: t, st: openStore(t, o.store), clock: &clock{}, log: &syncBuffer{}, reg: prometheus.NewRegistry(), ctlPub: pub,
+	st, dump := openStore(t, o.store)
+	e := &env{t: t, st: st, dump: dump, clock: &clock{}, log: &syncBuffer{}, reg: prometheus.NewRegistry(), ctlPub: pub,
 		gw: map[string]*apiclient.Client{}, gwID: map[string]string{}}
 	e.pepper, _ = pepper.New([]byte("0123456789abcdef0123456789abcdef-test-pepper"))
 	logger := slog.New(slog.NewJSONHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -240,7 +308,7 @@ func (e *env) smsLogin(site, mac, ip, phone string) (apiclient.Grant, error) {
 	if err != nil {
 		return apiclient.Grant{}, err
 	}
-	if err := apiclient.VerifyGrant(g, e.ctlPub, site, e.gwID[site], mac, ip, time.Now()); err != nil {
+	if err := apiclient.VerifyGrant(g, e.ctlPub, site, e.gwID[site], mac, ip, e.clock.Now()); err != nil {
 		e.t.Fatalf("grant from the controller does not verify: %v", err)
 	}
 	return g, nil
@@ -259,6 +327,7 @@ type fakeProvider struct {
 	sent     []sentSMS
 	requests int           // every HTTP request to the send endpoint
 	fail     int           // answer 500 to this many send requests
+	reject   bool          // twilio: refuse the number with a 400 that quotes it, as Twilio does
 	delay    time.Duration // hold each send request this long
 	logins   int           // skebby logins
 }
@@ -312,7 +381,10 @@ func newFakeProvider(t testing.TB, kind string) *fakeProvider {
 				io.WriteString(w, `{"code":20500,"message":"Internal Server Error","status":500}`)
 				return
 			}
-			if r.PostFormValue("From") != "+15005550006" || r.PostFormValue("To") == "" {
+			f.mu.Lock()
+			reject := f.reject
+			f.mu.Unlock()
+			if reject || r.PostFormValue("From") != "+15005550006" || r.PostFormValue("To") == "" {
 				w.WriteHeader(400)
 				io.WriteString(w, `{"code":21211,"message":"The 'To' number `+r.PostFormValue("To")+` is not a valid phone number.","status":400}`)
 				return

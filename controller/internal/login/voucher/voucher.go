@@ -248,16 +248,16 @@ func (b *Book) Redeem(ctx context.Context, site, mac, typed string) (Redeemed, e
 	if rec.Spec.Site != "" && rec.Spec.Site != site {
 		return Redeemed{}, fail(apiclient.CodeBadVoucher, "a voucher of another site")
 	}
-	ttl := rec.Spec.ValidUntil.Sub(now) + rec.Spec.Duration
-	if ttl <= 0 {
-		return Redeemed{}, fail(apiclient.CodeVoucherUsed, "voucher expired")
-	}
 	if !now.Before(rec.Spec.ValidUntil) { // only a voucher already in use lives on past its validity
 		if _, err := b.Store.Get(ctx, "voucher-first/"+h); errors.Is(err, store.ErrNotFound) {
 			return Redeemed{}, fail(apiclient.CodeBadVoucher, "voucher no longer valid")
 		} else if err != nil {
 			return Redeemed{}, fmt.Errorf("reading voucher use: %w", err)
 		}
+	}
+	ttl := rec.Spec.ValidUntil.Sub(now) + rec.Spec.Duration
+	if ttl <= 0 {
+		return Redeemed{}, fail(apiclient.CodeVoucherUsed, "voucher time used up")
 	}
 	// The first use starts the voucher's time.
 	if _, err := b.Store.PutIfAbsent(ctx, "voucher-first/"+h, []byte(strconv.FormatInt(now.UnixMilli(), 10)), ttl); err != nil {
@@ -269,7 +269,7 @@ func (b *Book) Redeem(ctx context.Context, site, mac, typed string) (Redeemed, e
 	}
 	ms, _ := strconv.ParseInt(string(fv), 10, 64)
 	first := time.UnixMilli(ms)
-	remaining := first.Add(rec.Spec.Duration).Sub(now)
+	remaining := first.Add(rec.Spec.Duration).Sub(now).Round(time.Second)
 	if remaining <= 0 {
 		return Redeemed{}, fail(apiclient.CodeVoucherUsed, "voucher time used up")
 	}
