@@ -421,6 +421,51 @@ scrape_configs:
 			t.Errorf("%s (-want +got):\n%s", c.q, diff)
 		}
 	}
+	// every query of the Grafana dashboard is valid PromQL over these metrics
+	dash, err := os.ReadFile(filepath.Join(deployDir(t), "..", "grafana", "civicwifi.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var board struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+		Templating struct {
+			List []struct {
+				Definition string `json:"definition"`
+			} `json:"list"`
+		} `json:"templating"`
+	}
+	if err := json.Unmarshal(dash, &board); err != nil {
+		t.Fatalf("deploy/grafana/civicwifi.json: %v", err)
+	}
+	grafana := strings.NewReplacer("$site", ".*", "$__rate_interval", "1m")
+	exprs := map[string]string{}
+	for _, p := range board.Panels {
+		for _, tg := range p.Targets {
+			exprs[p.Title] = grafana.Replace(tg.Expr)
+			if _, err := promQuery(base, grafana.Replace(tg.Expr)); err != nil {
+				t.Errorf("Grafana panel %q: %v", p.Title, err)
+			}
+		}
+	}
+	if len(exprs) < 15 {
+		t.Errorf("only %d panels with queries", len(exprs))
+	}
+	for title, want := range map[string]map[string]string{
+		"Residents online": {"": "5"},
+		"Devices online":   {"": "6"},
+		"Sites up":         {"": "2"},
+		"Sites down":       {"": "1"},
+	} {
+		if diff := cmp.Diff(want, query(exprs[title])); diff != "" {
+			t.Errorf("Grafana panel %q = %s (-want +got):\n%s", title, exprs[title], diff)
+		}
+	}
+
 	// the repository's alert rules load and evaluate without error
 	resp, err := http.Get(base + "/api/v1/rules")
 	if err != nil {
