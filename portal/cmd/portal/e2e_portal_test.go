@@ -94,6 +94,18 @@ func newPortalSite(t *testing.T, o portalOptions) *portalSite {
 			t.Errorf("teardown: %v\n%s", err, out)
 		}
 	})
+	// The control socket answers first; wait (bounded) for the portal's
+	// ports and the gateway's DNS too.
+	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer wcancel()
+	for _, w := range []struct {
+		proto string
+		port  int
+	}{{"tcp", 2050}, {"tcp", 2443}, {"udp", 53}} {
+		if err := lab.WaitListening(wctx, l.Gateway, w.proto, w.port); err != nil {
+			t.Fatalf("gateway %s/%d: %v; log:\n%s", w.proto, w.port, err, s.log())
+		}
+	}
 	return &portalSite{site: s, ca: ca}
 }
 
