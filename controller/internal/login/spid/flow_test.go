@@ -519,3 +519,5 @@ func assertNoFiscalCode(t *testing.T, h *harness) {
 }
 
 func b64(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }

@@ -190,8 +190,10 @@ func (s *SP) spFor(idp *saml.EntityDescriptor, level int) *saml.ServiceProvider 
 	sp := s.base
 	sp.IDPMetadata = idp
 	sp.RequestedAuthnContext = &saml.RequestedAuthnContext{Comparison: "minimum", AuthnContextClassRef: levelURIs[level]}
-	force := level > 1
-	sp.ForceAuthn = &force
+	if level > 1 { // SPID: ForceAuthn="true" above L1; omitted at L1 (an existing IdP session will do)
+		force := true
+		sp.ForceAuthn = &force
+	}
 	return &sp
 }
 
