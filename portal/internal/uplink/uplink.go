@@ -133,7 +133,7 @@ func (l *Link) Events(evs []gateway.Event) error {
 			id = apiclient.NewEventID()
 		}
 		ev := apiclient.SessionEvent{
-			ID: id, Kind: apiclient.EventKind(e.Kind), SessionID: s.ID, At: e.At.UTC(),
+			ID: id, Kind: apiclient.EventKind(e.Kind), SessionID: s.ID, Start: s.Started.UTC(), At: e.At.UTC(),
 			ClientMAC: s.MAC.String(), User: s.User, Method: s.Method,
 			BytesDown: s.BytesDown, BytesUp: s.BytesUp,
 		}

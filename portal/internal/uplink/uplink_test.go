@@ -1,0 +1,99 @@
+package uplink
+
+import (
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/controller/apiclient/outbox"
+	"github.com/civicwifi/civicwifi/internal/quantity"
+	"github.com/civicwifi/civicwifi/portal/internal/config"
+	"github.com/civicwifi/civicwifi/portal/internal/gateway"
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseSchedule(t *testing.T) {
+	s, err := ParseSchedule(map[string][]string{"mon": {"08:00-12:30", "15:00-24:00"}, "sat": {"09:00-12:00"}}, "Europe/Rome")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Always || s.Loc.String() != "Europe/Rome" {
+		t.Errorf("schedule %+v", s)
+	}
+	if diff := cmp.Diff([]gateway.Span{{From: 480, To: 750}, {From: 900, To: 1440}}, s.Days[time.Monday]); diff != "" {
+		t.Errorf("monday (-want +got):\n%s", diff)
+	}
+	if s, err := ParseSchedule(nil, ""); err != nil || !s.Always || s.Loc.String() != "Europe/Rome" {
+		t.Errorf("no hours: %+v, %v; want always open in Europe/Rome", s, err)
+	}
+	for _, bad := range []struct {
+		hours map[string][]string
+		tz    string
+		want  string
+	}{
+		{map[string][]string{"monday": {"08:00-12:00"}}, "", `"monday" is not a day`},
+		{map[string][]string{"mon": {"12:00-08:00"}}, "", `"12:00-08:00" is not a span`},
+		{map[string][]string{"mon": {"8:00-12:00"}}, "", `is not a span`},
+		{map[string][]string{"mon": {"08:00-24:30"}}, "", `is not a span`},
+		{map[string][]string{"mon": {"08:00"}}, "", `is not a span`},
+		{nil, "Mars/Olympus", `time zone "Mars/Olympus"`},
+	} {
+		if _, err := ParseSchedule(bad.hours, bad.tz); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("ParseSchedule(%v, %q) = %v, want %q", bad.hours, bad.tz, err, bad.want)
+		}
+	}
+}
+
+func TestLimits(t *testing.T) {
+	got := Limits(apiclient.SitePolicy{DownBitsPerSecond: 5_000_000, UpBitsPerSecond: 2_000_000,
+		Session: apiclient.Duration(2 * time.Hour), Idle: apiclient.Duration(15 * time.Minute), DailyQuotaBytes: 500_000_000, MaxClients: 80})
+	want := config.Limits{Down: 5 * quantity.Mbit, Up: 2 * quantity.Mbit, Session: 2 * time.Hour, Idle: 15 * time.Minute,
+		Quota: 500 * quantity.MB, MaxClients: 80, DailyQuota: true}
+	if got != want {
+		t.Errorf("Limits = %+v, want %+v", got, want)
+	}
+}
+
+// Session events reach the outbox as the controller's wire events: start
+// and stop ids derive from the session (a repeat is recognised), interim
+// ids are fresh, a stop always carries a reason.
+func TestEvents(t *testing.T) {
+	box, err := outbox.Open(filepath.Join(t.TempDir(), "outbox.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer box.Close()
+	l := &Link{box: box}
+	mac, _ := net.ParseMAC("02:00:00:00:00:01")
+	start := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	s := gateway.Session{ID: "abc123", MAC: mac, Method: "sms", User: "u1", Started: start, BytesDown: 10, BytesUp: 5}
+	ended := s
+	ended.Ended, ended.EndReason, ended.BytesDown = start.Add(time.Hour), "idle", 900
+	evs := []gateway.Event{
+		{Kind: gateway.EventStart, At: start, Session: s},
+		{Kind: gateway.EventInterim, At: start.Add(time.Minute), Session: s},
+		{Kind: gateway.EventStop, At: ended.Ended, Session: ended},
+	}
+	if err := l.Events(evs); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Events(evs[:1]); err != nil { // the start again: recognised
+		t.Fatal(err)
+	}
+	got, err := box.Peek(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 {
+		t.Fatalf("%d events queued, want 3 (the repeated start is the same event): %+v", len(got), got)
+	}
+	if got[0].ID != "abc123-start" || got[2].ID != "abc123-stop" || got[1].ID == "abc123-interim" {
+		t.Errorf("ids %q %q %q", got[0].ID, got[1].ID, got[2].ID)
+	}
+	if got[2].Reason != "idle" || got[2].BytesDown != 900 || got[2].User != "u1" || got[2].Method != "sms" || !got[2].Start.Equal(start) {
+		t.Errorf("stop event %+v", got[2])
+	}
+}
