@@ -35,6 +35,7 @@ var pages = []string{"login", "overview", "site", "reports", "audit", "health", 
 func (d *Dashboard) parseTemplates() error {
 	funcs := template.FuncMap{
 		"bytes":    humanBytes,
+		"inc":      func(i int) int { return i + 1 },
 		"dur":      humanDur,
 		"clock":    func(t time.Time) string { return t.In(d.loc()).Format("02/01 15:04:05") },
 		"datetime": func(t time.Time) string { return t.In(d.loc()).Format("2006-01-02 15:04:05 MST") },

@@ -45,18 +45,26 @@ func drawMap(rows []siteRow, href string) mapSVG {
 	scale := math.Min((W-2*pad)/math.Max(spanX, 1e-9), (H-2*pad)/math.Max(spanY, 1e-9))
 	offX := (W - spanX*scale) / 2
 	offY := (H - spanY*scale) / 2
-	for _, r := range rows {
+	// Numbered dots (the table lists the numbers): names would overlap
+	// where sites sit a few hundred metres apart in the town centre.
+	// Sites never heard from first, so that a down or up dot is on top where dots overlap.
+	order := make([]int, 0, len(rows))
+	for _, st := range []string{"unknown", "up", "partial", "down"} {
+		for i, r := range rows {
+			if r.State == st {
+				order = append(order, i)
+			}
+		}
+	}
+	for _, i := range order {
+		r := rows[i]
 		x := offX + (r.Coordinates.Lon-minLon)*k*scale
 		y := offY + (maxLat-r.Coordinates.Lat)*scale
-		anchor, dx := "start", 12.0
-		if x > W*0.7 {
-			anchor, dx = "end", -12
-		}
-		fmt.Fprintf(&b, `<a href="%s%s" class="site-%s"><title>%s: %s, %d online</title>`+
-			`<circle cx="%.1f" cy="%.1f" r="9" fill="%s" stroke="#fff" stroke-width="2"/>`+
-			`<text x="%.1f" y="%.1f" text-anchor="%s" font-size="13" fill="#1a1a1a">%s (%d)</text></a>`,
-			esc(href), esc(r.ID), esc(r.State), esc(r.Name), esc(r.State), r.Online,
-			x, y, stateColour[r.State], x+dx, y+4, anchor, esc(r.Name), r.Online)
+		fmt.Fprintf(&b, `<a href="%s%s" class="site-%s"><title>%d %s: %s, %d online</title>`+
+			`<circle cx="%.1f" cy="%.1f" r="13" fill="%s" stroke="#fff" stroke-width="2"/>`+
+			`<text x="%.1f" y="%.1f" text-anchor="middle" font-size="13" font-weight="700" fill="#fff">%d</text></a>`,
+			esc(href), esc(r.ID), esc(r.State), i+1, esc(r.Name), esc(r.State), r.Online,
+			x, y, stateColour[r.State], x, y+4.5, i+1)
 	}
 	b.WriteString(`</svg>`)
 	return mapSVG{SVG: template.HTML(b.String())}
@@ -89,7 +97,7 @@ func count(v float64) string { return fmt.Sprintf("%.0f", v) }
 
 // stacked draws bars of one or more series stacked per label.
 func stacked(title string, labels []string, series []seriesData) barChart {
-	const W, H, left, bottom, top = 720.0, 240.0, 56.0, 28.0, 12.0
+	const W, H, left, right, bottom, top = 720.0, 240.0, 64.0, 16.0, 28.0, 12.0
 	c := barChart{Title: title, Labels: labels, Series: series}
 	maxV := 0.0
 	for i := range labels {
@@ -103,11 +111,11 @@ func stacked(title string, labels []string, series []seriesData) barChart {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg class="chart" viewBox="0 0 %g %g" role="img" aria-label="%s" xmlns="http://www.w3.org/2000/svg">`, W, H, esc(title))
 	plotH := H - bottom - top
-	top10 := niceMax(maxV)
-	for i := 0; i <= 4; i++ {
-		v := top10 * float64(i) / 4
-		y := top + plotH - plotH*float64(i)/4
-		fmt.Fprintf(&b, `<line x1="%g" x2="%g" y1="%.1f" y2="%.1f" stroke="#d5dde5"/>`, left, W, y, y)
+	top10, ticks := niceMax(maxV)
+	for i := 0; i <= ticks; i++ {
+		v := top10 * float64(i) / float64(ticks)
+		y := top + plotH - plotH*float64(i)/float64(ticks)
+		fmt.Fprintf(&b, `<line x1="%g" x2="%g" y1="%.1f" y2="%.1f" stroke="#d5dde5"/>`, left, W-right, y, y)
 		f := count
 		if len(series) > 0 && series[0].Format != nil {
 			f = series[0].Format
@@ -115,7 +123,7 @@ func stacked(title string, labels []string, series []seriesData) barChart {
 		fmt.Fprintf(&b, `<text x="%g" y="%.1f" text-anchor="end" font-size="11" fill="#5c6f82">%s</text>`, left-6, y+4, esc(f(v)))
 	}
 	n := float64(max(len(labels), 1))
-	bw := (W - left) / n
+	bw := (W - left - right) / n
 	every := int(math.Ceil(n / 12))
 	for i, l := range labels {
 		x := left + float64(i)*bw
@@ -143,18 +151,22 @@ func stacked(title string, labels []string, series []seriesData) barChart {
 	return c
 }
 
-// niceMax rounds v up to 1, 2 or 5 times a power of ten.
-func niceMax(v float64) float64 {
-	if v <= 0 {
-		return 1
+// niceMax rounds v up to 1, 2 or 5 times a power of ten, and says how many
+// grid steps divide it into round numbers.
+func niceMax(v float64) (float64, int) {
+	if v <= 1 {
+		return 1, 4
 	}
 	p := math.Pow(10, math.Floor(math.Log10(v)))
 	for _, m := range []float64{1, 2, 5, 10} {
 		if m*p >= v {
-			return m * p
+			if m == 2 {
+				return m * p, 4
+			}
+			return m * p, 5
 		}
 	}
-	return 10 * p
+	return 10 * p, 5
 }
 
 // buckets returns n consecutive bucket starts from from.
