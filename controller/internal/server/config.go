@@ -33,7 +33,22 @@ type FileConfig struct {
 	Reload            time.Duration // how often sites.yaml is checked for a change
 	StateDir          string        // the controller's own files: the copy of the running sites.yaml (controller plan)
 	LogFormat         string        // json or text
+	SPID              SPIDConfig    // the spid block; zero: SPID login is off
 }
+
+// SPIDConfig is controller.yaml's spid block: the controller as SAML service provider for SPID (and CIE) login
+// (package login/spid). Paths are absolute.
+type SPIDConfig struct {
+	EntityID        string // the SP's entity id, e.g. https://wifi.comune.voghera.pv.it/spid
+	PublicURL       string // where residents' browsers reach the controller: /spid/login, /spid/acs, /spid/metadata
+	OrganizationURL string // the metadata's OrganizationURL; "": PublicURL
+	Key             string // PEM RSA private key (2048 bits or more), not readable by group or others
+	Certificate     string // PEM certificate of Key, as registered with AgID
+	IdPRegistry     string // local copy of AgID's registry metadata (the IdP list)
+}
+
+// Enabled reports whether the file has a spid block.
+func (c SPIDConfig) Enabled() bool { return c.EntityID != "" }
 
 type v[T any] = yamlconf.Value[T]
 
@@ -51,6 +66,16 @@ type rawFileConfig struct {
 	Reload            v[string]   `yaml:"reload_check"`
 	StateDir          v[string]   `yaml:"state_dir"`
 	LogFormat         v[string]   `yaml:"log_format"`
+	SPID              v[rawSPID]  `yaml:"spid"`
+}
+
+type rawSPID struct {
+	EntityID        v[string] `yaml:"entity_id"`
+	PublicURL       v[string] `yaml:"public_url"`
+	OrganizationURL v[string] `yaml:"organization_url"`
+	Key             v[string] `yaml:"key"`
+	Certificate     v[string] `yaml:"certificate"`
+	IdPRegistry     v[string] `yaml:"idp_registry"`
 }
 
 type rawTLS struct {
@@ -173,10 +198,46 @@ func ParseConfig(name string, data []byte) (FileConfig, error) {
 			ps.Addf(r.LogFormat.Pos, "log_format: %q, want json or text", r.LogFormat.V)
 		}
 	}
+	if r.SPID.Set {
+		c.SPID = parseSPID(r.SPID, abs, ps)
+	}
 	if err := ps.Err(); err != nil {
 		return FileConfig{}, err
 	}
 	return c, nil
+}
+
+// parseSPID checks the spid block: every key but organization_url is needed.
+func parseSPID(val v[rawSPID], abs func(string) string, ps *yamlconf.Problems) SPIDConfig {
+	r := val.V
+	checkURL := func(what string, x v[string], required bool) string {
+		if !x.Set || x.V == "" {
+			if required {
+				ps.Addf(val.Pos, "spid.%s: missing", what)
+			}
+			return ""
+		}
+		u, err := url.Parse(x.V)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			ps.Addf(x.Pos, "spid.%s: %q is not an http(s) URL without query (e.g. https://wifi.comune.example.it/spid)", what, x.V)
+		}
+		return x.V
+	}
+	file := func(what string, x v[string], hint string) string {
+		if !x.Set || x.V == "" {
+			ps.Addf(val.Pos, "spid.%s: missing (%s)", what, hint)
+			return ""
+		}
+		return abs(x.V)
+	}
+	return SPIDConfig{
+		EntityID:        checkURL("entity_id", r.EntityID, true),
+		PublicURL:       strings.TrimSuffix(checkURL("public_url", r.PublicURL, true), "/"),
+		OrganizationURL: checkURL("organization_url", r.OrganizationURL, false),
+		Key:             file("key", r.Key, "the SP's PEM RSA private key file"),
+		Certificate:     file("certificate", r.Certificate, "the SP's PEM certificate, as registered with AgID"),
+		IdPRegistry:     file("idp_registry", r.IdPRegistry, "a local copy of AgID's SPID registry metadata"),
+	}
 }
 
 // checkStore checks a store address and refuses a password written in it: passwords come from the environment
