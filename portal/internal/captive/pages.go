@@ -215,7 +215,7 @@ func (s *Server) newEcho() *echo.Echo {
 	e.POST("/portal/voucher", s.voucher)
 	e.POST("/portal/remembered", s.remembered)
 	e.POST("/portal/spid", s.spidStart)
-	e.Match(get, "/portal/spid/done", s.spidDone)
+	e.GET("/portal/spid/done", s.spidDone) // not HEAD: it uses the grant
 	e.POST("/portal/logout", s.logout)
 	e.Match(get, "/portal/static/portal.css", func(c echo.Context) error {
 		c.Response().Header().Set("Cache-Control", "public, max-age=3600")
