@@ -155,6 +155,10 @@ func New(o Options) (*Server, error) {
 // Handler serves the gateway API (/v1/), the AP API (/ap/v1/) and /healthz.
 func (s *Server) Handler() http.Handler { return s.mux }
 
+// Handle mounts h on the API's mux under pattern, beside /v1/ and /ap/v1/ (the SPID browser endpoints under
+// /spid/, for one). Call it before serving.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
 // Config returns the running sites.yaml.
 func (s *Server) Config() *sites.Config { return s.snap.Load().cfg }
 
