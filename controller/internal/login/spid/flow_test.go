@@ -12,6 +12,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"io"
+	"log/slog"
 	"math/big"
 	"net/http"
 	"net/http/cookiejar"
@@ -181,6 +182,25 @@ type harness struct {
 	gwKeys   map[string]ed25519.PrivateKey // by gateway id
 	pep      pepper.Pepper
 	returnTo string
+	logs     *syncBuffer
+}
+
+// syncBuffer collects the logs of every component at debug level.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // gateways of testdata/sites.yaml: id -> site.
@@ -225,7 +245,8 @@ func (unused) Ack(context.Context, string, string, apiclient.CommandAck) error {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	h := &harness{t: t, reg: prometheus.NewRegistry(), gwKeys: map[string]ed25519.PrivateKey{}}
+	h := &harness{t: t, reg: prometheus.NewRegistry(), gwKeys: map[string]ed25519.PrivateKey{}, logs: &syncBuffer{}}
+	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "c.db"), boltstore.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -248,7 +269,7 @@ func newHarness(t *testing.T) *harness {
 		keys[gw] = gwapi.GatewayKey{PublicKey: pub, Site: site}
 	}
 	gw, err := gwapi.New(gwapi.Config{Keys: keys, Nonces: nonces{st}, Policies: unused{}, Sink: unused{},
-		Commands: unused{}, SigningKey: h.ctrlKey})
+		Commands: unused{}, SigningKey: h.ctrlKey, Log: log, Registerer: h.reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +278,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	sitesFn := func() *sites.Config { return cfg }
-	ls, err := login.New(login.Config{Sites: sitesFn, Store: st, Pepper: h.pep, SigningKey: h.ctrlKey})
+	ls, err := login.New(login.Config{Sites: sitesFn, Store: st, Pepper: h.pep, SigningKey: h.ctrlKey, Log: log, Registerer: h.reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +301,7 @@ func newHarness(t *testing.T) *harness {
 	pub, _ := url.Parse(h.ctrl.URL)
 	h.sp, err = New(Options{
 		EntityID: "https://wifi.comune.prova.it/spid", PublicURL: pub, Key: key, Certificate: cert, IdPs: reg,
-		Store: st, Sites: sitesFn, Pepper: h.pep, Login: ls, Registerer: h.reg,
+		Store: st, Sites: sitesFn, Pepper: h.pep, Login: ls, Registerer: h.reg, Log: log,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -503,17 +524,29 @@ func wantCode(t *testing.T, err error, code string) *apiclient.LoginError {
 	return e
 }
 
+// assertNoFiscalCode: the fiscal code is nowhere in the store file, the logs (debug level) or the metrics.
 func assertNoFiscalCode(t *testing.T, h *harness) {
 	t.Helper()
-	// The bolt file is the store: search its bytes.
-	path := h.st.Path()
-	raw, err := os.ReadFile(path)
+	raw, err := os.ReadFile(h.st.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"RSSMRA80A01H501U", "rssmra80a01h501u"} {
-		if bytes.Contains(raw, []byte(s)) {
-			t.Errorf("the store file holds the fiscal code %s in clear", s)
+	var metrics bytes.Buffer
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		metrics.WriteString(mf.String())
+	}
+	if metrics.Len() == 0 || !strings.Contains(metrics.String(), "civicwifi_controller_spid_logins_total") || h.logs.String() == "" {
+		t.Fatal("no metrics or no logs to look at")
+	}
+	for where, data := range map[string]string{"store file": string(raw), "logs": h.logs.String(), "metrics": metrics.String()} {
+		for _, s := range []string{"RSSMRA80A01H501U", "rssmra80a01h501u", "VRDGPP80A01H501X"} {
+			if strings.Contains(data, s) {
+				t.Errorf("the %s hold the fiscal code %s in clear", where, s)
+			}
 		}
 	}
 }

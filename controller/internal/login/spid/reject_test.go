@@ -80,6 +80,7 @@ func TestRejections(t *testing.T) {
 			if got := testutil.ToFloat64(h.sp.outcomes.WithLabelValues("ok")); got != 0 {
 				t.Errorf("metric result=ok = %v, want 0", got)
 			}
+			assertNoFiscalCode(t, h)
 		})
 	}
 }
