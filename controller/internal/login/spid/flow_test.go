@@ -243,7 +243,9 @@ func (unused) Ack(context.Context, string, string, apiclient.CommandAck) error {
 	return errors.New("unused")
 }
 
-func newHarness(t *testing.T) *harness {
+// newHarness starts the controller (gateway API, SPID endpoints), a test IdP and a stand-in gateway page. mods
+// change the IdP's metadata as the registry file lists it.
+func newHarness(t *testing.T, mods ...func(*saml.EntityDescriptor)) *harness {
 	t.Helper()
 	h := &harness{t: t, reg: prometheus.NewRegistry(), gwKeys: map[string]ed25519.PrivateKey{}, logs: &syncBuffer{}}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -292,7 +294,11 @@ func newHarness(t *testing.T) *harness {
 		}
 		return b
 	})
-	reg, err := ParseRegistry("registry.xml", registryXML(t, h.idp.idp.Metadata()))
+	idpMeta := h.idp.idp.Metadata()
+	for _, m := range mods {
+		m(idpMeta)
+	}
+	reg, err := ParseRegistry("registry.xml", registryXML(t, idpMeta))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +367,8 @@ func (h *harness) grant(gw, state string) (apiclient.Grant, error) {
 type browser struct {
 	t        *testing.T
 	c        *http.Client
-	requests [][]byte // SAMLRequests it carried to the IdP
+	requests [][]byte   // SAMLRequests it carried to the IdP (HTTP-POST binding)
+	visited  []*url.URL // every URL a redirect led to
 	acsForms []url.Values
 	// tamper, if set, changes the SAMLResponse XML before it is posted to the ACS.
 	tamper func([]byte) []byte
@@ -369,7 +376,15 @@ type browser struct {
 
 func newBrowser(t *testing.T) *browser {
 	jar, _ := cookiejar.New(nil)
-	return &browser{t: t, c: &http.Client{Jar: jar, Timeout: 10 * time.Second}}
+	b := &browser{t: t}
+	b.c = &http.Client{Jar: jar, Timeout: 10 * time.Second, CheckRedirect: func(r *http.Request, via []*http.Request) error {
+		b.visited = append(b.visited, r.URL)
+		if len(via) > 10 {
+			return errors.New("too many redirects")
+		}
+		return nil
+	}}
+	return b
 }
 
 // page is where a walk ended.

@@ -3,9 +3,11 @@ package spid
 import (
 	"crypto/x509"
 	"net/http"
+	"net/url"
 	"testing"
 
 	"github.com/beevik/etree"
+	"github.com/crewjam/saml"
 	"github.com/google/go-cmp/cmp"
 	dsig "github.com/russellhaering/goxmldsig"
 )
@@ -121,5 +123,46 @@ func TestLoginPageHeaders(t *testing.T) {
 	}
 	if csp := resp.Header.Get("Content-Security-Policy"); csp == "" || !contains(csp, "script-src 'nonce-") || !contains(csp, "form-action "+h.idp.srv.URL) {
 		t.Errorf("CSP %q", csp)
+	}
+}
+
+// TestRedirectBinding: with an IdP that offers only HTTP-Redirect (as CIE's), the request goes in the query,
+// deflated, signed with RSA-SHA256 over the query (SigAlg, Signature); the IdP verifies it and the login completes.
+func TestRedirectBinding(t *testing.T) {
+	h := newHarness(t, func(ed *saml.EntityDescriptor) {
+		d := &ed.IDPSSODescriptors[0]
+		var keep []saml.Endpoint
+		for _, e := range d.SingleSignOnServices {
+			if e.Binding == saml.HTTPRedirectBinding {
+				keep = append(keep, e)
+			}
+		}
+		d.SingleSignOnServices = keep
+	})
+	b := newBrowser(t)
+	end := b.walk(h.start("parco-gw1"))
+	if end.url.Path != "/portal/spid/done" {
+		t.Fatalf("walk ended at %d %s (%s)", end.status, end.url, end.reason)
+	}
+	if _, err := h.grant("parco-gw1", stateOf(end)); err != nil {
+		t.Fatalf("grant: %v", err)
+	}
+	if len(b.requests) != 0 {
+		t.Errorf("%d requests went by HTTP-POST", len(b.requests))
+	}
+	var q url.Values
+	for _, u := range b.visited {
+		if u.Query().Has("SAMLRequest") {
+			q = u.Query()
+		}
+	}
+	if q == nil {
+		t.Fatalf("no redirect carried a SAMLRequest: %v", b.visited)
+	}
+	if got := q.Get("SigAlg"); got != "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256" {
+		t.Errorf("SigAlg %q", got)
+	}
+	if q.Get("Signature") == "" || q.Get("RelayState") == "" {
+		t.Errorf("Signature or RelayState missing: %v", q)
 	}
 }
