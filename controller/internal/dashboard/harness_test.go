@@ -50,7 +50,7 @@ type harness struct {
 	accts string
 }
 
-type harnessOpt func(*Options, *auth.Options)
+type harnessOpt func(*harness, *Options, *auth.Options)
 
 // newHarness runs the dashboard over a real bbolt store and the repo's
 // sites.yaml (Voghera's eleven sites) behind an httptest TLS server.
@@ -82,8 +82,12 @@ func newHarnessAt(t *testing.T, start time.Time, opts ...harnessOpt) *harness {
 	}
 	ao := auth.Options{Store: h.st, AccountsPath: h.accts, Now: h.clk.Now}
 	do := Options{Store: h.st, Sites: func() *sites.Config { return h.cfg }, Now: h.clk.Now, Location: time.UTC}
+	// The server first (options may need its URL), the dashboard behind it after.
+	mux := http.NewServeMux()
+	h.srv = httptest.NewTLSServer(mux)
+	t.Cleanup(h.srv.Close)
 	for _, o := range opts {
-		o(&do, &ao)
+		o(h, &do, &ao)
 	}
 	if h.mgr, err = auth.NewManager(ao); err != nil {
 		t.Fatal(err)
@@ -92,10 +96,7 @@ func newHarnessAt(t *testing.T, start time.Time, opts ...harnessOpt) *harness {
 	if h.d, err = New(do); err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
 	mux.Handle(Prefix+"/", h.d.Handler())
-	h.srv = httptest.NewTLSServer(mux)
-	t.Cleanup(h.srv.Close)
 	return h
 }
 
