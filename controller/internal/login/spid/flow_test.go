@@ -153,16 +153,13 @@ func startIdP(t *testing.T, spMeta func() []byte) *testIdP {
 	return ti
 }
 
-// registryXML wraps IdP metadata in an AgID-style EntitiesDescriptor.
+// registryXML is the IdPs' metadata as a registry file, with an Italian display name.
 func registryXML(t *testing.T, eds ...*saml.EntityDescriptor) []byte {
 	t.Helper()
-	all := saml.EntitiesDescriptor{}
 	for _, ed := range eds {
-		e := *ed
-		e.Organization = &saml.Organization{OrganizationDisplayNames: []saml.LocalizedName{{Lang: "it", Value: "IdP di prova"}}}
-		all.EntityDescriptors = append(all.EntityDescriptors, e)
+		ed.Organization = &saml.Organization{OrganizationDisplayNames: []saml.LocalizedName{{Lang: "it", Value: "IdP di prova"}}}
 	}
-	b, err := xml.Marshal(all)
+	b, err := MarshalRegistry(eds...)
 	if err != nil {
 		t.Fatal(err)
 	}

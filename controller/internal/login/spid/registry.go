@@ -151,3 +151,17 @@ func rootName(data []byte) string {
 		}
 	}
 }
+
+// MarshalRegistry writes IdP metadata as a registry file of AgID's shape (one md:EntitiesDescriptor), e.g. for a
+// lab whose IdP runs in a test process.
+func MarshalRegistry(idps ...*saml.EntityDescriptor) ([]byte, error) {
+	var all saml.EntitiesDescriptor
+	for _, ed := range idps {
+		all.EntityDescriptors = append(all.EntityDescriptors, *ed)
+	}
+	b, err := xml.Marshal(all)
+	if err != nil {
+		return nil, fmt.Errorf("writing IdP registry: %w", err)
+	}
+	return b, nil
+}
