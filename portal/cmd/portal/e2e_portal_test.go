@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"image/png"
 	"net/url"
 	"os"
 	"os/exec"
@@ -586,9 +587,17 @@ func TestBrowserClickThrough(t *testing.T) {
 					t.Errorf("page %s answered %d", d.URL, d.Status)
 				}
 			}
-			fi, err := os.Stat(shot)
-			if err != nil || fi.Size() < 10_000 {
-				t.Errorf("screenshot %s: %v (size %d)", shot, err, fi.Size())
+			f, err := os.Open(shot)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err := png.Decode(f)
+			f.Close()
+			if err != nil {
+				t.Fatalf("screenshot %s: %v", shot, err)
+			}
+			if b := img.Bounds(); b.Dx() != 780 || b.Dy() != 1688 {
+				t.Errorf("screenshot %s is %dx%d, want a phone's 390x844 at 2x", shot, b.Dx(), b.Dy())
 			}
 		})
 	}
