@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/civicwifi/civicwifi/controller/internal/login"
 	"github.com/civicwifi/civicwifi/internal/yamlconf"
 )
 
@@ -34,6 +35,9 @@ type FileConfig struct {
 	StateDir          string        // the controller's own files: the copy of the running sites.yaml (controller plan)
 	LogFormat         string        // json or text
 	SPID              SPIDConfig    // the spid block; zero: SPID login is off
+
+	// Login is the login block (pepper file, SMS provider and limits); zero: resident login is off.
+	Login login.FileConfig
 }
 
 // SPIDConfig is controller.yaml's spid block: the controller as SAML service provider for SPID (and CIE) login
@@ -67,6 +71,8 @@ type rawFileConfig struct {
 	StateDir          v[string]   `yaml:"state_dir"`
 	LogFormat         v[string]   `yaml:"log_format"`
 	SPID              v[rawSPID]  `yaml:"spid"`
+
+	Login v[login.RawFileConfig] `yaml:"login"`
 }
 
 type rawSPID struct {
@@ -198,6 +204,7 @@ func ParseConfig(name string, data []byte) (FileConfig, error) {
 			ps.Addf(r.LogFormat.Pos, "log_format: %q, want json or text", r.LogFormat.V)
 		}
 	}
+	c.Login = login.ParseFileConfig(r.Login, abs, ps)
 	if r.SPID.Set {
 		c.SPID = parseSPID(r.SPID, abs, ps)
 	}

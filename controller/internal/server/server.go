@@ -24,6 +24,7 @@ import (
 
 	"github.com/civicwifi/civicwifi/controller/internal/apapi"
 	"github.com/civicwifi/civicwifi/controller/internal/gwapi"
+	"github.com/civicwifi/civicwifi/controller/internal/login"
 	"github.com/civicwifi/civicwifi/controller/internal/sites"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/civicwifi/civicwifi/internal/yamlconf"
@@ -44,6 +45,10 @@ type Options struct {
 	MaxWait          time.Duration // longest gateway long poll; zero: gwapi's default (30 s)
 	Recheck          time.Duration // a long poll also re-reads its state this often; zero: only when woken
 	Bus              Bus           // wakes other replicas' command long polls; nil: a single controller
+
+	// Login is controller.yaml's login block: with a pepper file, the resident login endpoints (SMS, voucher,
+	// remembered device) are mounted on the gateway API. Zero: off.
+	Login login.FileConfig
 	// AppliedCopy, if set, is kept equal to the sites.yaml being served (written after each apply), so that
 	// `controller plan` compares a new file with what runs.
 	AppliedCopy string
@@ -60,6 +65,7 @@ type Server struct {
 	snap atomic.Pointer[snapshot]
 	keys *keys
 	gw   *gwapi.Server
+	lg   *login.Server // nil when login is off
 	ap   *apapi.Server
 	mux  *http.ServeMux
 
@@ -130,6 +136,13 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.Login.Enabled() {
+		s.lg, err = login.Setup(o.Login, login.Deps{Sites: s.Config, Store: o.Store, SigningKey: o.SigningKey, Log: o.Log, Registerer: o.Registerer})
+		if err != nil {
+			return nil, err
+		}
+		s.lg.Register(s.gw)
+	}
 	s.ap, err = apapi.New(apapi.Options{
 		Desired: desired{s}, Registry: registry{s}, Enroll: apapi.NewEnrollTokens(o.EnrollTokens...),
 		Interval: o.APCheckin, MissedCheckins: o.APMissedCheckins, Log: o.Log,
@@ -164,6 +177,9 @@ func (s *Server) Config() *sites.Config { return s.snap.Load().cfg }
 
 // Gateways returns the gateway API (to wake long polls after queueing commands from elsewhere).
 func (s *Server) Gateways() *gwapi.Server { return s.gw }
+
+// Login returns the resident login endpoints (nil when controller.yaml has no login block), for the SPID routes.
+func (s *Server) Login() *login.Server { return s.lg }
 
 // AccessPoints returns the AP API (for its offline view).
 func (s *Server) AccessPoints() *apapi.Server { return s.ap }

@@ -7,7 +7,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base32"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -41,9 +40,13 @@ func Load(path string) (Pepper, error) {
 	if err != nil {
 		return Pepper{}, fmt.Errorf("reading pepper: %w", err)
 	}
-	p, err := New([]byte(strings.TrimSpace(string(data))))
+	key := []byte(strings.TrimSpace(string(data)))
+	if len(key) < MinLen {
+		return Pepper{}, fmt.Errorf("pepper file %s: %d bytes, want at least %d (make one with: head -c 48 /dev/urandom | base64 > %s)", path, len(key), MinLen, path)
+	}
+	p, err := New(key)
 	if err != nil {
-		return Pepper{}, fmt.Errorf("pepper file %s: %w (make one with: head -c 48 /dev/urandom | base64 > %s)", path, errors.Unwrap(err), path)
+		return Pepper{}, err
 	}
 	return p, nil
 }

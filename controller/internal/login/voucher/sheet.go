@@ -57,6 +57,7 @@ body{font-family:sans-serif;margin:1cm}
 <div class="small">Wi-Fi {{$.Info.Town}} – {{$.Info.Where}}</div>
 <img src="{{.QR}}" alt="QR">
 <div class="code">{{.Code}}</div>
+<div class="small">{{.URL}}</div>
 <div class="small">{{$.Terms}}<br>Valido fino al {{$.ValidUntil}}</div>
 </div>
 {{end}}</div></body></html>
