@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/civicwifi/civicwifi/controller/internal/dashboard/auth"
+	"github.com/civicwifi/civicwifi/controller/internal/login/voucher"
 	"github.com/civicwifi/civicwifi/controller/internal/sites"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/labstack/echo/v4"
@@ -62,9 +63,8 @@ type Options struct {
 	// Gatherer is the controller's metrics registry, read for gateway
 	// refusals and SMS counters; nil: those panels say there is no source.
 	Gatherer prometheus.Gatherer
-	// VouchersURL is the voucher batch page, once the voucher package
-	// serves one; "" leaves the button out.
-	VouchersURL string
+	// Vouchers creates voucher batches; nil leaves the button out.
+	Vouchers *voucher.Book
 
 	GatewayWithin time.Duration  // a gateway is up with a heartbeat this recent; zero: 90 s (as the metrics)
 	APWithin      time.Duration  // an AP is up with a check-in this recent; zero: 180 s (3 missed 60 s check-ins)
@@ -139,6 +139,8 @@ func New(o Options) (*Dashboard, error) {
 	g.POST("/sites/:site/kick", d.kick, d.need(auth.Kick))
 	g.POST("/sites/:site/extend", d.extend, d.need(auth.Extend))
 	g.GET("/sites/:site/poster", d.poster, d.need(auth.Poster))
+	g.GET("/sites/:site/vouchers", d.voucherPage, d.need(auth.Vouchers))
+	g.POST("/sites/:site/vouchers", d.createVouchers, d.need(auth.Vouchers))
 	g.GET("/reports", d.reports, d.need(auth.Reports))
 	g.GET("/health", d.health, d.need(auth.SeeNetwork))
 	g.GET("/audit", d.auditPage, d.need(auth.AuditLog))

@@ -2,6 +2,8 @@ package dashboard
 
 import (
 	"context"
+	"fmt"
+	"regexp"
 	"net/http"
 	"net/url"
 	"strings"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"github.com/civicwifi/civicwifi/controller/internal/dashboard/auth"
+	"github.com/civicwifi/civicwifi/controller/internal/server"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/google/go-cmp/cmp"
 )
@@ -47,16 +50,17 @@ func TestRoles(t *testing.T) {
 		{"kick", "POST", "/admin/sites/parco-pertini/kick", url.Values{"mac": {mac}}},
 		{"extend", "POST", "/admin/sites/parco-pertini/extend", url.Values{"mac": {mac}, "minutes": {"30"}}},
 		{"poster", "GET", "/admin/sites/parco-pertini/poster", nil},
+		{"vouchers", "POST", "/admin/sites/parco-pertini/vouchers", url.Values{"count": {"3"}, "minutes": {"60"}, "devices": {"1"}, "days": {"7"}, "data_mb": {"0"}}},
 		{"reports", "GET", "/admin/reports?period=month", nil},
 		{"health", "GET", "/admin/health", nil},
 		{"audit", "GET", "/admin/audit", nil},
 	}
 	ok, redirect, forbidden := http.StatusOK, http.StatusSeeOther, http.StatusForbidden
 	want := map[auth.Role][]int{
-		//           overview   site       kick      extend    poster     reports health     audit
-		auth.IT:       {ok, ok, redirect, redirect, ok, ok, ok, ok},
-		auth.Operator: {ok, ok, redirect, forbidden, forbidden, ok, ok, forbidden},
-		auth.Auditor:  {forbidden, forbidden, forbidden, forbidden, forbidden, ok, forbidden, ok},
+		//           overview   site       kick      extend    poster  vouchers  reports health     audit
+		auth.IT:       {ok, ok, redirect, redirect, ok, ok, ok, ok, ok},
+		auth.Operator: {ok, ok, redirect, forbidden, forbidden, forbidden, ok, ok, forbidden},
+		auth.Auditor:  {forbidden, forbidden, forbidden, forbidden, forbidden, forbidden, ok, forbidden, ok},
 	}
 	for _, name := range []string{"ida", "oscar", "aude"} {
 		role := testAccounts[name]
@@ -92,11 +96,12 @@ func TestRoles(t *testing.T) {
 				"kick button":   strings.Contains(site.body, ">Disconnect</button>"),
 				"extend button": strings.Contains(site.body, ">Extend</button>"),
 				"poster link":   strings.Contains(site.body, "/poster\">Poster</a>"),
+				"voucher link":  strings.Contains(site.body, "/vouchers\">Vouchers</a>"),
 				"audit nav":     strings.Contains(h.do(c, "GET", "/admin/reports", nil).body, `href="/admin/audit"`),
 			}
 			wantSeen := map[string]bool{
 				"kick button": role.Can(auth.Kick), "extend button": role.Can(auth.Extend),
-				"poster link": role.Can(auth.Poster), "audit nav": role.Can(auth.AuditLog),
+				"poster link": role.Can(auth.Poster), "audit nav": role.Can(auth.AuditLog), "voucher link": role.Can(auth.Vouchers),
 			}
 			if diff := cmp.Diff(wantSeen, seen); diff != "" {
 				t.Errorf("what %s sees (-want +got):\n%s", role, diff)
@@ -385,3 +390,44 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("safeNext let %q through", next)
 	}
 }
+
+// IT staff create a batch: the sheet shows the codes once, they redeem at
+// the site, and the batch is audited with who made it. Bad numbers are
+// refused and create nothing.
+func TestVouchers(t *testing.T) {
+	h := newHarness(t)
+	c, tok := h.login("ida")
+	if r := h.do(c, "GET", "/admin/sites/parco-pertini/vouchers", nil); r.code != http.StatusOK || !strings.Contains(r.body, "Create and print") {
+		t.Fatalf("form: %d", r.code)
+	}
+	bad := h.do(c, "POST", "/admin/sites/parco-pertini/vouchers", url.Values{"csrf": {tok}, "count": {"0"}, "minutes": {"60"}, "devices": {"1"}, "days": {"7"}, "data_mb": {"x"}})
+	if bad.code != http.StatusBadRequest || !strings.Contains(bad.body, "count &#34;0&#34;: give a whole number from 1 to 10000") || !strings.Contains(bad.body, "data_mb &#34;x&#34;") {
+		t.Errorf("bad form: %d %.400s", bad.code, bad.body)
+	}
+	res := h.do(c, "POST", "/admin/sites/parco-pertini/vouchers", url.Values{"csrf": {tok}, "count": {"4"}, "minutes": {"90"}, "devices": {"1"}, "days": {"7"}, "data_mb": {"500"}, "note": {"Notte bianca"}})
+	if res.code != http.StatusOK {
+		t.Fatalf("create: %d %.400s", res.code, res.body)
+	}
+	codes := regexp.MustCompile(`<div class="code">([2-9A-Z]{5}-[2-9A-Z]{5})</div>`).FindAllStringSubmatch(res.body, -1)
+	if len(codes) != 4 {
+		t.Fatalf("sheet has %d codes, want 4", len(codes))
+	}
+	for i, m := range codes {
+		r, err := h.book.Redeem(context.Background(), "parco-pertini", fmt.Sprintf("02:cc:00:00:00:%02x", i), m[1])
+		if err != nil || r.Remaining != 90*time.Minute || r.DataBytes != 500_000_000 {
+			t.Errorf("redeeming %s: %+v %v", m[1], r, err)
+		}
+	}
+	var created []string
+	for _, e := range auditOf(t, h) {
+		if e.Action == "voucher.create" {
+			created = append(created, e.Actor+" "+e.Target)
+		}
+	}
+	if diff := cmp.Diff([]string{"ida parco-pertini"}, created); diff != "" {
+		t.Errorf("voucher.create audit (-want +got):\n%s", diff)
+	}
+}
+
+// The controller's server is the Commander to pass (it wakes the gateways' long polls and audits).
+var _ Commander = (*server.Server)(nil)

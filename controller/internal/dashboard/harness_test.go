@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/civicwifi/civicwifi/controller/internal/dashboard/auth"
+	"github.com/civicwifi/civicwifi/controller/internal/login/pepper"
+	"github.com/civicwifi/civicwifi/controller/internal/login/voucher"
 	"github.com/civicwifi/civicwifi/controller/internal/sites"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/civicwifi/civicwifi/controller/internal/store/boltstore"
@@ -48,6 +50,7 @@ type harness struct {
 	d     *Dashboard
 	srv   *httptest.Server
 	accts string
+	book  *voucher.Book
 }
 
 type harnessOpt func(*harness, *Options, *auth.Options)
@@ -81,7 +84,12 @@ func newHarnessAt(t *testing.T, start time.Time, opts ...harnessOpt) *harness {
 		}
 	}
 	ao := auth.Options{Store: h.st, AccountsPath: h.accts, Now: h.clk.Now}
-	do := Options{Store: h.st, Sites: func() *sites.Config { return h.cfg }, Now: h.clk.Now, Location: time.UTC}
+	pep, err := pepper.New([]byte("a test pepper of at least 32 bytes, not secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.book = &voucher.Book{Store: h.st, Pepper: pep, Now: h.clk.Now}
+	do := Options{Store: h.st, Sites: func() *sites.Config { return h.cfg }, Now: h.clk.Now, Location: time.UTC, Vouchers: h.book}
 	// The server first (options may need its URL), the dashboard behind it after.
 	mux := http.NewServeMux()
 	h.srv = httptest.NewTLSServer(mux)

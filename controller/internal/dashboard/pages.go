@@ -177,7 +177,7 @@ type siteData struct {
 	APs        []apRow
 	Totals     store.Totals
 	Chart      barChart
-	Vouchers   string
+	Vouchers   bool
 	Flash      string
 	ExtendMins []int
 }
@@ -201,7 +201,7 @@ func (d *Dashboard) sitePage(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	sd := siteData{Site: s, Vouchers: d.o.VouchersURL, ExtendMins: []int{15, 30, 60, 120}}
+	sd := siteData{Site: s, Vouchers: d.o.Vouchers != nil, ExtendMins: []int{15, 30, 60, 120}}
 	switch c.QueryParam("done") {
 	case "kick":
 		sd.Flash = "Disconnect queued for " + c.QueryParam("mac") + ": the gateway applies it at its next command poll (seconds)."

@@ -30,7 +30,7 @@ type page struct {
 // Can is for templates: {{if .Can "kick"}}.
 func (p page) Can(perm string) bool { return p.Session.Role.Can(auth.Perm(perm)) }
 
-var pages = []string{"login", "overview", "site", "reports", "audit", "health", "error"}
+var pages = []string{"login", "overview", "site", "reports", "audit", "health", "error", "vouchers"}
 
 func (d *Dashboard) parseTemplates() error {
 	funcs := template.FuncMap{
