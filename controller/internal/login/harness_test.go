@@ -222,7 +222,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 	e := &env{t: t, st: st, dump: dump, clock: &clock{}, log: &syncBuffer{}, reg: prometheus.NewRegistry(), ctlPub: pub,
 		gw: map[string]*apiclient.Client{}, gwID: map[string]string{}}
 	e.pepper, _ = pepper.New([]byte("0123456789abcdef0123456789abcdef-test-pepper"))
-	logger := slog.New(slog.NewJSONHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger := slogJSON(e.log)
 
 	e.provider = newFakeProvider(t, o.provider)
 	e.provider.log = e.log
@@ -494,4 +494,8 @@ func (f *fakeProvider) count() (sent, requests int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return len(f.sent), f.requests
+}
+
+func slogJSON(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
