@@ -3,9 +3,9 @@ package dashboard
 import (
 	"context"
 	"fmt"
-	"regexp"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
