@@ -141,7 +141,7 @@ func startIdP(t *testing.T, spMeta func() []byte) *testIdP {
 	base, _ := url.Parse(ti.srv.URL)
 	ti.idp = &saml.IdentityProvider{
 		Key: key, Signer: key, Certificate: cert,
-		MetadataURL: endpoint(base, "/metadata"), SSOURL: endpoint(base, "/sso"),
+		MetadataURL: endpoint(base, "/metadata"), SSOURL: endpoint(base, "/sso"), LogoutURL: endpoint(base, "/slo"), LogoutBindings: []string{saml.HTTPPostBinding},
 		ServiceProviderProvider: ti, SessionProvider: ti, AssertionMaker: ti,
 		SignatureMethod: "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
 	}

@@ -8,6 +8,7 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/beevik/etree"
@@ -15,12 +16,14 @@ import (
 	"github.com/crewjam/saml"
 )
 
-// Handler serves the browser-facing endpoints: GET /spid/login, POST /spid/acs and GET /spid/metadata.
+// Handler serves the browser-facing endpoints: GET /spid/login, POST /spid/acs, GET /spid/metadata and
+// POST /spid/slo.
 func (s *SP) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathLogin, s.serveLogin)
 	mux.HandleFunc("POST "+PathACS, s.serveACS)
 	mux.HandleFunc("GET "+PathMetadata, s.serveMetadata)
+	mux.HandleFunc("POST "+PathSLO, s.serveSLO)
 	return mux
 }
 
@@ -436,4 +439,73 @@ func (s *SP) Metadata() ([]byte, error) {
 	doc.Root().InsertChildAt(0, sig) // the schema wants ds:Signature first; the enveloped transform removes it
 	doc.WriteSettings.CanonicalEndTags = true
 	return doc.WriteToBytes()
+}
+
+// serveSLO answers an IdP's LogoutRequest (HTTP-POST binding, as the metadata says) with a signed LogoutResponse
+// of status Success: the SP keeps no session of its own (a Wi-Fi session is the gateway's, bounded by the policy,
+// and is not ended by a SPID logout), so there is nothing left to end here.
+func (s *SP) serveSLO(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	if err := r.ParseForm(); err != nil {
+		s.page(w, http.StatusBadRequest, "malformed")
+		return
+	}
+	raw, err := base64.StdEncoding.DecodeString(r.PostForm.Get("SAMLRequest"))
+	if err != nil {
+		s.page(w, http.StatusBadRequest, "malformed")
+		return
+	}
+	// The Issuer picks the IdP whose certificates check the signature; crewjam then checks it matches.
+	doc := etree.NewDocument()
+	doc.ReadSettings.ValidateInput = true
+	if err := doc.ReadFromBytes(raw); err != nil || doc.Root() == nil || doc.Root().Tag != "LogoutRequest" {
+		s.page(w, http.StatusBadRequest, "malformed")
+		return
+	}
+	issuer := doc.Root().FindElement("./Issuer")
+	if issuer == nil {
+		s.page(w, http.StatusBadRequest, "malformed")
+		return
+	}
+	idp, ok := s.o.IdPs.Lookup(strings.TrimSpace(issuer.Text()))
+	if !ok {
+		s.page(w, http.StatusBadRequest, "unknown_idp")
+		return
+	}
+	sp := s.spFor(idp, 1)
+	lr, err := sp.ValidateLogoutRequest(r)
+	if err != nil {
+		reason := classify(err)
+		s.log.Warn("SPID logout request refused", "idp", idp.EntityID, "reason", reason, "err", privateErr(err))
+		s.page(w, http.StatusBadRequest, "logout_"+reason)
+		return
+	}
+	relay := r.PostForm.Get("RelayState")
+	h := w.Header()
+	h.Set("Cache-Control", "no-store")
+	h.Set("Referrer-Policy", "no-referrer")
+	if sp.GetSLOBindingLocation(saml.HTTPPostBinding) != "" {
+		form, err := sp.MakePostLogoutResponse(lr.ID, relay)
+		if err != nil {
+			s.log.Error("making the SPID LogoutResponse", "idp", idp.EntityID, "err", err)
+			s.page(w, http.StatusInternalServerError, "internal")
+			return
+		}
+		h.Set("Content-Type", "text/html; charset=utf-8")
+		w.Write([]byte("<!doctype html><html><head><meta charset=\"utf-8\"><title>SPID</title></head><body>"))
+		w.Write(form)
+		w.Write([]byte("</body></html>"))
+		return
+	}
+	if sp.GetSLOBindingLocation(saml.HTTPRedirectBinding) != "" {
+		u, err := sp.MakeRedirectLogoutResponse(lr.ID, relay)
+		if err != nil {
+			s.log.Error("making the SPID LogoutResponse", "idp", idp.EntityID, "err", err)
+			s.page(w, http.StatusInternalServerError, "internal")
+			return
+		}
+		http.Redirect(w, r, u.String(), http.StatusFound)
+		return
+	}
+	s.page(w, http.StatusBadRequest, "no_slo")
 }

@@ -68,7 +68,7 @@ const (
 	PathLogin    = "/spid/login"
 	PathACS      = "/spid/acs"
 	PathMetadata = "/spid/metadata"
-	PathSLO      = "/spid/slo" // published in the metadata, as SPID requires; see README (not served yet)
+	PathSLO      = "/spid/slo" // single logout (HTTP-POST): SPID requires one in the metadata
 )
 
 // AttributeFiscalNumber is the one attribute the SP asks for.
