@@ -342,6 +342,24 @@ log_format: text
 		t.Errorf("site B's rate moved to %v with site A's change", r)
 	}
 
+	// The walled garden follows sites.yaml too: a captive phone at site A
+	// reaches www.example.test once it is added, site B's does not.
+	www := "http://www.example.test/"
+	if r := fetch(a.l.Clients[1].NS, 5*time.Second, www); r.Code != 302 {
+		t.Fatalf("captive phone before the garden change: %v, want the portal", r)
+	}
+	tw.writeSites("\n    overrides: {up: 2mbit, walled_garden: [www.example.test]}")
+	eventually(t, 15*time.Second, "site A's captive phone reaches the new garden domain", func() (bool, string) {
+		r := fetch(a.l.Clients[1].NS, 3*time.Second, www)
+		return r.upstream(), r.String()
+	})
+	if r := fetch(b.l.Clients[1].NS, 5*time.Second, www); r.Code != 302 {
+		t.Errorf("site B's captive phone reached site A's garden: %v", r)
+	}
+	if r, id := upRate(a, ca.IP.String()); r != 2*quantity.Mbit || id != sessA {
+		t.Errorf("after the garden change site A's client has rate %v, session %s (was %s)", r, id, sessA)
+	}
+
 	// A broken sites.yaml changes nothing, and the controller says where.
 	tw.writeSites("\n    overrides: {up: 2 Mbps}")
 	eventually(t, 10*time.Second, "controller reports the broken sites.yaml", func() (bool, string) {
