@@ -11,24 +11,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Login results for Metrics.Login: keep to these so the label stays small.
-const (
-	LoginOK          = "ok"           // the client was let in
-	LoginRefused     = "refused"      // wrong code, bad voucher, SPID denied, expired
-	LoginRateLimited = "rate_limited" // refused by a rate limit or the SMS budget
-	LoginError       = "error"        // our fault: a provider or the store failed
-)
-
-// Metrics are the controller's counters that subsystems increment (logins,
-// SMS) and the store's latency. A nil *Metrics does nothing, so code under
-// test may hold one without a registry. Safe for concurrent use.
+// Metrics are the controller's counters that the login package does not
+// keep itself (it counts logins by method and result, SMS requests and
+// provider attempts, and whether the daily budget is used up): what the SMS
+// cost, how much of the daily budget is used, and the store's latency.
+// A nil *Metrics does nothing, so code under test may hold one without a
+// registry. Safe for concurrent use.
 type Metrics struct {
-	logins       *prometheus.CounterVec
-	smsSent      *prometheus.CounterVec
-	smsFailed    *prometheus.CounterVec
 	smsCost      *prometheus.CounterVec
-	budgetSpent  *prometheus.GaugeVec
-	budgetLimit  *prometheus.GaugeVec
+	budgetUsed   prometheus.Gauge
+	budgetLimit  prometheus.Gauge
 	storeSeconds *prometheus.HistogramVec
 	storeErrors  *prometheus.CounterVec
 }
@@ -36,30 +28,18 @@ type Metrics struct {
 // NewMetrics makes the controller's counters and registers them on reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
-		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "civicwifi_controller_logins_total",
-			Help: "Login attempts by site, login method and result (ok, refused, rate_limited, error).",
-		}, []string{"site", "method", "result"}),
-		smsSent: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "civicwifi_controller_sms_sent_total",
-			Help: "SMS accepted by the provider, by site and provider.",
-		}, []string{"site", "provider"}),
-		smsFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "civicwifi_controller_sms_failed_total",
-			Help: "SMS the provider refused or that could not be sent, by site, provider and reason.",
-		}, []string{"site", "provider", "reason"}),
 		smsCost: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "civicwifi_controller_sms_cost_euros_total",
-			Help: "What the SMS sent cost, in euros, by site and provider.",
-		}, []string{"site", "provider"}),
-		budgetSpent: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "civicwifi_controller_sms_budget_spent_euros",
-			Help: "SMS spending in the current budget period (day, month), in euros.",
-		}, []string{"period"}),
-		budgetLimit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "civicwifi_controller_sms_budget_limit_euros",
-			Help: "The SMS budget of the period (day, month), in euros.",
-		}, []string{"period"}),
+			Help: "What the SMS handed to the provider cost, in euros, by provider.",
+		}, []string{"provider"}),
+		budgetUsed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "civicwifi_controller_sms_daily_budget_used",
+			Help: "SMS codes counted against today's budget of the town.",
+		}),
+		budgetLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "civicwifi_controller_sms_daily_budget_limit",
+			Help: "The town's daily SMS budget (codes per day); 0: none.",
+		}),
 		storeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "civicwifi_controller_store_seconds",
 			Help:    "Latency of store operations, by operation.",
@@ -70,7 +50,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Store operations that failed (not-found answers excluded), by operation.",
 		}, []string{"op"}),
 	}
-	for _, c := range []prometheus.Collector{m.logins, m.smsSent, m.smsFailed, m.smsCost, m.budgetSpent, m.budgetLimit, m.storeSeconds, m.storeErrors} {
+	for _, c := range []prometheus.Collector{m.smsCost, m.budgetUsed, m.budgetLimit, m.storeSeconds, m.storeErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -78,38 +58,19 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
-// Login counts one login attempt at site with method (sites.yaml's names:
-// click-through, sms, spid, voucher) and result (LoginOK...).
-func (m *Metrics) Login(site, method, result string) {
-	if m != nil {
-		m.logins.WithLabelValues(site, method, result).Inc()
+// SMSCost adds what one SMS handed to provider cost, in euros.
+func (m *Metrics) SMSCost(provider string, euros float64) {
+	if m != nil && euros > 0 {
+		m.smsCost.WithLabelValues(provider).Add(euros)
 	}
 }
 
-// SMSSent counts one SMS the provider accepted and what it cost.
-func (m *Metrics) SMSSent(site, provider string, costEUR float64) {
+// SMSBudget sets today's count against the daily SMS budget and the
+// budget (0: none); the alert "budget near limit" compares them.
+func (m *Metrics) SMSBudget(used, limit int64) {
 	if m != nil {
-		m.smsSent.WithLabelValues(site, provider).Inc()
-		if costEUR > 0 {
-			m.smsCost.WithLabelValues(site, provider).Add(costEUR)
-		}
-	}
-}
-
-// SMSFailed counts one SMS that was not sent; reason is short and from a
-// small set (refused, timeout, invalid_number, budget...).
-func (m *Metrics) SMSFailed(site, provider, reason string) {
-	if m != nil {
-		m.smsFailed.WithLabelValues(site, provider, reason).Inc()
-	}
-}
-
-// SMSBudget sets the spending and the limit of the budget period ("day"
-// or "month"); the alert "budget near limit" compares them.
-func (m *Metrics) SMSBudget(period string, spentEUR, limitEUR float64) {
-	if m != nil {
-		m.budgetSpent.WithLabelValues(period).Set(spentEUR)
-		m.budgetLimit.WithLabelValues(period).Set(limitEUR)
+		m.budgetUsed.Set(float64(used))
+		m.budgetLimit.Set(float64(limit))
 	}
 }
 

@@ -187,16 +187,16 @@ func TestMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.Login("parco-pertini", "sms", stats.LoginOK)
-	m.Login("parco-pertini", "sms", stats.LoginOK)
-	m.Login("parco-pertini", "voucher", stats.LoginRefused)
-	m.SMSSent("parco-pertini", "skebby", 0.05)
-	m.SMSSent("parco-pertini", "skebby", 0.05)
-	m.SMSFailed("parco-pertini", "skebby", "timeout")
-	m.SMSBudget("day", 0.1, 5)
+	m.SMSCost("skebby", 0.05)
+	m.SMSCost("skebby", 0.05)
+	m.SMSCost("aruba", 0) // free: no series
+	m.SMSBudget(420, 1000)
 	var nilM *stats.Metrics // a nil Metrics is a no-op
-	nilM.Login("x", "y", "z")
-	nilM.SMSSent("x", "y", 1)
+	nilM.SMSCost("x", 1)
+	nilM.SMSBudget(1, 2)
+	if st := nilM.Instrument(nil); st != nil {
+		t.Error("a nil Metrics wrapped the store")
+	}
 
 	st := m.Instrument(openStore(t))
 	ctx := context.Background()
@@ -210,32 +210,21 @@ func TestMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `
-# HELP civicwifi_controller_logins_total Login attempts by site, login method and result (ok, refused, rate_limited, error).
-# TYPE civicwifi_controller_logins_total counter
-civicwifi_controller_logins_total{method="sms",result="ok",site="parco-pertini"} 2
-civicwifi_controller_logins_total{method="voucher",result="refused",site="parco-pertini"} 1
-# HELP civicwifi_controller_sms_budget_limit_euros The SMS budget of the period (day, month), in euros.
-# TYPE civicwifi_controller_sms_budget_limit_euros gauge
-civicwifi_controller_sms_budget_limit_euros{period="day"} 5
-# HELP civicwifi_controller_sms_budget_spent_euros SMS spending in the current budget period (day, month), in euros.
-# TYPE civicwifi_controller_sms_budget_spent_euros gauge
-civicwifi_controller_sms_budget_spent_euros{period="day"} 0.1
-# HELP civicwifi_controller_sms_cost_euros_total What the SMS sent cost, in euros, by site and provider.
+# HELP civicwifi_controller_sms_cost_euros_total What the SMS handed to the provider cost, in euros, by provider.
 # TYPE civicwifi_controller_sms_cost_euros_total counter
-civicwifi_controller_sms_cost_euros_total{provider="skebby",site="parco-pertini"} 0.1
-# HELP civicwifi_controller_sms_failed_total SMS the provider refused or that could not be sent, by site, provider and reason.
-# TYPE civicwifi_controller_sms_failed_total counter
-civicwifi_controller_sms_failed_total{provider="skebby",reason="timeout",site="parco-pertini"} 1
-# HELP civicwifi_controller_sms_sent_total SMS accepted by the provider, by site and provider.
-# TYPE civicwifi_controller_sms_sent_total counter
-civicwifi_controller_sms_sent_total{provider="skebby",site="parco-pertini"} 2
+civicwifi_controller_sms_cost_euros_total{provider="skebby"} 0.1
+# HELP civicwifi_controller_sms_daily_budget_limit The town's daily SMS budget (codes per day); 0: none.
+# TYPE civicwifi_controller_sms_daily_budget_limit gauge
+civicwifi_controller_sms_daily_budget_limit 1000
+# HELP civicwifi_controller_sms_daily_budget_used SMS codes counted against today's budget of the town.
+# TYPE civicwifi_controller_sms_daily_budget_used gauge
+civicwifi_controller_sms_daily_budget_used 420
 # HELP civicwifi_controller_store_errors_total Store operations that failed (not-found answers excluded), by operation.
 # TYPE civicwifi_controller_store_errors_total counter
 civicwifi_controller_store_errors_total{op="incr_hourly"} 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
-		"civicwifi_controller_logins_total", "civicwifi_controller_sms_budget_limit_euros", "civicwifi_controller_sms_budget_spent_euros",
-		"civicwifi_controller_sms_cost_euros_total", "civicwifi_controller_sms_failed_total", "civicwifi_controller_sms_sent_total",
+		"civicwifi_controller_sms_cost_euros_total", "civicwifi_controller_sms_daily_budget_limit", "civicwifi_controller_sms_daily_budget_used",
 		"civicwifi_controller_store_errors_total"); err != nil {
 		t.Error(err)
 	}
@@ -314,7 +303,7 @@ func TestPrometheusScrapes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.Login("parco-pertini", "sms", stats.LoginOK)
+	m.SMSBudget(850, 1000)
 	ctrl := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	t.Cleanup(ctrl.Close)
 
@@ -415,7 +404,7 @@ scrape_configs:
 		{`civicwifi_controller_site_up`, map[string]string{"parco-pertini": "1", "biblioteca": "1", "museo": "0"}},
 		{`sum by (site) (civicwifi_controller_residents_online)`, map[string]string{"parco-pertini": "3", "biblioteca": "2", "museo": "0"}},
 		{`civicwifi_gateway_clients{job="civicwifi-gateway"}`, map[string]string{"parco-pertiniauthorised": "4", "parco-pertinicaptive": "1"}},
-		{`sum(civicwifi_controller_logins_total{method="sms",result="ok"})`, map[string]string{"": "1"}},
+		{`civicwifi_controller_sms_daily_budget_used / civicwifi_controller_sms_daily_budget_limit`, map[string]string{"": "0.85"}},
 	} {
 		if diff := cmp.Diff(c.want, query(c.q)); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", c.q, diff)
@@ -493,7 +482,25 @@ scrape_configs:
 			}
 		}
 	}
-	if !slices.Contains(names, "CivicwifiSiteDown") || len(names) != 11 {
+	if !slices.Contains(names, "CivicwifiSiteDown") || len(names) != 12 {
 		t.Errorf("loaded rules: %v", names)
 	}
+
+	// and fire on the scraped numbers: the budget is 85% used, museo's only gateway is silent (pending for 5 min)
+	want := map[string]string{"CivicwifiSMSBudgetNearLimit firing": "1", "CivicwifiSiteDown pending museo": "1"}
+	var firing map[string]string
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(300 * time.Millisecond) {
+		rs, err := promQuery(base, `ALERTS`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		firing = map[string]string{}
+		for _, r := range rs {
+			firing[strings.TrimSpace(r.Metric["alertname"]+" "+r.Metric["alertstate"]+" "+r.Metric["site"])] = fmt.Sprint(r.Value[1])
+		}
+		if cmp.Equal(want, firing) {
+			return
+		}
+	}
+	t.Errorf("alerts (-want +got):\n%s", cmp.Diff(want, firing))
 }
