@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/nyaruka/phonenumbers"
 )
 
 // Message is one SMS to send. To is E.164. Code and RequestID are there for the log provider only: a real provider
@@ -356,25 +358,28 @@ func (s *Sender) Send(ctx context.Context, m Message) error {
 	return fmt.Errorf("sending sms via %s: %w", name, err)
 }
 
-// redact returns err with every form of the number to (E.164, without "+", national digits) replaced, keeping
-// ErrPermanent.
+// redact returns err with every form of the number to (E.164, with "+" escaped or left out, the national
+// significant number) replaced by "<number>", keeping ErrPermanent.
 func redact(err error, to string) error {
 	msg := err.Error()
 	if to == "" {
 		return err
 	}
 	digits := strings.TrimPrefix(to, "+")
-	for _, f := range []string{to, digits, "%2B" + digits} {
-		msg = strings.ReplaceAll(msg, f, "<number>")
+	forms := []string{"%2B" + digits, "%2b" + digits, to, digits}
+	if n, perr := phonenumbers.Parse(to, ""); perr == nil {
+		forms = append(forms, phonenumbers.GetNationalSignificantNumber(n))
 	}
-	if len(digits) > 8 { // the national number, whatever the country code's length
-		msg = strings.ReplaceAll(msg, digits[len(digits)-8:], "<number>")
+	for _, f := range forms {
+		if len(f) >= 6 {
+			msg = strings.ReplaceAll(msg, f, "<number>")
+		}
 	}
 	if msg == err.Error() {
 		return err
 	}
 	if errors.Is(err, ErrPermanent) {
-		return fmt.Errorf("%w: %s", ErrPermanent, msg)
+		return fmt.Errorf("%w: %s", ErrPermanent, strings.TrimPrefix(msg, ErrPermanent.Error()+": "))
 	}
 	return errors.New(msg)
 }
