@@ -25,6 +25,7 @@ import (
 	"github.com/civicwifi/civicwifi/controller/internal/apapi"
 	"github.com/civicwifi/civicwifi/controller/internal/gwapi"
 	"github.com/civicwifi/civicwifi/controller/internal/login"
+	"github.com/civicwifi/civicwifi/controller/internal/login/spid"
 	"github.com/civicwifi/civicwifi/controller/internal/sites"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/civicwifi/civicwifi/internal/yamlconf"
@@ -49,6 +50,8 @@ type Options struct {
 	// Login is controller.yaml's login block: with a pepper file, the resident login endpoints (SMS, voucher,
 	// remembered device) are mounted on the gateway API. Zero: off.
 	Login login.FileConfig
+	// SPID is controller.yaml's spid block: the SAML service provider of SPID/CIE login (needs Login). Zero: off.
+	SPID SPIDConfig
 	// AppliedCopy, if set, is kept equal to the sites.yaml being served (written after each apply), so that
 	// `controller plan` compares a new file with what runs.
 	AppliedCopy string
@@ -66,6 +69,7 @@ type Server struct {
 	keys *keys
 	gw   *gwapi.Server
 	lg   *login.Server // nil when login is off
+	sp   *spid.SP      // nil when SPID is off
 	ap   *apapi.Server
 	mux  *http.ServeMux
 
@@ -142,6 +146,14 @@ func New(o Options) (*Server, error) {
 			return nil, err
 		}
 		s.lg.Register(s.gw)
+	}
+	if o.SPID.Enabled() {
+		s.sp, err = newSPID(o.SPID, s.lg, o.Login.PepperFile, o.Store, s.Config, o.Log, o.Registerer)
+		if err != nil {
+			return nil, err
+		}
+		s.sp.Register(s.gw)
+		s.mux.Handle("/spid/", s.sp.Handler())
 	}
 	s.ap, err = apapi.New(apapi.Options{
 		Desired: desired{s}, Registry: registry{s}, Enroll: apapi.NewEnrollTokens(o.EnrollTokens...),
