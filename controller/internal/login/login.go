@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"time"
@@ -158,10 +159,9 @@ func (s *Server) CheckClient(from gwapi.Origin, mac, ip string, method sites.Met
 	if c.MAC == "" || c.IP == "" {
 		return Client{}, &apiclient.LoginError{Code: apiclient.CodeBadRequest, Message: "client_mac and client_ip must be a MAC and an IP address"}
 	}
-	hw := []byte{0}
-	fmt.Sscanf(c.MAC[:2], "%02x", &hw[0])
+	hw, _ := net.ParseMAC(c.MAC) // canonical, so valid
 	addr := netip.MustParseAddr(c.IP)
-	if hw[0]&1 == 1 || c.MAC == "00:00:00:00:00:00" {
+	if hw[0]&1 == 1 || c.MAC == "00:00:00:00:00:00" { // multicast or broadcast, or none
 		return Client{}, &apiclient.LoginError{Code: apiclient.CodeNotConnected, Message: "not a client's MAC"}
 	}
 	if n := site.ClientNetwork.Subnet; n.IsValid() && (!n.Contains(addr) || addr == site.ClientNetwork.Gateway) {
