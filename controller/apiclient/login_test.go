@@ -1,9 +1,17 @@
 package apiclient
 
 import (
+	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -87,5 +95,70 @@ func TestVerifyGrant(t *testing.T) {
 	bad.User = "u\nsite:x"
 	if err := SignGrant(&bad, key); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("signing a field with a newline: %v", err)
+	}
+}
+
+// TestLoginAnswers checks how the client reads login answers: a signed refusal becomes *LoginError, an unsigned or
+// forged one does not, and a grant must be signed.
+func TestLoginAnswers(t *testing.T) {
+	_, ctlKey, _ := ed25519.GenerateKey(nil)
+	_, forger, _ := ed25519.GenerateKey(nil)
+	_, gwKey, _ := ed25519.GenerateKey(nil)
+	var status int
+	var body string
+	var signWith ed25519.PrivateKey
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/sites/parco/login/sms/verify" || r.Header.Get(HeaderSignature) == "" {
+			t.Errorf("request %s unsigned or to the wrong path", r.URL.Path)
+		}
+		if signWith != nil {
+			msg, _ := SignedResponse{Gateway: "gw1", Nonce: r.Header.Get(HeaderNonce), Status: status, BodySHA256: sha256.Sum256([]byte(body))}.AppendMessage(nil)
+			w.Header().Set(HeaderSignature, EncodeSignature(ed25519.Sign(signWith, msg)))
+		}
+		w.WriteHeader(status)
+		io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	c, err := New(Config{BaseURL: srv.URL, Site: "parco", GatewayID: "gw1", Key: gwKey, ControllerKey: ctlKey.Public().(ed25519.PublicKey)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _ := testGrant(t)
+	gj, _ := json.Marshal(g)
+	for _, tc := range []struct {
+		name   string
+		status int
+		body   string
+		key    ed25519.PrivateKey
+		want   string
+	}{
+		{"grant", 200, string(gj), ctlKey, "grant g1"},
+		{"unsigned grant", 200, string(gj), nil, ErrBadSignature.Error()},
+		{"forged grant", 200, string(gj), forger, ErrBadSignature.Error()},
+		{"refusal", 422, `{"code":"wrong_code","message":"wrong code","tries_left":3}`, ctlKey, "LoginError wrong_code 3 422"},
+		{"rate limited", 429, `{"code":"rate_limited","retry_after_s":60}`, ctlKey, "LoginError rate_limited 0 429"},
+		{"provider failed", 503, `{"code":"provider_failed"}`, ctlKey, "LoginError provider_failed 0 503"},
+		{"forged refusal", 422, `{"code":"wrong_code"}`, forger, "controller answered 422"},
+		{"bare 401", 401, "Unauthorized\n", nil, "refused"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body, signWith = tc.status, tc.body, tc.key
+			got, err := c.VerifySMS(context.Background(), SMSVerifyRequest{RequestID: "r", ClientMAC: "02:00:00:00:00:01", ClientIP: "10.1.0.5", Code: "123456"})
+			var s string
+			var le *LoginError
+			switch {
+			case err == nil:
+				s = "grant " + got.ID
+			case errors.As(err, &le):
+				s = fmt.Sprintf("LoginError %s %d %d", le.Code, le.TriesLeft, le.Status)
+			case errors.Is(err, ErrRefused):
+				s = "refused"
+			default:
+				s = err.Error()
+			}
+			if !strings.Contains(s, tc.want) {
+				t.Errorf("got %q, want %q", s, tc.want)
+			}
+		})
 	}
 }
