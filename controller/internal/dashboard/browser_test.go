@@ -217,5 +217,15 @@ func TestChromiumDashboard(t *testing.T) {
 	}
 	do("reports", chromedp.Navigate(base+"/admin/reports?period=day"), chromedp.WaitVisible("svg.chart"))
 	shot("dashboard-reports.png")
+
+	// IT staff: sign out, sign in again, the failures page and a site's poster.
+	do("sign out", chromedp.Click(`form[action="/admin/logout"] button`), chromedp.WaitVisible("#name"))
+	do("sign in as IT", chromedp.SendKeys("#name", "ida"), chromedp.SendKeys("#password", password("ida")), chromedp.Click("#signin"), chromedp.WaitVisible("#online"))
+	do("failures", chromedp.Navigate(base+"/admin/health"), chromedp.WaitVisible("#sms-none"))
+	do("poster", chromedp.Navigate(base+"/admin/sites/parco-pertini/poster"), chromedp.WaitVisible("img"))
+	if txt := text(".ssid"); txt != "Rete / Network: Voghera Free WiFi" {
+		t.Errorf("poster SSID line %q", txt)
+	}
+	shot("dashboard-poster.png")
 	t.Logf("screenshots in %s", shots)
 }

@@ -170,12 +170,15 @@ func (d *Dashboard) reports(c echo.Context) error {
 type metricRow struct {
 	Name, Labels string
 	Value        float64
+	Failure      bool // a result other than ok, sent or granted; an exhausted budget
 }
 
 type healthData struct {
 	SMSMetrics    []metricRow
+	SMSFailures   float64
 	SMSCounters   []fact // store counters named sms* over the last 24 h
 	Refusals      []metricRow
+	LoginRefusals []metricRow // residents' logins refused (login package's civicwifi_controller_logins_total)
 	HasGatherer   bool
 	LoginFailures []store.AuditEntry
 }
@@ -196,8 +199,19 @@ func (d *Dashboard) health(c echo.Context) error {
 			switch {
 			case name == "civicwifi_controller_gateway_refusals_total":
 				hd.Refusals = append(hd.Refusals, rowsOf(f)...)
+			case name == "civicwifi_controller_logins_total":
+				for _, r := range rowsOf(f) {
+					if r.Failure && r.Value > 0 {
+						hd.LoginRefusals = append(hd.LoginRefusals, r)
+					}
+				}
 			case strings.Contains(name, "sms"):
-				hd.SMSMetrics = append(hd.SMSMetrics, rowsOf(f)...)
+				for _, r := range rowsOf(f) {
+					hd.SMSMetrics = append(hd.SMSMetrics, r)
+					if r.Failure {
+						hd.SMSFailures += r.Value
+					}
+				}
 			}
 		}
 	}
@@ -235,11 +249,22 @@ func rowsOf(f *dto.MetricFamily) []metricRow {
 	var out []metricRow
 	for _, m := range f.GetMetric() {
 		var ls []string
+		fail := false
 		for _, l := range m.GetLabel() {
 			ls = append(ls, l.GetName()+"="+l.GetValue())
+			if l.GetName() == "result" {
+				switch l.GetValue() {
+				case "ok", "sent", "granted":
+				default:
+					fail = true
+				}
+			}
 		}
 		v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		out = append(out, metricRow{Name: f.GetName(), Labels: strings.Join(ls, " "), Value: v})
+		if f.GetType() == dto.MetricType_GAUGE && strings.Contains(f.GetName(), "exhausted") {
+			fail = true
+		}
+		out = append(out, metricRow{Name: f.GetName(), Labels: strings.Join(ls, " "), Value: v, Failure: fail && v > 0})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Labels < out[j].Labels })
 	return out
