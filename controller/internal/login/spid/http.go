@@ -153,8 +153,12 @@ func (s *SP) serveACS(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, reason, http.StatusConflict)
 		return
 	}
+	// The result goes under a new token that only this browser sees (in the redirect below), not under the start
+	// state: whoever started the login (and could have sent its link to someone else to log in with their SPID)
+	// cannot redeem it without being the browser that came back from the IdP.
+	token := randomToken()
 	if err == nil {
-		err = s.put(ctx, keyResult+p.State, res, ResultTTL)
+		err = s.put(ctx, keyResult+token, res, ResultTTL)
 	}
 	if err != nil {
 		s.log.Error("storing SPID result", "err", err)
@@ -171,7 +175,7 @@ func (s *SP) serveACS(w http.ResponseWriter, r *http.Request) {
 	s.outcomes.WithLabelValues(result).Inc()
 	u, _ := url.Parse(p.ReturnURL)
 	q := u.Query()
-	q.Set("state", p.State)
+	q.Set("state", token)
 	u.RawQuery = q.Encode()
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Referrer-Policy", "no-referrer")

@@ -226,3 +226,21 @@ func mustB64(t *testing.T, s string) []byte {
 	}
 	return b
 }
+
+// TestStartStateCannotRedeem: the start state (in the redirect URL that whoever started the login knows, and could
+// send to someone else to log in with their SPID) does not redeem the login; only the token the ACS gave the
+// browser that came back from the IdP does.
+func TestStartStateCannotRedeem(t *testing.T) {
+	h := newHarness(t)
+	redirect := h.start("parco-gw1")
+	startState := mustParse(redirect).Query().Get("state")
+	end := newBrowser(t).walk(redirect)
+	if stateOf(end) == startState || stateOf(end) == "" {
+		t.Fatalf("the return URL carries the start state")
+	}
+	_, err := h.grant("parco-gw1", startState)
+	wantCode(t, err, apiclient.CodeExpired)
+	if _, err := h.grant("parco-gw1", stateOf(end)); err != nil {
+		t.Errorf("grant with the ACS token: %v", err)
+	}
+}

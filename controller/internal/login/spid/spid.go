@@ -240,7 +240,8 @@ type pending struct {
 	RequestID string    `json:"request_id,omitempty"`
 }
 
-// result is what the ACS found, kept for Redeem under "spid/result/" + state.
+// result is what the ACS found, kept for Redeem under "spid/result/" + a token made at the ACS (the state of the
+// gateway's return URL).
 type result struct {
 	pending
 	User   string    `json:"user,omitempty"`
@@ -293,7 +294,8 @@ func (s *SP) Start(ctx context.Context, site, gatewayID string, r apiclient.SPID
 	return apiclient.SPIDStartAnswer{RedirectURL: u.String()}, nil
 }
 
-// Redeem hands back the login found at the ACS for state, once: for the site, gateway, MAC and IP that started it.
+// Redeem hands back the login found at the ACS, once, for the state the ACS put in the gateway's return URL (not the
+// start state): for the site, gateway, MAC and IP that started it.
 func (s *SP) Redeem(ctx context.Context, site, gatewayID string, r apiclient.SPIDGrantRequest) (Verified, error) {
 	if !validToken(r.State) {
 		return Verified{}, refuse(http.StatusBadRequest, apiclient.CodeBadRequest, "state is not a state")
