@@ -480,15 +480,26 @@ func (lp *loginPolicy) apply(ctx context.Context, sp apiclient.SitePolicy) {
 		return
 	}
 	go func() {
-		idps, err := lp.logins.IdPs(ctx)
-		if err != nil {
-			lp.log.Warn("SPID not offered: no identity providers", "err", err)
-			return
-		}
-		cur, _ := lp.link.Policy() // the policy may have changed meanwhile
-		if slices.Contains(cur.LoginMethods, captive.MethodSPID) {
+		// Until the controller answers (it may be down at boot): every
+		// 30 s, while the policy still offers SPID.
+		for wait := time.Duration(0); ; wait = 30 * time.Second {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			cur, _ := lp.link.Policy() // the policy may have changed meanwhile
+			if !slices.Contains(cur.LoginMethods, captive.MethodSPID) {
+				return
+			}
+			idps, err := lp.logins.IdPs(ctx)
+			if err != nil || len(idps) == 0 {
+				lp.log.Warn("SPID not offered yet: no identity providers", "err", err, "retry_in", "30s")
+				continue
+			}
 			lp.garden(ctx, cur, idps)
 			lp.srv.SetOffer(offer(cur, idps))
+			return
 		}
 	}()
 }
