@@ -142,6 +142,7 @@ func New(o Options) (*Dashboard, error) {
 	g.GET("/sites/:site/vouchers", d.voucherPage, d.need(auth.Vouchers))
 	g.POST("/sites/:site/vouchers", d.createVouchers, d.need(auth.Vouchers))
 	g.GET("/reports", d.reports, d.need(auth.Reports))
+	g.GET("/reports/export", d.export, d.need(auth.Exports))
 	g.GET("/health", d.health, d.need(auth.SeeNetwork))
 	g.GET("/audit", d.auditPage, d.need(auth.AuditLog))
 	d.e = e

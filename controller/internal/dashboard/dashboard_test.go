@@ -52,15 +52,16 @@ func TestRoles(t *testing.T) {
 		{"poster", "GET", "/admin/sites/parco-pertini/poster", nil},
 		{"vouchers", "POST", "/admin/sites/parco-pertini/vouchers", url.Values{"count": {"3"}, "minutes": {"60"}, "devices": {"1"}, "days": {"7"}, "data_mb": {"0"}}},
 		{"reports", "GET", "/admin/reports?period=month", nil},
+		{"export", "GET", "/admin/reports/export?month=2026-11&format=csv", nil},
 		{"health", "GET", "/admin/health", nil},
 		{"audit", "GET", "/admin/audit", nil},
 	}
 	ok, redirect, forbidden := http.StatusOK, http.StatusSeeOther, http.StatusForbidden
 	want := map[auth.Role][]int{
-		//           overview   site       kick      extend    poster  vouchers  reports health     audit
-		auth.IT:       {ok, ok, redirect, redirect, ok, ok, ok, ok, ok},
-		auth.Operator: {ok, ok, redirect, forbidden, forbidden, forbidden, ok, ok, forbidden},
-		auth.Auditor:  {forbidden, forbidden, forbidden, forbidden, forbidden, forbidden, ok, forbidden, ok},
+		//           overview   site       kick      extend    poster  vouchers  reports export health     audit
+		auth.IT:       {ok, ok, redirect, redirect, ok, ok, ok, ok, ok, ok},
+		auth.Operator: {ok, ok, redirect, forbidden, forbidden, forbidden, ok, forbidden, ok, forbidden},
+		auth.Auditor:  {forbidden, forbidden, forbidden, forbidden, forbidden, forbidden, ok, ok, forbidden, ok},
 	}
 	for _, name := range []string{"ida", "oscar", "aude"} {
 		role := testAccounts[name]
@@ -97,11 +98,13 @@ func TestRoles(t *testing.T) {
 				"extend button": strings.Contains(site.body, ">Extend</button>"),
 				"poster link":   strings.Contains(site.body, "/poster\">Poster</a>"),
 				"voucher link":  strings.Contains(site.body, "/vouchers\">Vouchers</a>"),
+				"export form":   strings.Contains(h.do(c, "GET", "/admin/reports", nil).body, `id="export"`),
 				"audit nav":     strings.Contains(h.do(c, "GET", "/admin/reports", nil).body, `href="/admin/audit"`),
 			}
 			wantSeen := map[string]bool{
 				"kick button": role.Can(auth.Kick), "extend button": role.Can(auth.Extend),
 				"poster link": role.Can(auth.Poster), "audit nav": role.Can(auth.AuditLog), "voucher link": role.Can(auth.Vouchers),
+				"export form": role.Can(auth.Exports),
 			}
 			if diff := cmp.Diff(wantSeen, seen); diff != "" {
 				t.Errorf("what %s sees (-want +got):\n%s", role, diff)
@@ -431,3 +434,38 @@ func TestVouchers(t *testing.T) {
 
 // The controller's server is the Commander to pass (it wakes the gateways' long polls and audits).
 var _ Commander = (*server.Server)(nil)
+
+// The monthly export is package stats' report of the store's numbers,
+// audited; bad parameters are refused.
+func TestExport(t *testing.T) {
+	h := newHarness(t)
+	h.seed()
+	c, _ := h.login("aude")
+	r := h.do(c, "GET", "/admin/reports/export?month=2026-11&format=csv&site=parco-pertini", nil)
+	if r.code != http.StatusOK || !strings.HasPrefix(r.body, "\ufeff") || !strings.Contains(r.body, "\r\n") {
+		t.Fatalf("csv: %d %q", r.code, r.body)
+	}
+	// The seeded month at Parco Pertini: 5 sessions started (2 open, as the seed says).
+	tot, err := h.st.SiteTotals(context.Background(), "parco-pertini")
+	if err != nil || tot.Sessions != 5 {
+		t.Fatalf("store totals %+v %v", tot, err)
+	}
+	// Sessions 1-5 (users u001-u005; 1-5 MB down, 0.1-0.5 MB up; methods sms, spid, click, sms, spid).
+	if !regexp.MustCompile(`\r\ntotal,2026-11,parco-pertini,Parco Pertini,park,5,5,5,\d+,15000000,1500000,1,2,2,0\r\n$`).MatchString(r.body) {
+		t.Errorf("the CSV's total is not the store's: %q", r.body[max(0, len(r.body)-200):])
+	}
+	for _, q := range []string{"month=2026-13x&format=csv", "month=2026-11&format=xlsx", "month=2026-11&format=csv&site=atlantide"} {
+		if r := h.do(c, "GET", "/admin/reports/export?"+q, nil); r.code != http.StatusBadRequest && r.code != http.StatusNotFound {
+			t.Errorf("%s: %d", q, r.code)
+		}
+	}
+	var got []string
+	for _, e := range auditOf(t, h) {
+		if e.Action == "report.export" {
+			got = append(got, e.Actor+" "+e.Target+" "+e.Detail)
+		}
+	}
+	if diff := cmp.Diff([]string{"aude parco-pertini 2026-11 csv"}, got); diff != "" {
+		t.Errorf("audit (-want +got):\n%s", diff)
+	}
+}

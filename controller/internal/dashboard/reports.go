@@ -22,6 +22,7 @@ type reportsData struct {
 	Charts  []barChart
 	Totals  []fact
 	Periods []string
+	Months  []string // the last 12, newest first, for the exports
 }
 
 type fact struct{ Name, Value string }
@@ -65,6 +66,10 @@ func (d *Dashboard) reports(c echo.Context) error {
 		}
 	}
 	now := d.o.Now()
+	m := now.In(d.loc())
+	for i := 0; i < 12; i++ {
+		rd.Months = append(rd.Months, time.Date(m.Year(), m.Month()-time.Month(i), 1, 0, 0, 0, 0, d.loc()).Format("2006-01"))
+	}
 	starts, to, layout := d.period(rd.Period, now)
 	from := starts[0]
 	rd.Range = fmt.Sprintf("%s – %s", from.In(d.loc()).Format("2006-01-02 15:04"), to.In(d.loc()).Format("2006-01-02 15:04 MST"))
