@@ -17,6 +17,8 @@ import (
 	"github.com/civicwifi/civicwifi/controller/internal/stats"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/civicwifi/civicwifi/controller/internal/store/boltstore"
+	"github.com/civicwifi/civicwifi/controller/internal/store/redisstore"
+	"github.com/civicwifi/civicwifi/internal/redistest"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -244,11 +246,23 @@ func row(a *agg, methods []string, users int64, userDays int64) []string {
 }
 
 func TestMonthlyCSVMatchesRawEvents(t *testing.T) {
+	t.Run("bolt", func(t *testing.T) { testMonthlyCSV(t, openStore(t)) })
+	t.Run("redis", func(t *testing.T) {
+		srv := redistest.Start(t)
+		st, err := redisstore.Open(context.Background(), srv.URL(), redisstore.Options{Location: rome})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		testMonthlyCSV(t, st)
+	})
+}
+
+func testMonthlyCSV(t *testing.T, st store.Store) {
 	ctx := context.Background()
 	siteIDs := []string{"parco-pertini", "biblioteca", "museo", "municipio"}
 	r := rand.New(rand.NewPCG(6, 2026))
 	evs := events(r, generate(r, siteIDs, 260))
-	st := openStore(t)
 	seed(t, st, evs)
 	e := stats.New(st, rome)
 	ss := []stats.Site{
