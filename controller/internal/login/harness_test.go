@@ -120,7 +120,8 @@ type envOpts struct {
 	store    string // bolt (default) or redis
 	provider string // twilio (default), skebby, webhook, log
 	limits   sms.Limits
-	sender   sms.Sender // Attempts, Timeout, Backoff
+	sender   sms.Sender                    // Attempts, Timeout, Backoff
+	wrap     func(store.Store) store.Store // the store the login flows see (gwapi keeps the real one)
 }
 
 // openStore opens a real store and returns it with a function that dumps everything it holds: for bbolt the
@@ -244,12 +245,16 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if lim == (sms.Limits{}) {
 		lim = sms.Limits{Window: time.Hour} // no limits unless a test sets them
 	}
-	svc, err := sms.New(sms.Config{Store: e.st, Pepper: e.pepper, Sender: &sender, Limits: lim, Location: cfg.Town.Timezone,
+	lst := e.st
+	if o.wrap != nil {
+		lst = o.wrap(e.st)
+	}
+	svc, err := sms.New(sms.Config{Store: lst, Pepper: e.pepper, Sender: &sender, Limits: lim, Location: cfg.Town.Timezone,
 		Log: logger, Registerer: e.reg, Now: e.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ls, err := login.New(login.Config{Sites: func() *sites.Config { return cfg }, Store: e.st, Pepper: e.pepper, SigningKey: priv,
+	ls, err := login.New(login.Config{Sites: func() *sites.Config { return cfg }, Store: lst, Pepper: e.pepper, SigningKey: priv,
 		SMS: svc, Log: logger, Registerer: e.reg, Now: e.clock.Now})
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package login_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
 	"github.com/civicwifi/civicwifi/controller/internal/login/sms"
+	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -345,5 +347,32 @@ func TestSMSProviderFailures(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// failingStore fails every rate-limit count, as a Redis going away mid-request would.
+type failingStore struct{ store.Store }
+
+func (failingStore) Incr(context.Context, string, int64, time.Duration) (int64, error) {
+	return 0, errors.New("redis: connection refused")
+}
+
+func TestStoreDown(t *testing.T) {
+	e := newEnv(t, envOpts{limits: sms.Limits{Window: time.Hour, PerNumber: 3}, wrap: func(s store.Store) store.Store { return failingStore{s} }})
+	ctx := context.Background()
+	_, err := e.gw["parco"].StartSMS(ctx, apiclient.SMSStartRequest{ClientMAC: mac1, ClientIP: ip1, Phone: "3331234567", Consent: true})
+	le, _ := err.(*apiclient.LoginError)
+	if le == nil || le.Code != "unavailable" || le.Status != 503 {
+		t.Fatalf("sms start with the store failing: %v, want a signed 503 unavailable", err)
+	}
+	_, err = e.gw["parco"].RedeemVoucher(ctx, apiclient.VoucherRequest{ClientMAC: mac1, ClientIP: ip1, Code: "22222-22222", Consent: true})
+	if loginErr(err) != "unavailable" {
+		t.Fatalf("voucher with the store failing: %v", err)
+	}
+	if sent, _ := e.provider.count(); sent != 0 {
+		t.Errorf("%d SMS sent without the limits checked", sent)
+	}
+	if !strings.Contains(e.log.String(), "connection refused") {
+		t.Error("the store failure is not logged")
 	}
 }
