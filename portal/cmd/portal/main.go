@@ -355,9 +355,12 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// The walled garden: portal.yaml's, the policy's and, while SPID is
+	// offered, the controller's and the IdPs' hosts (one place decides).
+	garden := &policyGarden{cfg: cfg, dns: p.dns, fw: p.fw, log: log}
 	if link != nil {
 		// The landing page offers the methods of the site's policy.
-		lp := &loginPolicy{cfg: cfg, srv: srv, logins: logins, link: link, dns: p.dns, log: log.With("component", "login")}
+		lp := &loginPolicy{srv: srv, logins: logins, link: link, garden: garden, log: log.With("component", "login")}
 		link.OnPolicy(func(sp apiclient.SitePolicy) { lp.apply(ctx, sp) })
 	}
 	if err := gw.Start(ctx); err != nil {
@@ -366,24 +369,7 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if link != nil {
 		// The walled garden follows the site's policy (with the names of
 		// portal.yaml, e.g. the controller's own host, kept).
-		link.OnPolicy(func(sp apiclient.SitePolicy) {
-			garden := slices.Clone(cfg.GardenDomains)
-			for _, d := range sp.WalledGarden {
-				if !slices.Contains(garden, d) {
-					garden = append(garden, d)
-				}
-			}
-			if slices.Equal(p.dns.Config().GardenDomains, garden) {
-				return
-			}
-			if err := p.dns.SetGardenDomains(ctx, garden); err != nil {
-				log.Error("walled garden of the site policy; keeping the running one", "err", err)
-				return
-			}
-			if err := p.fw.FlushGarden(ctx); err != nil {
-				log.Error("walled garden of the site policy", "err", err)
-			}
-		})
+		link.OnPolicy(func(sp apiclient.SitePolicy) { garden.apply(ctx, sp) })
 		// The site's policy: the controller's, or the cached one while the
 		// controller is unreachable; never a reason not to start.
 		if err := link.Boot(ctx); err != nil {
@@ -457,13 +443,11 @@ func newLogin(cfg *config.Config, link *uplink.Link, gw *gateway.Gateway, log *s
 
 // loginPolicy makes the portal follow the site policy's login part.
 type loginPolicy struct {
-	cfg    *config.Config
 	srv    *captive.Server
 	logins *login.Service
 	link   *uplink.Link
-	dns    *dnsmasq.Server
+	garden *policyGarden
 	log    *slog.Logger
-	mu     sync.Mutex // one garden change at a time, the latest policy's
 }
 
 // apply offers the policy's login methods and remembered devices at once;
@@ -476,7 +460,7 @@ func (lp *loginPolicy) apply(ctx context.Context, sp apiclient.SitePolicy) {
 	}
 	lp.srv.SetOffer(offer(sp, nil))
 	if !slices.Contains(sp.LoginMethods, captive.MethodSPID) {
-		go lp.garden(ctx, sp, nil)
+		lp.garden.setSPID(nil) // the garden's own hook, after this one, applies it
 		return
 	}
 	go func() {
@@ -497,42 +481,65 @@ func (lp *loginPolicy) apply(ctx context.Context, sp apiclient.SitePolicy) {
 				lp.log.Warn("SPID not offered yet: no identity providers", "err", err, "retry_in", "30s")
 				continue
 			}
-			lp.garden(ctx, cur, idps)
+			hosts, skipped := login.SPIDGarden(lp.garden.cfg.Controller.URL, idps)
+			if len(skipped) > 0 {
+				lp.log.Warn("SPID hosts given by address cannot be in the walled garden by name: add them to walled_garden.networks", "hosts", skipped)
+			}
+			lp.garden.setSPID(hosts)
+			lp.garden.apply(ctx, cur)
 			lp.srv.SetOffer(offer(cur, idps))
 			return
 		}
 	}()
 }
 
-// garden sets dnsmasq's walled garden to the config's domains, the
-// policy's, and while SPID is offered the controller's and the IdPs'
-// hosts. Captive clients (those still logging in) reach them; a logged-in
-// client reaches everything anyway.
-func (lp *loginPolicy) garden(ctx context.Context, sp apiclient.SitePolicy, idps []captive.IdP) {
-	lp.mu.Lock()
-	defer lp.mu.Unlock()
-	var spid, skipped []string
-	if len(idps) > 0 {
-		spid, skipped = login.SPIDGarden(lp.cfg.Controller.URL, idps)
+// policyGarden keeps dnsmasq's walled garden to portal.yaml's domains, the
+// site policy's and, while the policy offers SPID, the controller's and the
+// IdPs' hosts. Only captive clients (those still logging in) need the
+// garden; a logged-in client reaches everything anyway.
+type policyGarden struct {
+	cfg  *config.Config
+	dns  *dnsmasq.Server
+	fw   *firewall.Kernel
+	log  *slog.Logger
+	mu   sync.Mutex
+	spid []string
+}
+
+func (g *policyGarden) setSPID(hosts []string) {
+	g.mu.Lock()
+	g.spid = slices.Clone(hosts)
+	g.mu.Unlock()
+}
+
+func (g *policyGarden) apply(ctx context.Context, sp apiclient.SitePolicy) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var spid []string
+	if slices.Contains(sp.LoginMethods, captive.MethodSPID) {
+		spid = g.spid
 	}
-	if len(skipped) > 0 {
-		lp.log.Warn("SPID hosts given by address cannot be in the walled garden by name: add them to walled_garden.networks", "hosts", skipped)
-	}
-	var domains []string
-	for _, d := range slices.Concat(lp.cfg.GardenDomains, sp.WalledGarden, spid) {
-		d = strings.ToLower(strings.TrimPrefix(d, "*."))
-		if d != "" && !slices.Contains(domains, d) {
-			domains = append(domains, d)
+	var garden []string
+	for _, d := range slices.Concat(g.cfg.GardenDomains, sp.WalledGarden, spid) {
+		if d != "" && !slices.Contains(garden, d) {
+			garden = append(garden, d)
 		}
+	}
+	if slices.Equal(g.dns.Config().GardenDomains, garden) {
+		return
 	}
 	// dnsmasq's state directory exists once it has run; the first policy
 	// may come before that.
-	if err := os.MkdirAll(lp.dns.Config().StateDir, 0o755); err != nil {
-		lp.log.Error("walled garden", "err", err)
+	if err := os.MkdirAll(g.dns.Config().StateDir, 0o755); err != nil {
+		g.log.Error("walled garden of the site policy; keeping the running one", "err", err)
 		return
 	}
-	if err := lp.dns.SetGardenDomains(ctx, domains); err != nil {
-		lp.log.Error("walled garden", "err", err)
+	if err := g.dns.SetGardenDomains(ctx, garden); err != nil {
+		g.log.Error("walled garden of the site policy; keeping the running one", "err", err)
+		return
+	}
+	if err := g.fw.FlushGarden(ctx); err != nil {
+		g.log.Error("walled garden of the site policy", "err", err)
 	}
 }
 
