@@ -61,7 +61,7 @@ func (s *SP) serveLogin(w http.ResponseWriter, r *http.Request) {
 		s.page(w, http.StatusInternalServerError, "internal")
 		return
 	}
-	p.RequestID = req.ID
+	p.RequestID, p.RequestAt = req.ID, req.IssueInstant
 	if err := s.put(ctx, keyRequest+req.ID, p, StateTTL); err != nil {
 		s.log.Error("storing SPID request", "err", err)
 		s.page(w, http.StatusServiceUnavailable, "unavailable")
@@ -204,6 +204,16 @@ func (s *SP) verify(raw []byte, shapeErr error, p *pending, res *result) (string
 			code = CodeLevel
 		}
 		s.log.Debug("SPID response detail", "reason", reason, "err", privateErr(err))
+		return code, reason
+	}
+	// SPID beyond SAML: Issuers in the entity format, nothing issued before the request.
+	if a.Issuer.Format != entityFormat {
+		return CodeFailed, "issuer_format"
+	}
+	if a.IssueInstant.Before(p.RequestAt.Add(-issueTolerance)) {
+		return CodeFailed, "issue_instant"
+	}
+	if code, reason := responseChecks(raw, p.RequestAt); code != "" {
 		return code, reason
 	}
 	got := 0
@@ -512,4 +522,25 @@ func (s *SP) serveSLO(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.page(w, http.StatusBadRequest, "no_slo")
+}
+
+// responseChecks are the SPID checks of the Response element itself, read after crewjam verified its signature
+// (the root element is what the signature covers: crewjam refuses a signature that references another element).
+func responseChecks(raw []byte, requestAt time.Time) (string, string) {
+	doc := etree.NewDocument()
+	if err := doc.ReadFromBytes(raw); err != nil || doc.Root() == nil {
+		return CodeFailed, "malformed"
+	}
+	root := doc.Root()
+	if iss := root.FindElement("./Issuer"); iss != nil && iss.SelectAttrValue("Format", entityFormat) != entityFormat {
+		return CodeFailed, "issuer_format"
+	}
+	at, err := time.Parse(time.RFC3339Nano, root.SelectAttrValue("IssueInstant", ""))
+	if err != nil {
+		return CodeFailed, "malformed"
+	}
+	if at.Before(requestAt.Add(-issueTolerance)) {
+		return CodeFailed, "issue_instant"
+	}
+	return "", ""
 }

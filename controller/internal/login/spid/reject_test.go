@@ -50,6 +50,12 @@ func TestRejections(t *testing.T) {
 			req.Request.ID = "id-" + strings.Repeat("f", 40)
 			a.Subject.SubjectConfirmations[0].SubjectConfirmationData.InResponseTo = req.Request.ID
 		}}, reason: "unsolicited", acsError: http.StatusBadRequest},
+		{name: "assertion Issuer not in the entity format", gateway: "parco-gw1", sc: scenario{mutate: func(a *saml.Assertion, _ *saml.IdpAuthnRequest) {
+			a.Issuer.Format = "urn:oasis:names:tc:SAML:2.0:nameid-format:unspecified"
+		}}, code: CodeFailed, reason: "issuer_format"},
+		{name: "assertion issued before the request", gateway: "parco-gw1", sc: scenario{mutate: func(a *saml.Assertion, req *saml.IdpAuthnRequest) {
+			a.IssueInstant = req.Request.IssueInstant.Add(-time.Minute) // within crewjam's 90 s, before the request
+		}}, code: CodeFailed, reason: "issue_instant"},
 		{name: "no fiscal number", gateway: "parco-gw1", sc: scenario{mutate: func(a *saml.Assertion, _ *saml.IdpAuthnRequest) {
 			a.AttributeStatements = nil
 		}}, code: CodeFailed, reason: "no_fiscal_number"},
@@ -242,5 +248,33 @@ func TestStartStateCannotRedeem(t *testing.T) {
 	wantCode(t, err, apiclient.CodeExpired)
 	if _, err := h.grant("parco-gw1", stateOf(end)); err != nil {
 		t.Errorf("grant with the ACS token: %v", err)
+	}
+}
+
+func TestResponseChecks(t *testing.T) {
+	req := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	resp := func(issueInstant, issuerFormat string) []byte {
+		f := ""
+		if issuerFormat != "" {
+			f = ` Format="` + issuerFormat + `"`
+		}
+		return []byte(`<samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" IssueInstant="` +
+			issueInstant + `"><saml:Issuer` + f + `>https://idp.example</saml:Issuer></samlp:Response>`)
+	}
+	for _, tc := range []struct {
+		name, raw, reason string
+	}{
+		{"good", string(resp("2026-11-25T10:00:05Z", entityFormat)), ""},
+		{"issuer without format", string(resp("2026-11-25T10:00:05Z", "")), ""},
+		{"within the tolerance", string(resp("2026-11-25T09:59:40Z", entityFormat)), ""},
+		{"before the request", string(resp("2026-11-25T09:59:00Z", entityFormat)), "issue_instant"},
+		{"issuer format", string(resp("2026-11-25T10:00:05Z", "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified")), "issuer_format"},
+		{"no instant", string(resp("", entityFormat)), "malformed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, reason := responseChecks([]byte(tc.raw), req); reason != tc.reason {
+				t.Errorf("reason %q, want %q", reason, tc.reason)
+			}
+		})
 	}
 }

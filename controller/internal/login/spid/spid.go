@@ -79,7 +79,13 @@ const (
 	StateTTL   = 10 * time.Minute // from Start to the IdP's answer
 	ResultTTL  = 2 * time.Minute  // from the ACS to the gateway's spid/grant
 	minKeyBits = 2048
+
+	// issueTolerance is how much earlier than the AuthnRequest an answer's IssueInstant may be (IdP clock skew);
+	// SPID wants answers issued before the request refused.
+	issueTolerance = 30 * time.Second
 )
+
+const entityFormat = "urn:oasis:names:tc:SAML:2.0:nameid-format:entity"
 
 // Options configure an SP. All but Log, Registerer and OrganizationURL are required.
 type Options struct {
@@ -238,6 +244,7 @@ type pending struct {
 	Lang      string    `json:"lang"`
 	ConsentAt time.Time `json:"consent_at"`
 	RequestID string    `json:"request_id,omitempty"`
+	RequestAt time.Time `json:"request_at,omitempty"` // the AuthnRequest's IssueInstant
 }
 
 // result is what the ACS found, kept for Redeem under "spid/result/" + a token made at the ACS (the state of the
