@@ -274,3 +274,13 @@ func (d *Dashboard) errorPage(err error, c echo.Context) {
 	s, _ := c.Get(ctxSession).(auth.Session)
 	_ = d.render(c, code, "error", page{Title: http.StatusText(code), Session: s, Data: msg})
 }
+
+// Mount serves the dashboard under Prefix and everything else with api
+// (the controller's gateway and AP API), on one listener.
+func Mount(api http.Handler, d *Dashboard) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", api)
+	mux.Handle(Prefix+"/", d.Handler())
+	mux.Handle(Prefix, http.RedirectHandler(Prefix+"/", http.StatusSeeOther))
+	return mux
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
@@ -445,7 +446,7 @@ func TestExport(t *testing.T) {
 	if r.code != http.StatusOK || !strings.HasPrefix(r.body, "\ufeff") || !strings.Contains(r.body, "\r\n") {
 		t.Fatalf("csv: %d %q", r.code, r.body)
 	}
-	// The seeded month at Parco Pertini: 5 sessions started (2 open, as the seed says).
+	// The seeded month at Parco Pertini: 5 sessions started (3 still open, 2 closed).
 	tot, err := h.st.SiteTotals(context.Background(), "parco-pertini")
 	if err != nil || tot.Sessions != 5 {
 		t.Fatalf("store totals %+v %v", tot, err)
@@ -467,5 +468,20 @@ func TestExport(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"aude parco-pertini 2026-11 csv"}, got); diff != "" {
 		t.Errorf("audit (-want +got):\n%s", diff)
+	}
+}
+
+// Mount sends /admin/ to the dashboard and the rest to the API, untouched.
+func TestMount(t *testing.T) {
+	h := newHarness(t)
+	api := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("api " + r.URL.Path)) })
+	m := Mount(api, h.d)
+	for path, want := range map[string]string{"/v1/sites/x/policy": "200 api /v1/sites/x/policy", "/healthz": "200 api /healthz",
+		"/admin/login": "200 <!doctype html>", "/admin": "303 ", "/admin/overview": "303 "} {
+		w := httptest.NewRecorder()
+		m.ServeHTTP(w, httptest.NewRequest("GET", "https://controller.example"+path, nil))
+		if got := fmt.Sprintf("%d %s", w.Code, w.Body.String()); !strings.HasPrefix(got, want) {
+			t.Errorf("%s: %.60q, want %q...", path, got, want)
+		}
 	}
 }
