@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/civicwifi/civicwifi/internal/quantity"
 	qrcode "github.com/skip2/go-qrcode"
 )
 
@@ -80,16 +81,34 @@ func WriteSheet(w io.Writer, info SheetInfo, codes []string) error {
 		cards = append(cards, sheetCard{Code: c, URL: u, QR: template.URL("data:image/png;base64," + base64.StdEncoding.EncodeToString(png))})
 	}
 	s := info.Batch.Spec
-	terms := fmt.Sprintf("Accesso per %s dal primo uso", s.Duration)
+	terms := "Accesso per " + italianDuration(s.Duration) + " dal primo uso"
 	if s.Devices > 1 {
 		terms += fmt.Sprintf(", %d dispositivi", s.Devices)
 	}
 	if s.DataBytes > 0 {
-		terms += fmt.Sprintf(", %d MB", s.DataBytes/1_000_000)
+		terms += ", " + quantity.Bytes(s.DataBytes).String()
 	}
 	return sheetTmpl.Execute(w, map[string]any{
 		"Info": info, "Cards": cards, "Terms": terms,
 		"Created":    info.Batch.Created.In(loc).Format("02/01/2006 15:04"),
 		"ValidUntil": s.ValidUntil.In(loc).Format("02/01/2006"),
 	})
+}
+
+// italianDuration writes d as a person would: "4 ore", "1 giorno", "90 minuti".
+func italianDuration(d time.Duration) string {
+	unit := func(n int64, one, many string) string {
+		if n == 1 {
+			return "1 " + one
+		}
+		return fmt.Sprintf("%d %s", n, many)
+	}
+	switch {
+	case d%(24*time.Hour) == 0:
+		return unit(int64(d/(24*time.Hour)), "giorno", "giorni")
+	case d%time.Hour == 0:
+		return unit(int64(d/time.Hour), "ora", "ore")
+	default:
+		return unit(int64(d.Round(time.Minute)/time.Minute), "minuto", "minuti")
+	}
 }
