@@ -50,6 +50,12 @@ func TestMistakes(t *testing.T) {
 			}},
 		{"bad rate", [][2]string{{"down: 5mbit", "down: 5 Mbps"}},
 			[]string{`f.yaml:9:11: policy "parks": down: "5 Mbps" is not a rate (try 5mbit)`}},
+		// Gateways refuse a rate under the shaper's 8kbit and a quota over 2^50 bytes: such a policy would pass
+		// here and never reach the site.
+		{"rate below the shaper's smallest", [][2]string{{"down: 5mbit", "down: 4kbit"}},
+			[]string{`f.yaml:9:11: policy "parks": down: 4kbit is below the smallest rate gateways enforce, 8kbit (0 for no limit)`}},
+		{"quota too large", [][2]string{{"session: 2h", "daily_quota: 2000000GiB"}},
+			[]string{`f.yaml:10:18: policy "parks": daily_quota: 2000000GiB is more than gateways can count (at most 1048576GiB; 0 for none)`}},
 		{"bytes per second rate", [][2]string{{"down: 5mbit", "down: 5MBps"}},
 			[]string{`f.yaml:9:11: policy "parks": down: "5MBps" is not a rate (try 5mbit)`}},
 		{"bad duration", [][2]string{{"session: 2h", "session: 1d"}},

@@ -279,6 +279,8 @@ func (vd *validator) settings(p *Policy, s rawSettings, prefix string) {
 		q, err := quantity.ParseBytes(string(s.DailyQuota.V))
 		if err != nil {
 			vd.addf(s.DailyQuota.Pos, "%sdaily_quota: %q is not a data size (try 500MB or 2GiB; 0 for none)", prefix, s.DailyQuota.V)
+		} else if q > MaxQuota {
+			vd.addf(s.DailyQuota.Pos, "%sdaily_quota: %s is more than gateways can count (at most %s; 0 for none)", prefix, q, MaxQuota)
 		} else {
 			p.DailyQuota = q
 		}
@@ -382,8 +384,19 @@ func (vd *validator) rate(val v[rateText], key string, def quantity.Rate) quanti
 		vd.addf(val.Pos, "%s: %s", key, strings.TrimPrefix(err.Error(), quantity.ErrSyntax.Error()+": "))
 		return def
 	}
+	if r != 0 && r < MinRate {
+		vd.addf(val.Pos, "%s: %s is below the smallest rate gateways enforce, %s (0 for no limit)", key, r, MinRate)
+		return def
+	}
 	return r
 }
+
+// MinRate and MaxQuota are the limits gateways accept (the portal's shaper.MinRate and its largest quota): a
+// policy outside them would be refused by every gateway of the site, so it is refused here.
+const (
+	MinRate  = 8 * quantity.Kbit
+	MaxQuota = quantity.Bytes(1 << 50)
+)
 
 func (vd *validator) duration(val v[durationText], key string, def time.Duration) time.Duration {
 	if val.V == "0" {
