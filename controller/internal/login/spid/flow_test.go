@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -172,7 +173,7 @@ type harness struct {
 	idp      *testIdP
 	ctrl     *httptest.Server
 	gateway  *httptest.Server // stands in for the gateway's /portal/spid/done
-	st       *boltstore.Store
+	dump     func() []byte    // every byte the store holds
 	reg      *prometheus.Registry
 	spCert   *x509.Certificate
 	ctrlKey  ed25519.PrivateKey
@@ -240,18 +241,30 @@ func (unused) Ack(context.Context, string, string, apiclient.CommandAck) error {
 	return errors.New("unused")
 }
 
-// newHarness starts the controller (gateway API, SPID endpoints), a test IdP and a stand-in gateway page. mods
-// change the IdP's metadata as the registry file lists it.
+// newHarness starts the controller (gateway API, SPID endpoints) on a bbolt store, a test IdP and a stand-in
+// gateway page. mods change the IdP's metadata as the registry file lists it.
 func newHarness(t *testing.T, mods ...func(*saml.EntityDescriptor)) *harness {
 	t.Helper()
-	h := &harness{t: t, reg: prometheus.NewRegistry(), gwKeys: map[string]ed25519.PrivateKey{}, logs: &syncBuffer{}}
-	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "c.db"), boltstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	h.st = st
+	return newHarnessOn(t, st, func() []byte {
+		raw, err := os.ReadFile(st.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}, 1, mods...)
+}
+
+// newHarnessOn is newHarness on st (dump returns all of its bytes), with replicas controllers behind one public
+// URL that hands each request to the next replica in turn, as a load balancer would.
+func newHarnessOn(t *testing.T, st store.Store, dump func() []byte, replicas int, mods ...func(*saml.EntityDescriptor)) *harness {
+	t.Helper()
+	h := &harness{t: t, reg: prometheus.NewRegistry(), gwKeys: map[string]ed25519.PrivateKey{}, logs: &syncBuffer{}, dump: dump}
+	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	data, err := os.ReadFile("testdata/sites.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -260,6 +273,7 @@ func newHarness(t *testing.T, mods ...func(*saml.EntityDescriptor)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sitesFn := func() *sites.Config { return cfg }
 	_, h.ctrlKey, _ = ed25519.GenerateKey(rand.Reader)
 	keys := fakeKeys{}
 	for gw, site := range testGateways {
@@ -267,22 +281,15 @@ func newHarness(t *testing.T, mods ...func(*saml.EntityDescriptor)) *harness {
 		h.gwKeys[gw] = priv
 		keys[gw] = gwapi.GatewayKey{PublicKey: pub, Site: site}
 	}
-	gw, err := gwapi.New(gwapi.Config{Keys: keys, Nonces: nonces{st}, Policies: unused{}, Sink: unused{},
-		Commands: unused{}, SigningKey: h.ctrlKey, Log: log, Registerer: h.reg})
-	if err != nil {
-		t.Fatal(err)
-	}
 	h.pep, err = pepper.New(testPepper)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sitesFn := func() *sites.Config { return cfg }
-	ls, err := login.New(login.Config{Sites: sitesFn, Store: st, Pepper: h.pep, SigningKey: h.ctrlKey, Log: log, Registerer: h.reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	h.ctrl = httptest.NewServer(mux)
+	var muxes []*http.ServeMux
+	var next atomic.Uint64
+	h.ctrl = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		muxes[next.Add(1)%uint64(len(muxes))].ServeHTTP(w, r)
+	}))
 	t.Cleanup(h.ctrl.Close)
 	h.idp = startIdP(t, func() []byte {
 		b, err := h.sp.Metadata()
@@ -295,23 +302,43 @@ func newHarness(t *testing.T, mods ...func(*saml.EntityDescriptor)) *harness {
 	for _, m := range mods {
 		m(idpMeta)
 	}
-	reg, err := ParseRegistry("registry.xml", registryXML(t, idpMeta))
-	if err != nil {
-		t.Fatal(err)
-	}
 	key, cert := newKeyCert(t, "controller-sp")
 	h.spCert = cert
 	pub, _ := url.Parse(h.ctrl.URL)
-	h.sp, err = New(Options{
-		EntityID: "https://wifi.comune.prova.it/spid", PublicURL: pub, Key: key, Certificate: cert, IdPs: reg,
-		Store: st, Sites: sitesFn, Pepper: h.pep, Login: ls, Registerer: h.reg, Log: log,
-	})
-	if err != nil {
-		t.Fatal(err)
+	for i := range replicas {
+		reg := h.reg
+		if i > 0 {
+			reg = prometheus.NewRegistry() // the metrics tests read the first replica's
+		}
+		gw, err := gwapi.New(gwapi.Config{Keys: keys, Nonces: nonces{st}, Policies: unused{}, Sink: unused{},
+			Commands: unused{}, SigningKey: h.ctrlKey, Log: log, Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls, err := login.New(login.Config{Sites: sitesFn, Store: st, Pepper: h.pep, SigningKey: h.ctrlKey, Log: log, Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		idps, err := ParseRegistry("registry.xml", registryXML(t, idpMeta))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp, err := New(Options{
+			EntityID: "https://wifi.comune.prova.it/spid", PublicURL: pub, Key: key, Certificate: cert, IdPs: idps,
+			Store: st, Sites: sitesFn, Pepper: h.pep, Login: ls, Registerer: reg, Log: log,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			h.sp = sp
+		}
+		sp.Register(gw)
+		mux := http.NewServeMux()
+		mux.Handle("/v1/", gw.Handler())
+		mux.Handle("/spid/", sp.Handler())
+		muxes = append(muxes, mux)
 	}
-	h.sp.Register(gw)
-	mux.Handle("/v1/", gw.Handler())
-	mux.Handle("/spid/", h.sp.Handler())
 	gwMux := http.NewServeMux()
 	gwMux.HandleFunc("/portal/spid/done", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "done") })
 	h.gateway = httptest.NewServer(gwMux)
@@ -539,10 +566,7 @@ func wantCode(t *testing.T, err error, code string) *apiclient.LoginError {
 // assertNoFiscalCode: the fiscal code is nowhere in the store file, the logs (debug level) or the metrics.
 func assertNoFiscalCode(t *testing.T, h *harness) {
 	t.Helper()
-	raw, err := os.ReadFile(h.st.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := h.dump()
 	var metrics bytes.Buffer
 	mfs, err := h.reg.Gather()
 	if err != nil {
