@@ -180,8 +180,8 @@ func TestVoucherSheet(t *testing.T) {
 	if n := strings.Count(html, `src="data:image/png;base64,`); n != len(codes) {
 		t.Errorf("%d QR images, want %d", n, len(codes))
 	}
-	if !strings.Contains(html, "Accesso per 1 giorno dal primo uso, 2 dispositivi, 2GB") {
-		t.Error("the sheet does not state the vouchers' terms")
+	if !strings.Contains(html, "Accesso per 1 giorno dal primo uso, 2 dispositivi, 2 GB") {
+		t.Errorf("the sheet does not state the vouchers' terms:\n%s", html[strings.Index(html, "Accesso"):][:120])
 	}
 	if got, want := voucher.PortalURL("http://10.20.8.1", codes[0]), "http://10.20.8.1/portal/?voucher="+codes[0]; got != want {
 		t.Errorf("PortalURL = %q, want %q", got, want)

@@ -6,9 +6,10 @@ import (
 	"html/template"
 	"io"
 	"net/url"
+	"strconv"
+	"strings"
 	"time"
 
-	"github.com/civicwifi/civicwifi/internal/quantity"
 	qrcode "github.com/skip2/go-qrcode"
 )
 
@@ -86,7 +87,7 @@ func WriteSheet(w io.Writer, info SheetInfo, codes []string) error {
 		terms += fmt.Sprintf(", %d dispositivi", s.Devices)
 	}
 	if s.DataBytes > 0 {
-		terms += ", " + quantity.Bytes(s.DataBytes).String()
+		terms += ", " + dataSize(s.DataBytes)
 	}
 	return sheetTmpl.Execute(w, map[string]any{
 		"Info": info, "Cards": cards, "Terms": terms,
@@ -111,4 +112,15 @@ func italianDuration(d time.Duration) string {
 	default:
 		return unit(int64(d.Round(time.Minute)/time.Minute), "minuto", "minuti")
 	}
+}
+
+// dataSize writes n bytes in the decimal units people read on a phone plan: "2 GB", "500 MB", "1,5 GB".
+func dataSize(n uint64) string {
+	switch {
+	case n >= 1e9:
+		return strings.Replace(strconv.FormatFloat(float64((n+50_000_000)/100_000_000)/10, 'f', -1, 64), ".", ",", 1) + " GB"
+	case n >= 1e6:
+		return strconv.FormatUint((n+500_000)/1e6, 10) + " MB"
+	}
+	return strconv.FormatUint(n, 10) + " byte"
 }
