@@ -43,7 +43,9 @@ func (s *Schedule) NextOpen(t time.Time) time.Time {
 	for d := range 8 {
 		date := day.AddDate(0, 0, d)
 		for _, sp := range s.Days[date.Weekday()] {
-			at := date.Add(time.Duration(sp.From) * time.Minute)
+			// Wall-clock, not midnight plus minutes: days the clocks
+			// change are 23 or 25 hours long.
+			at := time.Date(date.Year(), date.Month(), date.Day(), sp.From/60, sp.From%60, 0, 0, s.loc())
 			if !at.Before(t) {
 				return at
 			}

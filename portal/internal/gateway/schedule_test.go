@@ -180,3 +180,21 @@ func TestDailyQuotaSurvivesRestart(t *testing.T) {
 		t.Errorf("after a restart: %+v, %v; want the 300 B left of the day", s, err)
 	}
 }
+
+// On the days the clocks change a local time is not midnight plus its
+// minutes: the opening time must be the wall-clock one.
+func TestScheduleNextOpenDST(t *testing.T) {
+	loc := rome(t)
+	s := &Schedule{Loc: loc}
+	s.Days[time.Sunday] = []Span{{8 * 60, 12 * 60}}
+	for _, day := range []string{"2026-03-29", "2026-10-25"} { // Sundays: summer time starts, ends
+		from, err := time.ParseInLocation("2006-01-02 15:04", day+" 04:00", loc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := time.Date(from.Year(), from.Month(), from.Day(), 8, 0, 0, 0, loc)
+		if got := s.NextOpen(from); !got.Equal(want) {
+			t.Errorf("NextOpen(%v) = %v, want %v", from, got.In(loc), want)
+		}
+	}
+}
