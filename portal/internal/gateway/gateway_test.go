@@ -127,13 +127,17 @@ func (f *fakeFW) set(ip netip.Addr, u firewall.Usage) {
 type fakeShaper struct {
 	mu     sync.Mutex
 	limits map[netip.Addr]shaper.Limit
+	setErr error // Set fails with it when set
 }
 
 func (s *fakeShaper) Setup(context.Context) error { return nil }
 func (s *fakeShaper) Set(_ context.Context, l shaper.Limit) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.setErr != nil {
+		return s.setErr
+	}
 	s.limits[l.IP] = l
-	s.mu.Unlock()
 	return nil
 }
 func (s *fakeShaper) Remove(_ context.Context, ip netip.Addr) error {

@@ -75,6 +75,11 @@ func (g *Gateway) Limits() config.Limits {
 // without a break in their connection; sessions given their own rates by an
 // operator keep them. Durations and quotas already granted are kept: a
 // resident's session is not cut short by a policy change.
+//
+// An error means the limits were refused and nothing changed. Once they are
+// accepted they are in force: a failure to record or reshape a moved
+// session is logged and left to the next reconcile, which repairs the kernel
+// from the sessions in memory.
 func (g *Gateway) SetPolicy(ctx context.Context, l config.Limits) error {
 	if err := checkLimits(l); err != nil {
 		return fmt.Errorf("applying policy: %w", err)
@@ -113,11 +118,14 @@ func (g *Gateway) SetPolicy(ctx context.Context, l config.Limits) error {
 			err = g.o.Shaper.Remove(ctx, s.IP)
 		}
 		if err != nil {
-			// The next full reconcile tries again from the store.
 			errs = append(errs, fmt.Errorf("reshaping %s: %w", s.IP, err))
 		}
 	}
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		g.o.Metrics.errors.WithLabelValues("policy").Inc()
+		g.log.Warn("moving sessions to the policy's rates; the next reconcile repairs them", "err", err)
+	}
+	return nil
 }
 
 // Extend lengthens the session of the device with mac by d (the

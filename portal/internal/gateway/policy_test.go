@@ -198,3 +198,44 @@ func TestExtend(t *testing.T) {
 		t.Error("Extend of a device without a session accepted")
 	}
 }
+
+// A kernel error while moving sessions to the new rates does not make the
+// policy fail: its limits are in force (the controller link then goes on to
+// apply the hours, login methods and walled garden, and never retries a
+// version it was told failed), and the next reconcile shapes the sessions.
+func TestSetPolicyKernelErrorStillApplies(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, "", nil)
+	if _, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip1.String()}); err != nil {
+		t.Fatal(err)
+	}
+	next := r.gw.Limits()
+	next.Down = 5 * quantity.Mbit
+	r.sh.mu.Lock()
+	r.sh.setErr = fmt.Errorf("running tc: no such device")
+	r.sh.mu.Unlock()
+	if err := r.gw.SetPolicy(ctx, next); err != nil {
+		t.Errorf("SetPolicy with a failing tc = %v, want nil (the limits are applied)", err)
+	}
+	if got := r.gw.Limits(); got != next {
+		t.Errorf("limits %+v, want %+v", got, next)
+	}
+	r.sh.mu.Lock()
+	r.sh.setErr = nil
+	r.sh.mu.Unlock()
+	if _, err := r.gw.reconcile(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	r.sh.mu.Lock()
+	got := r.sh.limits[ip1].Down
+	r.sh.mu.Unlock()
+	if got != 5*quantity.Mbit {
+		t.Errorf("after reconcile shaped at %v, want 5mbit", got)
+	}
+	// Limits the gateway cannot use still fail and change nothing.
+	bad := next
+	bad.Down = quantity.Kbit
+	if err := r.gw.SetPolicy(ctx, bad); err == nil || r.gw.Limits() != next {
+		t.Errorf("SetPolicy(1kbit) = %v, limits %+v; want an error and no change", err, r.gw.Limits())
+	}
+}
