@@ -326,6 +326,12 @@ func TestAuditEntries(t *testing.T) {
 		}
 		h.clk.Advance(time.Second)
 	}
+	// The time left shown grew by the extension: the parks' 2 h, minus 13m02s online, plus 30 min.
+	site := h.do(c, "GET", "/admin/sites/parco-pertini", nil).body
+	row := regexp.MustCompile(`(?s)<tr data-mac="` + mac + `">.*?</tr>`).FindString(site)
+	if !strings.Contains(row, `<td class="num">2h16m</td>`) {
+		t.Errorf("time left after a 30 min extension: row %s", row)
+	}
 	h.do(c, "GET", "/admin/sites/parco-pertini/poster", nil)
 	h.clk.Advance(time.Second)
 	h.do(c, "POST", "/admin/logout", url.Values{"csrf": {tok}})
@@ -348,7 +354,6 @@ func TestAuditEntries(t *testing.T) {
 	if len(cmds) != 2 || cmds[0].Kind != store.CommandKick || cmds[1].Kind != store.CommandExtend || cmds[1].Extend != 30*time.Minute || cmds[0].ClientMAC != mac {
 		t.Errorf("queued %+v", cmds)
 	}
-	// The time left shown grew by the extension: 2h policy - elapsed + 30 min.
 	c, _ = h.login("aude")
 	page := h.do(c, "GET", "/admin/audit", nil)
 	for _, w := range []string{"command.kick", "command.extend", "poster.show", mac} {

@@ -44,7 +44,7 @@ func password(name string) string { return name + "-correct-horse" }
 type harness struct {
 	t     *testing.T
 	clk   *clock
-	st    *boltstore.Store
+	st    store.Store
 	cfg   *sites.Config
 	mgr   *auth.Manager
 	d     *Dashboard
@@ -63,17 +63,27 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 
 func newHarnessAt(t *testing.T, start time.Time, opts ...harnessOpt) *harness {
 	t.Helper()
-	h := &harness{t: t, clk: &clock{t: start}}
-	var err error
-	h.st, err = boltstore.Open(filepath.Join(t.TempDir(), "controller.db"), boltstore.Options{Now: h.clk.Now, Location: time.UTC})
+	clk := &clock{t: start}
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "controller.db"), boltstore.Options{Now: clk.Now, Location: time.UTC})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { h.st.Close() })
+	t.Cleanup(func() { st.Close() })
+	return newHarnessOver(t, clk, st, "", opts...)
+}
+
+// newHarnessOver runs a dashboard over st (another replica's, perhaps),
+// with the accounts file accts ("": a new one with the test accounts).
+func newHarnessOver(t *testing.T, clk *clock, st store.Store, accts string, opts ...harnessOpt) *harness {
+	t.Helper()
+	h := &harness{t: t, clk: clk, st: st, accts: accts}
+	var err error
 	if h.cfg, err = sites.Load("../../../sites.yaml"); err != nil {
 		t.Fatal(err)
 	}
-	h.accts = filepath.Join(t.TempDir(), "admins")
+	if h.accts == "" {
+		h.accts = filepath.Join(t.TempDir(), "admins")
+	}
 	for name, role := range testAccounts {
 		hash, err := auth.HashPasswordWith(password(name), cheap)
 		if err != nil {

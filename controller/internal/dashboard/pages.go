@@ -352,7 +352,14 @@ func (d *Dashboard) extend(c echo.Context) error {
 	if err := d.queue(ctx, s, store.Command{Kind: store.CommandExtend, ClientMAC: x.ClientMAC, Extend: by}, sessionOf(c).User); err != nil {
 		return err
 	}
-	if _, err := d.o.Store.Incr(ctx, keyExtend+hashID(x.ID), int64(by.Seconds()), 7*24*time.Hour); err != nil {
+	// Remembered for the time-left column only (the gateway has the command). Get and Put, not Incr: a
+	// counter's stored form differs between the store implementations. Two admins extending one session at
+	// the same instant may see one extension here; the gateway still gets both.
+	prev, err := d.extended(ctx, x.ID)
+	if err != nil {
+		return err
+	}
+	if err := d.o.Store.Put(ctx, keyExtend+hashID(x.ID), []byte(strconv.FormatInt(int64((prev+by).Seconds()), 10)), 7*24*time.Hour); err != nil {
 		d.log.Warn("remembering an extension", "err", err)
 	}
 	return c.Redirect(http.StatusSeeOther, Prefix+"/sites/"+s.ID+"?done=extend&mac="+urlQueryEscape(x.ClientMAC))
