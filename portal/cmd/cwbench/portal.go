@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -107,6 +108,9 @@ func (b *bench) portal(ctx context.Context) error {
 		return fmt.Errorf("captive client's iOS probe: got %q, %v; want a 302 from the gateway %s", out, err, b.l.GatewayIP)
 	}
 	landing := f[2]
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		b.note("Load average (1, 5, 15 min) when the portal rows started: %s.", strings.Join(strings.Fields(string(la))[:3], ", "))
+	}
 	b.logf("wrk -t2 -c64 -d10s --latency %s (iOS probe) from a captive client", probeURL)
 	r, err := b.wrk(ctx, "-H", "User-Agent: "+probeUA, probeURL)
 	if err != nil {
