@@ -132,8 +132,16 @@ func (l *Link) Events(evs []gateway.Event) error {
 		if e.Kind == gateway.EventInterim {
 			id = apiclient.NewEventID()
 		}
+		at := e.At
+		if at.Before(s.Started) {
+			// The clock was set back during the session (NTP on a box
+			// without a real-time clock): the controller refuses an
+			// event before its session's start, and a refused event is
+			// a lost one.
+			at = s.Started
+		}
 		ev := apiclient.SessionEvent{
-			ID: id, Kind: apiclient.EventKind(e.Kind), SessionID: s.ID, Start: s.Started.UTC(), At: e.At.UTC(),
+			ID: id, Kind: apiclient.EventKind(e.Kind), SessionID: s.ID, Start: s.Started.UTC(), At: at.UTC(),
 			ClientMAC: s.MAC.String(), User: s.User, Method: s.Method,
 			BytesDown: s.BytesDown, BytesUp: s.BytesUp,
 		}

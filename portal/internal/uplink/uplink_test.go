@@ -97,3 +97,34 @@ func TestEvents(t *testing.T) {
 		t.Errorf("stop event %+v", got[2])
 	}
 }
+
+// A gateway whose clock NTP sets back during a session (a box without a
+// real-time clock booted ahead) has events "before" the session's start.
+// They are still queued, at the start, rather than refused and lost: a lost
+// stop leaves the session open on the controller for good.
+func TestEventsClockSetBack(t *testing.T) {
+	box, err := outbox.Open(filepath.Join(t.TempDir(), "outbox.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer box.Close()
+	l := &Link{box: box}
+	mac, _ := net.ParseMAC("02:00:00:00:00:01")
+	start := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	s := gateway.Session{ID: "abc123", MAC: mac, Method: "click-through", Started: start,
+		Ended: start.Add(-3 * time.Minute), EndReason: "idle", BytesDown: 700, BytesUp: 70}
+	evs := []gateway.Event{
+		{Kind: gateway.EventInterim, At: start.Add(-4 * time.Minute), Session: s},
+		{Kind: gateway.EventStop, At: s.Ended, Session: s},
+	}
+	if err := l.Events(evs); err != nil {
+		t.Fatalf("Events after the clock went back: %v", err)
+	}
+	got, err := box.Peek(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[1].Kind != apiclient.EventStop || !got[1].At.Equal(start) || got[1].BytesDown != 700 {
+		t.Errorf("queued %+v, want the interim and the stop at the session's start with its bytes", got)
+	}
+}
