@@ -112,6 +112,7 @@ type Kernel struct {
 	run  runner
 	ipt4 ipt
 	ipt6 ipt
+	nl   nlSets // nil: the hot paths use the ipset command too
 	now  func() time.Time
 }
 
@@ -148,7 +149,13 @@ func New(cfg Config, log *slog.Logger) (*Kernel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("configuring the firewall: ip6tables: %w", err)
 	}
-	return newKernel(cfg, log, r, i4, i6), nil
+	k := newKernel(cfg, log, r, i4, i6)
+	h, err := openNL(cfg.Netns)
+	if err != nil {
+		return nil, fmt.Errorf("configuring the firewall: netlink: %w", err)
+	}
+	k.nl = h
+	return k, nil
 }
 
 func newKernel(cfg Config, log *slog.Logger, r runner, i4, i6 ipt) *Kernel {
@@ -451,6 +458,12 @@ func (k *Kernel) ensureGarden(ctx context.Context, rep *Repairs) error {
 
 // list reads the elements of the named sets.
 func (k *Kernel) list(ctx context.Context, names ...string) (map[string][]entry, error) {
+	if k.nl != nil && !slices.Contains(names, GardenNetSet) && !slices.Contains(names, GardenSet) {
+		// The clients' bitmap sets (polled every second): netlink. The
+		// small hash sets go through ipset, whose listing the netlink
+		// library does not fully decode.
+		return k.listNL(names...)
+	}
 	all := map[string][]entry{}
 	for _, n := range names {
 		out, err := k.run.Run(ctx, "", "ipset", "list", n, "-o", "save")

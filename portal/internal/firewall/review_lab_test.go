@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/civicwifi/civicwifi/internal/lab"
 )
 
@@ -365,5 +367,47 @@ func TestKernelRestoreSkipsABadLine(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("cw-dl lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// The clients' sets read through netlink give exactly what `ipset list -o
+// save` gives: keys, MACs, timeouts, counters (with the quota offset) and
+// comments, also after real traffic.
+func TestKernelNetlinkListingMatchesIpset(t *testing.T) {
+	s := newSite(t)
+	s.setup(t)
+	if s.fw.nl == nil {
+		t.Fatal("the kernel firewall has no netlink handle")
+	}
+	g1 := s.grant(0)
+	g1.Expires, g1.QuotaBytes, g1.UsedBytes, g1.UsedDownBytes = time.Now().Add(time.Hour), 50_000_000, 90_000, 60_000
+	g2 := s.grant(1)
+	s.allow(t, g1)
+	s.allow(t, g2)
+	wantBody(t, "client1 through", s.curl(t, s.Clients[0].NS, "http://"+s.OtherIP.String()+"/"), "upstream ok\n")
+	names := []string{AuthSet, AcctSet, DownSet}
+	viaNL, err := s.fw.listNL(names...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nl := s.fw.nl
+	s.fw.nl = nil
+	viaExec, err := s.fw.list(t.Context(), names...)
+	s.fw.nl = nl
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Timeouts tick between the two reads: compare them within a second.
+	approx := cmp.Comparer(func(a, b entry) bool {
+		d := a.Timeout - b.Timeout
+		a.Timeout, b.Timeout = 0, 0
+		return a == b && d >= -1 && d <= 1
+	})
+	if diff := cmp.Diff(viaExec, viaNL, approx); diff != "" {
+		t.Errorf("netlink listing differs from ipset's (-ipset +netlink):\n%s", diff)
+	}
+	acct := indexByIP(viaNL[AcctSet])[s.Clients[0].IP]
+	if u := usageOf(acct, indexByIP(viaNL[DownSet])[s.Clients[0].IP]); u.Bytes <= 90_000 || u.DownBytes <= 60_000 || acct.Timeout < 3500 {
+		t.Errorf("client1 through netlink: %+v (element %+v), want the grant's counters plus its traffic and ~3600 s left", u, acct)
 	}
 }
