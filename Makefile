@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN := bin
 # Debian packages the tests, the lab and the demo use.
-DEB_PKGS := iptables ipset iproute2 conntrack dnsmasq-base dnsutils iperf3 wrk redis-server curl isc-dhcp-client ca-certificates chromium busybox shellcheck prometheus
+DEB_PKGS := iptables ipset iproute2 conntrack dnsmasq-base dnsutils iperf3 wrk redis-server curl isc-dhcp-client ca-certificates chromium busybox shellcheck prometheus libreoffice-calc-nogui
 GATEWAY_ARCHES := amd64 arm64 arm mipsle
 
 .PHONY: help deps build build-all test test-short check lab demo bench clean
