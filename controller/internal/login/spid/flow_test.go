@@ -133,7 +133,7 @@ func (ti *testIdP) set(sc scenario) {
 	ti.mu.Unlock()
 }
 
-func startIdP(t *testing.T, spMeta func() []byte) *testIdP {
+func startIdP(t testing.TB, spMeta func() []byte) *testIdP {
 	key, cert := newKeyCert(t, "test-idp")
 	ti := &testIdP{spMeta: spMeta}
 	mux := http.NewServeMux()
@@ -155,7 +155,7 @@ func startIdP(t *testing.T, spMeta func() []byte) *testIdP {
 }
 
 // registryXML is the IdPs' metadata as a registry file, with an Italian display name.
-func registryXML(t *testing.T, eds ...*saml.EntityDescriptor) []byte {
+func registryXML(t testing.TB, eds ...*saml.EntityDescriptor) []byte {
 	t.Helper()
 	for _, ed := range eds {
 		ed.Organization = &saml.Organization{OrganizationDisplayNames: []saml.LocalizedName{{Lang: "it", Value: "IdP di prova"}}}
@@ -168,7 +168,7 @@ func registryXML(t *testing.T, eds ...*saml.EntityDescriptor) []byte {
 }
 
 type harness struct {
-	t        *testing.T
+	t        testing.TB
 	sp       *SP
 	idp      *testIdP
 	ctrl     *httptest.Server
@@ -181,6 +181,7 @@ type harness struct {
 	pep      pepper.Pepper
 	returnTo string
 	logs     *syncBuffer
+	acsTime  atomic.Int64 // ns spent in the ACS handler
 }
 
 // syncBuffer collects the logs of every component at debug level.
@@ -243,7 +244,7 @@ func (unused) Ack(context.Context, string, string, apiclient.CommandAck) error {
 
 // newHarness starts the controller (gateway API, SPID endpoints) on a bbolt store, a test IdP and a stand-in
 // gateway page. mods change the IdP's metadata as the registry file lists it.
-func newHarness(t *testing.T, mods ...func(*saml.EntityDescriptor)) *harness {
+func newHarness(t testing.TB, mods ...func(*saml.EntityDescriptor)) *harness {
 	t.Helper()
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "c.db"), boltstore.Options{})
 	if err != nil {
@@ -261,7 +262,7 @@ func newHarness(t *testing.T, mods ...func(*saml.EntityDescriptor)) *harness {
 
 // newHarnessOn is newHarness on st (dump returns all of its bytes), with replicas controllers behind one public
 // URL that hands each request to the next replica in turn, as a load balancer would.
-func newHarnessOn(t *testing.T, st store.Store, dump func() []byte, replicas int, mods ...func(*saml.EntityDescriptor)) *harness {
+func newHarnessOn(t testing.TB, st store.Store, dump func() []byte, replicas int, mods ...func(*saml.EntityDescriptor)) *harness {
 	t.Helper()
 	h := &harness{t: t, reg: prometheus.NewRegistry(), gwKeys: map[string]ed25519.PrivateKey{}, logs: &syncBuffer{}, dump: dump}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -288,7 +289,11 @@ func newHarnessOn(t *testing.T, st store.Store, dump func() []byte, replicas int
 	var muxes []*http.ServeMux
 	var next atomic.Uint64
 	h.ctrl = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		muxes[next.Add(1)%uint64(len(muxes))].ServeHTTP(w, r)
+		if r.URL.Path == PathACS {
+			h.acsTime.Add(int64(time.Since(start)))
+		}
 	}))
 	t.Cleanup(h.ctrl.Close)
 	h.idp = startIdP(t, func() []byte {
@@ -389,7 +394,7 @@ func (h *harness) grant(gw, state string) (apiclient.Grant, error) {
 // browser is an http.Client with a cookie jar that follows redirects and submits the auto-posting forms of the
 // HTTP-POST binding, as a browser does with JavaScript.
 type browser struct {
-	t        *testing.T
+	t        testing.TB
 	c        *http.Client
 	requests [][]byte   // SAMLRequests it carried to the IdP (HTTP-POST binding)
 	visited  []*url.URL // every URL a redirect led to
@@ -398,7 +403,7 @@ type browser struct {
 	tamper func([]byte) []byte
 }
 
-func newBrowser(t *testing.T) *browser {
+func newBrowser(t testing.TB) *browser {
 	jar, _ := cookiejar.New(nil)
 	b := &browser{t: t}
 	b.c = &http.Client{Jar: jar, Timeout: 10 * time.Second, CheckRedirect: func(r *http.Request, via []*http.Request) error {
