@@ -114,6 +114,7 @@ type env struct {
 	pepper   pepper.Pepper
 	url      string
 	dump     func() string // every byte the store holds, as text
+	gwKeys   map[string]ed25519.PrivateKey
 }
 
 type envOpts struct {
@@ -261,6 +262,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 	}
 	ks := keys{}
 	gwKeys := map[string]ed25519.PrivateKey{}
+	e.gwKeys = gwKeys
 	for _, s := range cfg.Sites {
 		for _, g := range s.Gateways {
 			gp, gk, _ := ed25519.GenerateKey(nil)

@@ -3,6 +3,7 @@ package login_test
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -130,5 +131,24 @@ func TestVerifyRaceSingleUse(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestOtherSiteRefused: a gateway cannot log a client in at another site: gwapi refuses the request (403) before
+// the login handler runs, and nothing is sent.
+func TestOtherSiteRefused(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	key := e.gwKeys["parco-gw1"]
+	c, err := apiclient.New(apiclient.Config{BaseURL: e.url, Site: "biblio", GatewayID: "parco-gw1", Key: key, ControllerKey: e.ctlPub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.StartSMS(context.Background(), apiclient.SMSStartRequest{ClientMAC: mac1, ClientIP: "10.20.4.9", Phone: "3331234567", Consent: true})
+	var se *apiclient.StatusError
+	if !errors.As(err, &se) || se.Code != 403 {
+		t.Fatalf("another site's login: %v, want 403", err)
+	}
+	if sent, _ := e.provider.count(); sent != 0 {
+		t.Errorf("%d SMS sent", sent)
 	}
 }
