@@ -38,6 +38,7 @@ func TestRejections(t *testing.T) {
 			return []byte(strings.Replace(string(b), "RSSMRA80A01H501U", "VRDGPP80A01H501X", 1))
 		}, code: CodeFailed, reason: "signature"},
 		{name: "unsigned response", gateway: "parco-gw1", tamper: dropResponseSignature, code: CodeFailed, reason: "unsigned_response"},
+		{name: "signature wrapping", gateway: "parco-gw1", tamper: wrapSignature, code: CodeFailed, reason: "signature"},
 		{name: "expired", gateway: "parco-gw1", sc: scenario{mutate: past}, code: CodeFailed, reason: "expired"},
 		{name: "wrong audience", gateway: "parco-gw1", sc: scenario{mutate: func(a *saml.Assertion, _ *saml.IdpAuthnRequest) {
 			a.Conditions.AudienceRestrictions = []saml.AudienceRestriction{{Audience: saml.Audience{Value: "https://other-sp.example/"}}}
@@ -104,6 +105,25 @@ func dropResponseSignature(raw []byte) []byte {
 		}
 	}
 	out, _ := doc.WriteToBytes()
+	return out
+}
+
+// wrapSignature is an XML signature wrapping attack: a forged Response (another fiscal code, the same ID and
+// signatures) that carries the genuine signed Response inside an Extensions element, hoping the signature check
+// finds the genuine element by its ID while the forged one is read.
+func wrapSignature(raw []byte) []byte {
+	genuine := etree.NewDocument()
+	if err := genuine.ReadFromBytes(raw); err != nil {
+		panic(err)
+	}
+	forged := etree.NewDocument()
+	if err := forged.ReadFromBytes([]byte(strings.Replace(string(raw), "RSSMRA80A01H501U", "VRDGPP80A01H501X", 1))); err != nil {
+		panic(err)
+	}
+	ext := etree.NewElement("samlp:Extensions")
+	ext.AddChild(genuine.Root().Copy())
+	forged.Root().InsertChildAt(0, ext)
+	out, _ := forged.WriteToBytes()
 	return out
 }
 
