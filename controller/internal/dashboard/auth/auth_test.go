@@ -131,3 +131,32 @@ func TestRolePermissions(t *testing.T) {
 		t.Error("an unknown role has a permission")
 	}
 }
+
+// FuzzParseAccounts: no input panics; an accepted file's accounts are
+// valid and written back line by line they parse to the same accounts.
+func FuzzParseAccounts(f *testing.F) {
+	h, _ := HashPasswordWith("pw", cheap)
+	for _, s := range []string{"ida:it:" + h, "# c\n\nida:operator:" + h + "\r\n", "x:y:z", "::", "ida:it:$argon2id$v=19$m=8192,t=1,p=1$$"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		accts, err := ParseAccounts("f", []byte(s))
+		if err != nil {
+			return
+		}
+		var b strings.Builder
+		for _, a := range accts {
+			if CheckName(a.Name) != nil {
+				t.Fatalf("accepted name %q", a.Name)
+			}
+			if _, err := ParseRole(string(a.Role)); err != nil {
+				t.Fatalf("accepted role %q", a.Role)
+			}
+			b.WriteString(a.Name + ":" + string(a.Role) + ":" + a.Hash + "\n")
+		}
+		again, err := ParseAccounts("f", []byte(b.String()))
+		if err != nil || !cmp.Equal(accts, again) {
+			t.Fatalf("round trip: %v\n%v\n%v", err, accts, again)
+		}
+	})
+}
