@@ -19,7 +19,7 @@ func TestDeployExample(t *testing.T) {
 		Listen: ":8443", TLSCert: "/etc/civicwifi/tls/controller.crt", TLSKey: "/etc/civicwifi/tls/controller.key",
 		Sites: "/etc/civicwifi/sites.yaml", Store: DefaultStore, SigningKey: "/etc/civicwifi/keys/controller.key",
 		APEnrollTokens: []string{"/etc/civicwifi/ap-enroll.token"}, MetricsListen: "127.0.0.1:9464",
-		APCheckin: time.Minute, APMissedCheckins: 3, Reload: 2 * time.Second, LogFormat: "json",
+		APCheckin: time.Minute, APMissedCheckins: 3, Reload: 2 * time.Second, LogFormat: "json", StateDir: "/var/lib/civicwifi",
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("deploy/controller.yaml (-want +got):\n%s", diff)
@@ -40,7 +40,7 @@ func TestParseConfig(t *testing.T) {
 			in:   "sites: sites.yaml\nsigning_key: keys/controller.key\n",
 			want: FileConfig{
 				Listen: ":8443", Sites: "/etc/cw/sites.yaml", Store: DefaultStore, SigningKey: "/etc/cw/keys/controller.key",
-				MetricsListen: "127.0.0.1:9464", APCheckin: time.Minute, APMissedCheckins: 3, Reload: 2 * time.Second, LogFormat: "json",
+				MetricsListen: "127.0.0.1:9464", APCheckin: time.Minute, APMissedCheckins: 3, Reload: 2 * time.Second, LogFormat: "json", StateDir: "/var/lib/civicwifi",
 			},
 		},
 		{
@@ -49,7 +49,7 @@ func TestParseConfig(t *testing.T) {
 				"metrics_listen: \"off\"\nlog_format: text\nreload_check: 500ms\n",
 			want: FileConfig{
 				Listen: ":8443", Sites: "/s.yaml", Store: "redis://10.0.0.5:6379/2", RedisPasswordFile: "/etc/cw/pw", SigningKey: "/k",
-				APCheckin: time.Minute, APMissedCheckins: 3, Reload: 500 * time.Millisecond, LogFormat: "text",
+				APCheckin: time.Minute, APMissedCheckins: 3, Reload: 500 * time.Millisecond, LogFormat: "text", StateDir: "/var/lib/civicwifi",
 			},
 		},
 		{
