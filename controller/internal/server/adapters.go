@@ -120,7 +120,17 @@ func (s sink) SessionEvent(ctx context.Context, from gwapi.Origin, ev apiclient.
 		UserID: safeID(ev.User), Method: safeID(ev.Method), Start: ev.Start, At: ev.At,
 		BytesDown: ev.BytesDown, BytesUp: ev.BytesUp, Reason: ev.Reason[:min(len(ev.Reason), store.MaxFieldLen)],
 	}
-	return s.st.RecordEvent(ctx, sev)
+	dup, err := s.st.RecordEvent(ctx, sev)
+	if errors.Is(err, store.ErrInvalid) {
+		// The gateway was moved to another site in sites.yaml during the session: the session (its id scoped to
+		// this gateway, so this gateway's) stays counted at the site where it started. Refusing the event would
+		// block the gateway's outbox behind it for good.
+		if prev, perr := s.st.Session(ctx, sev.SessionID); perr == nil && prev.GatewayID == from.Gateway && prev.SiteID != from.Site {
+			sev.SiteID = prev.SiteID
+			return s.st.RecordEvent(ctx, sev)
+		}
+	}
+	return dup, err
 }
 
 // scopedID is "gateway.id" as the store keeps it, or a hash of it when that is not a valid store token.
