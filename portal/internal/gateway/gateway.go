@@ -469,7 +469,9 @@ func (g *Gateway) noteLockout(s *Session, now time.Time) {
 		until = s.Ended.Add(time.Hour)
 	}
 	if s.EndReason == "quota" && g.limits.DailyQuota {
-		until = g.schedule.dayStart(now).AddDate(0, 0, 1) // the allowance comes back tomorrow
+		// The allowance comes back the day after the one it was used up
+		// (at a start, that may be before now).
+		until = g.schedule.dayStart(s.Ended).AddDate(0, 0, 1)
 	}
 	if until.After(now) {
 		g.lockout[s.MAC.String()] = until

@@ -198,3 +198,34 @@ func TestScheduleNextOpenDST(t *testing.T) {
 		}
 	}
 }
+
+// A device that used up yesterday's allowance may log in today, also when
+// the gateway restarted in between with daily quotas in its config: the
+// lockout ends at the end of the day the session ended, not of the day
+// the gateway starts.
+func TestDailyQuotaLockoutAfterRestartIsYesterdays(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	daily := func(o *Options) {
+		c := testConfig()
+		c.Limits.Quota, c.Limits.DailyQuota, c.Limits.Session = 1000, true, 0
+		o.Config = c
+	}
+	r := newRig(t, dir, nil, daily)
+	if _, err := r.gw.ClickThrough(ctx, ip1); err != nil {
+		t.Fatal(err)
+	}
+	r.fw.set(ip1, firewall.Usage{Bytes: 1200, DownBytes: 1000, Packets: 4})
+	if err := r.gw.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.gw.ClickThrough(ctx, ip1); !errors.Is(err, ErrRefused) {
+		t.Fatalf("same day after the quota: %v, want ErrRefused", err)
+	}
+	r.store.Close()
+	tomorrow := &clock{t: r.clk.now().Add(24 * time.Hour)}
+	r2 := newRig(t, dir, newFakeFW(), daily, func(o *Options) { o.Now = tomorrow.now })
+	if _, err := r2.gw.ClickThrough(ctx, ip1); err != nil {
+		t.Errorf("the next day, after a restart: %v, want a new session", err)
+	}
+}
