@@ -50,7 +50,7 @@ lab: deps build ## build the namespace lab and leave it running until Ctrl-C
 	$(BIN)/cwlab up
 
 demo: deps build ## a whole site in network namespaces with the gateway running; prints what to try
-	$(BIN)/cwlab demo -portal $(BIN)/portal
+	$(BIN)/cwlab demo -portal $(BIN)/portal -controller $(BIN)/controller
 
 bench: deps build ## measure the gateway and the controller (writes bench/results.md, bench/controller.md)
 	$(GO) run ./portal/cmd/cwbench -portal $(BIN)/portal -out bench/results.md
