@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/xml"
 	"errors"
 	"io"
 	"log/slog"
@@ -30,6 +29,7 @@ import (
 	"github.com/civicwifi/civicwifi/controller/internal/gwapi"
 	"github.com/civicwifi/civicwifi/controller/internal/login"
 	"github.com/civicwifi/civicwifi/controller/internal/login/pepper"
+	"github.com/civicwifi/civicwifi/controller/internal/login/spid/spidtest"
 	"github.com/civicwifi/civicwifi/controller/internal/sites"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/civicwifi/civicwifi/controller/internal/store/boltstore"
@@ -41,7 +41,6 @@ import (
 )
 
 const (
-	testFiscal = "TINIT-RSSMRA80A01H501U"
 	testMAC    = "02:aa:bb:cc:dd:01"
 )
 
@@ -68,109 +67,10 @@ func newKeyCert(t testing.TB, cn string) (*rsa.PrivateKey, *x509.Certificate) {
 	return key, cert
 }
 
-// scenario is what the test IdP does for one login.
-type scenario struct {
-	level  string                                             // the AuthnContextClassRef it asserts; "" : SpidL2
-	mutate func(a *saml.Assertion, req *saml.IdpAuthnRequest) // after the default assertion, before signing
-}
-
-// testIdP is a real SAML IdP (crewjam's IdentityProvider) on loopback that signs Response and Assertion with its
-// own key. The SP's metadata is fetched over HTTP from the controller, as a federation registry would.
-type testIdP struct {
-	idp    *saml.IdentityProvider
-	srv    *httptest.Server
-	mu     sync.Mutex
-	sc     scenario
-	spMeta func() []byte
-}
-
-func (ti *testIdP) GetServiceProvider(_ *http.Request, id string) (*saml.EntityDescriptor, error) {
-	var ed saml.EntityDescriptor
-	if err := xml.Unmarshal(ti.spMeta(), &ed); err != nil {
-		return nil, err
-	}
-	if ed.EntityID != id {
-		return nil, os.ErrNotExist
-	}
-	return &ed, nil
-}
-
-func (ti *testIdP) GetSession(w http.ResponseWriter, r *http.Request, req *saml.IdpAuthnRequest) *saml.Session {
-	ti.mu.Lock()
-	level := ti.sc.level
-	ti.mu.Unlock()
-	if level == "" {
-		level = LevelL2
-	}
-	return &saml.Session{
-		ID: "s-" + randomToken(), CreateTime: time.Now(), ExpireTime: time.Now().Add(time.Hour),
-		NameID: "_" + randomToken(), NameIDFormat: string(saml.TransientNameIDFormat), AuthnContextClassRef: level,
-		UserName: "mario",
-	}
-}
-
-func (ti *testIdP) MakeAssertion(req *saml.IdpAuthnRequest, s *saml.Session) error {
-	if err := (saml.DefaultAssertionMaker{}).MakeAssertion(req, s); err != nil {
-		return err
-	}
-	a := req.Assertion
-	a.AttributeStatements = []saml.AttributeStatement{{Attributes: []saml.Attribute{{
-		Name: AttributeFiscalNumber, NameFormat: "urn:oasis:names:tc:SAML:2.0:attrname-format:basic",
-		Values: []saml.AttributeValue{{Type: "xs:string", Value: testFiscal}},
-	}}}}
-	ti.mu.Lock()
-	m := ti.sc.mutate
-	ti.mu.Unlock()
-	if m != nil {
-		m(a, req)
-	}
-	return nil
-}
-
-func (ti *testIdP) set(sc scenario) {
-	ti.mu.Lock()
-	ti.sc = sc
-	ti.mu.Unlock()
-}
-
-func startIdP(t testing.TB, spMeta func() []byte) *testIdP {
-	key, cert := newKeyCert(t, "test-idp")
-	ti := &testIdP{spMeta: spMeta}
-	mux := http.NewServeMux()
-	ti.srv = httptest.NewServer(mux)
-	t.Cleanup(ti.srv.Close)
-	base, _ := url.Parse(ti.srv.URL)
-	ti.idp = &saml.IdentityProvider{
-		Key: key, Signer: key, Certificate: cert,
-		MetadataURL: endpoint(base, "/metadata"), SSOURL: endpoint(base, "/sso"), LogoutURL: endpoint(base, "/slo"), LogoutBindings: []string{saml.HTTPPostBinding},
-		ServiceProviderProvider: ti, SessionProvider: ti, AssertionMaker: ti,
-		SignatureMethod: "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
-	}
-	mux.Handle("/metadata", ti.idp.Handler())
-	mux.Handle("/sso", ti.idp.Handler())
-	mux.HandleFunc("/initiated", func(w http.ResponseWriter, r *http.Request) {
-		ti.idp.ServeIDPInitiated(w, r, r.URL.Query().Get("sp"), "")
-	})
-	return ti
-}
-
-// registryXML is the IdPs' metadata as a registry file, with an Italian display name.
-func registryXML(t testing.TB, eds ...*saml.EntityDescriptor) []byte {
-	t.Helper()
-	for _, ed := range eds {
-		ed.Organization = &saml.Organization{OrganizationDisplayNames: []saml.LocalizedName{{Lang: "it", Value: "IdP di prova"}}}
-	}
-	b, err := MarshalRegistry(eds...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 type harness struct {
 	t        testing.TB
 	sp       *SP
-	idp      *testIdP
+	idp      *spidtest.IdP
 	ctrl     *httptest.Server
 	gateway  *httptest.Server // stands in for the gateway's /portal/spid/done
 	dump     func() []byte    // every byte the store holds
@@ -296,16 +196,14 @@ func newHarnessOn(t testing.TB, st store.Store, dump func() []byte, replicas int
 		}
 	}))
 	t.Cleanup(h.ctrl.Close)
-	h.idp = startIdP(t, func() []byte {
-		b, err := h.sp.Metadata()
-		if err != nil {
-			t.Errorf("SP metadata: %v", err)
+	h.idp = spidtest.Start(t, spidtest.Options{SPMetadata: func() ([]byte, error) { return h.sp.Metadata() }})
+	registry, err := spidtest.Registry(func(ed *saml.EntityDescriptor) {
+		for _, m := range mods {
+			m(ed)
 		}
-		return b
-	})
-	idpMeta := h.idp.idp.Metadata()
-	for _, m := range mods {
-		m(idpMeta)
+	}, h.idp)
+	if err != nil {
+		t.Fatal(err)
 	}
 	key, cert := newKeyCert(t, "controller-sp")
 	h.spCert = cert
@@ -324,7 +222,7 @@ func newHarnessOn(t testing.TB, st store.Store, dump func() []byte, replicas int
 		if err != nil {
 			t.Fatal(err)
 		}
-		idps, err := ParseRegistry("registry.xml", registryXML(t, idpMeta))
+		idps, err := ParseRegistry("registry.xml", registry)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -352,7 +250,7 @@ func newHarnessOn(t testing.TB, st store.Store, dump func() []byte, replicas int
 	return h
 }
 
-func (h *harness) idpID() string { return h.idp.idp.MetadataURL.String() }
+func (h *harness) idpID() string { return h.idp.EntityID() }
 
 // client is gateway gw's signed client of the controller.
 func (h *harness) client(gw string) *apiclient.Client {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/beevik/etree"
 	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/controller/internal/login/spid/spidtest"
 	"github.com/crewjam/saml"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -28,7 +29,7 @@ func TestRejections(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		gateway  string
-		sc       scenario
+		sc       spidtest.Scenario
 		tamper   func([]byte) []byte
 		code     string // refusal of spid/grant
 		reason   string
@@ -39,31 +40,31 @@ func TestRejections(t *testing.T) {
 		}, code: CodeFailed, reason: "signature"},
 		{name: "unsigned response", gateway: "parco-gw1", tamper: dropResponseSignature, code: CodeFailed, reason: "unsigned_response"},
 		{name: "signature wrapping", gateway: "parco-gw1", tamper: wrapSignature, code: CodeFailed, reason: "signature"},
-		{name: "expired", gateway: "parco-gw1", sc: scenario{mutate: past}, code: CodeFailed, reason: "expired"},
-		{name: "wrong audience", gateway: "parco-gw1", sc: scenario{mutate: func(a *saml.Assertion, _ *saml.IdpAuthnRequest) {
+		{name: "expired", gateway: "parco-gw1", sc: spidtest.Scenario{Mutate: past}, code: CodeFailed, reason: "expired"},
+		{name: "wrong audience", gateway: "parco-gw1", sc: spidtest.Scenario{Mutate: func(a *saml.Assertion, _ *saml.IdpAuthnRequest) {
 			a.Conditions.AudienceRestrictions = []saml.AudienceRestriction{{Audience: saml.Audience{Value: "https://other-sp.example/"}}}
 		}}, code: CodeFailed, reason: "audience"},
-		{name: "wrong recipient", gateway: "parco-gw1", sc: scenario{mutate: func(a *saml.Assertion, _ *saml.IdpAuthnRequest) {
+		{name: "wrong recipient", gateway: "parco-gw1", sc: spidtest.Scenario{Mutate: func(a *saml.Assertion, _ *saml.IdpAuthnRequest) {
 			a.Subject.SubjectConfirmations[0].SubjectConfirmationData.Recipient = "https://other-sp.example/acs"
 		}}, code: CodeFailed, reason: "recipient"},
-		{name: "L1 answer to an L2 request", gateway: "parco-gw1", sc: scenario{level: LevelL1}, code: CodeLevel, reason: "level"},
-		{name: "unknown InResponseTo", gateway: "parco-gw1", sc: scenario{mutate: func(a *saml.Assertion, req *saml.IdpAuthnRequest) {
+		{name: "L1 answer to an L2 request", gateway: "parco-gw1", sc: spidtest.Scenario{Level: LevelL1}, code: CodeLevel, reason: "level"},
+		{name: "unknown InResponseTo", gateway: "parco-gw1", sc: spidtest.Scenario{Mutate: func(a *saml.Assertion, req *saml.IdpAuthnRequest) {
 			req.Request.ID = "id-" + strings.Repeat("f", 40)
 			a.Subject.SubjectConfirmations[0].SubjectConfirmationData.InResponseTo = req.Request.ID
 		}}, reason: "unsolicited", acsError: http.StatusBadRequest},
-		{name: "assertion Issuer not in the entity format", gateway: "parco-gw1", sc: scenario{mutate: func(a *saml.Assertion, _ *saml.IdpAuthnRequest) {
+		{name: "assertion Issuer not in the entity format", gateway: "parco-gw1", sc: spidtest.Scenario{Mutate: func(a *saml.Assertion, _ *saml.IdpAuthnRequest) {
 			a.Issuer.Format = "urn:oasis:names:tc:SAML:2.0:nameid-format:unspecified"
 		}}, code: CodeFailed, reason: "issuer_format"},
-		{name: "assertion issued before the request", gateway: "parco-gw1", sc: scenario{mutate: func(a *saml.Assertion, req *saml.IdpAuthnRequest) {
+		{name: "assertion issued before the request", gateway: "parco-gw1", sc: spidtest.Scenario{Mutate: func(a *saml.Assertion, req *saml.IdpAuthnRequest) {
 			a.IssueInstant = req.Request.IssueInstant.Add(-time.Minute) // within crewjam's 90 s, before the request
 		}}, code: CodeFailed, reason: "issue_instant"},
-		{name: "no fiscal number", gateway: "parco-gw1", sc: scenario{mutate: func(a *saml.Assertion, _ *saml.IdpAuthnRequest) {
+		{name: "no fiscal number", gateway: "parco-gw1", sc: spidtest.Scenario{Mutate: func(a *saml.Assertion, _ *saml.IdpAuthnRequest) {
 			a.AttributeStatements = nil
 		}}, code: CodeFailed, reason: "no_fiscal_number"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
-			h.idp.set(tc.sc)
+			h.idp.Set(tc.sc)
 			b := newBrowser(t)
 			b.tamper = tc.tamper
 			end := b.walk(h.start(tc.gateway))
@@ -179,7 +180,7 @@ func TestReplayedResponse(t *testing.T) {
 func TestIdPInitiatedRefused(t *testing.T) {
 	h := newHarness(t)
 	b := newBrowser(t)
-	end := b.walk(h.idp.srv.URL + "/initiated?sp=" + url.QueryEscape(h.sp.o.EntityID))
+	end := b.walk(h.idp.URL + "/initiated?sp=" + url.QueryEscape(h.sp.o.EntityID))
 	if len(b.acsForms) != 1 {
 		t.Fatalf("the IdP posted %d responses (%d %s %.200s)", len(b.acsForms), end.status, end.url, end.body)
 	}

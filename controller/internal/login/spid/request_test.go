@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/beevik/etree"
+	"github.com/civicwifi/civicwifi/controller/internal/login/spid/spidtest"
 	"github.com/crewjam/saml"
 	"github.com/google/go-cmp/cmp"
 	dsig "github.com/russellhaering/goxmldsig"
@@ -25,7 +26,7 @@ func TestAuthnRequest(t *testing.T) {
 	} {
 		t.Run(tc.gateway, func(t *testing.T) {
 			h := newHarness(t)
-			h.idp.set(scenario{level: tc.level})
+			h.idp.Set(spidtest.Scenario{Level: tc.level})
 			b := newBrowser(t)
 			end := b.walk(h.start(tc.gateway))
 			if end.url.Path != "/portal/spid/done" || len(b.requests) != 1 {
@@ -72,7 +73,7 @@ func TestAuthnRequest(t *testing.T) {
 				"Reference":                      "#" + root.SelectAttrValue("ID", ""),
 				"Signature position":             "Signature",
 				"Version":                        "2.0",
-				"Destination":                    h.idp.idp.SSOURL.String(),
+				"Destination":                    h.idp.IDP.SSOURL.String(),
 				"ForceAuthn":                     tc.force,
 				"AssertionConsumerServiceIndex":  "0",
 				"AttributeConsumingServiceIndex": "0",
@@ -121,7 +122,7 @@ func TestLoginPageHeaders(t *testing.T) {
 			t.Errorf("%s: %q, want %q", k, got, want)
 		}
 	}
-	if csp := resp.Header.Get("Content-Security-Policy"); csp == "" || !contains(csp, "script-src 'nonce-") || !contains(csp, "form-action "+h.idp.srv.URL) {
+	if csp := resp.Header.Get("Content-Security-Policy"); csp == "" || !contains(csp, "script-src 'nonce-") || !contains(csp, "form-action "+h.idp.URL) {
 		t.Errorf("CSP %q", csp)
 	}
 }

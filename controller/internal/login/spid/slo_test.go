@@ -26,7 +26,7 @@ func (h *harness) logoutRequest(t *testing.T, id string, unsigned bool) url.Valu
 		NameID: &saml.NameID{Format: string(saml.TransientNameIDFormat), Value: "_" + randomToken()},
 	}
 	if !unsigned {
-		ks := dsig.TLSCertKeyStore(tls.Certificate{PrivateKey: h.idp.idp.Key.(*rsa.PrivateKey), Certificate: [][]byte{h.idp.idp.Certificate.Raw}})
+		ks := dsig.TLSCertKeyStore(tls.Certificate{PrivateKey: h.idp.IDP.Key.(*rsa.PrivateKey), Certificate: [][]byte{h.idp.IDP.Certificate.Raw}})
 		sc := dsig.NewDefaultSigningContext(ks)
 		if err := sc.SetSignatureMethod(dsig.RSASHA256SignatureMethod); err != nil {
 			t.Fatal(err)
@@ -59,7 +59,7 @@ func TestSingleLogout(t *testing.T) {
 		t.Fatalf("SLO answered %d %s", resp.StatusCode, resp.Header.Get("X-Spid-Reason"))
 	}
 	action, vals := postForm([]byte(body))
-	if action != h.idp.srv.URL+"/slo" || vals.Get("RelayState") != "rs-1" {
+	if action != h.idp.URL+"/slo" || vals.Get("RelayState") != "rs-1" {
 		t.Errorf("form to %q with RelayState %q", action, vals.Get("RelayState"))
 	}
 	raw, _ := base64.StdEncoding.DecodeString(vals.Get("SAMLResponse"))
@@ -74,7 +74,7 @@ func TestSingleLogout(t *testing.T) {
 	}
 	got := []string{root.Tag, root.SelectAttrValue("InResponseTo", ""), root.SelectAttrValue("Destination", ""),
 		root.FindElement("./Status/StatusCode").SelectAttrValue("Value", ""), strings.TrimSpace(root.FindElement("./Issuer").Text())}
-	want := []string{"LogoutResponse", "id-logout-1", h.idp.srv.URL + "/slo", saml.StatusSuccess, "https://wifi.comune.prova.it/spid"}
+	want := []string{"LogoutResponse", "id-logout-1", h.idp.URL + "/slo", saml.StatusSuccess, "https://wifi.comune.prova.it/spid"}
 	for i := range want {
 		if got[i] != want[i] {
 			t.Errorf("LogoutResponse field %d: %q, want %q", i, got[i], want[i])
