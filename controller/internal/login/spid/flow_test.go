@@ -41,7 +41,7 @@ import (
 )
 
 const (
-	testMAC    = "02:aa:bb:cc:dd:01"
+	testMAC = "02:aa:bb:cc:dd:01"
 )
 
 var testPepper = bytes.Repeat([]byte("p"), 32)
