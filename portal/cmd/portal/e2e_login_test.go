@@ -1,0 +1,285 @@
+package main
+
+// Resident login end to end: a real `controller run` with its login block
+// (SMS through the webhook provider, whose HTTP API the test plays inside
+// the upstream namespace and reads the code from), a real gateway, and a
+// phone in a client namespace that walks the portal's plain forms (no
+// cookies, no JavaScript) and then reaches the internet.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"html"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/internal/lab"
+)
+
+const loginSites = `town:
+  name: Comune di Prova
+  ssid: Prova WiFi
+  contacts: {email: urp@comune.prova.it, dpo: dpo@comune.prova.it}
+  privacy: {it: Informativa sulla privacy}
+  terms: {it: Condizioni d'uso}
+policies:
+  - name: residents
+    down: 5mbit
+    up: 5mbit
+    session: 2h
+    idle: 15m
+    remember_device_days: 30
+    login:
+      methods: [sms, voucher]
+      sms: {countries: [IT]}
+sites:
+  - id: parco-a
+    name: Parco A
+    kind: park
+    coordinates: {lat: 44.99, lon: 9.01}
+    policy: residents
+    client_network: {address: 10.20.0.1/22}
+    gateways:
+      - {id: gw-a, credential: "file:%[1]s/gw-a.pub"}
+`
+
+// smsText is one message the provider was asked to send.
+type smsText struct {
+	To, Text, RequestID string
+}
+
+func TestResidentLoginThroughController(t *testing.T) {
+	lab.Require(t, "iptables", "ipset", "tc", "dnsmasq", "curl")
+	dir := t.TempDir()
+	for _, name := range []string{"controller", "gw-a"} {
+		if _, err := apiclient.Enroll(dir, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pepper := make([]byte, 48)
+	rand.Read(pepper)
+	if err := os.WriteFile(filepath.Join(dir, "pepper"), []byte(base64.StdEncoding.EncodeToString(pepper)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "sites.yaml"), []byte(fmt.Sprintf(loginSites, dir)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tw := &town{t: t, dir: dir, bin: controllerBinary(t), conf: filepath.Join(dir, "controller.yaml")}
+	conf := fmt.Sprintf(`listen: 0.0.0.0:8443
+sites: %[1]s/sites.yaml
+store: bolt:%[1]s/controller.db
+signing_key: %[1]s/controller.key
+state_dir: %[1]s/state
+metrics_listen: "off"
+log_format: text
+login:
+  pepper_file: %[1]s/pepper
+  sms:
+    provider: webhook
+    url: http://127.0.0.1:8099/sms
+    attempts: 1
+    timeout: 2s
+`, dir)
+	if err := os.WriteFile(tw.conf, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The SMS provider: its webhook API, inside the upstream namespace.
+	texts := make(chan smsText, 8)
+	s := newSiteWith(t, 1, gatewayYAML(dir, "gw-a"), func(l *lab.Lab) {
+		renameSite(t, l, "parco-a")
+		tw.l, tw.ns = l, l.Upstream
+		if _, err := l.Upstream.Run(context.Background(), "ip", "addr", "add", controllerAddr+"/30", "dev", "lo"); err != nil {
+			t.Fatal(err)
+		}
+		ln, err := l.Upstream.Listen("tcp", "127.0.0.1:8099")
+		if err != nil {
+			t.Fatal(err)
+		}
+		provider := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			var m struct{ To, Text, Request_ID string }
+			b, _ := io.ReadAll(io.LimitReader(r.Body, 4096))
+			if err := json.Unmarshal(b, &m); err != nil || r.URL.Path != "/sms" {
+				http.Error(w, "bad request", http.StatusBadRequest)
+				return
+			}
+			texts <- smsText{To: m.To, Text: m.Text, RequestID: m.Request_ID}
+			w.WriteHeader(http.StatusAccepted)
+		})}
+		go provider.Serve(ln)
+		t.Cleanup(func() { provider.Close() })
+		tw.start()
+		t.Cleanup(tw.stop)
+	})
+	eventually(t, 20*time.Second, "gateway follows the controller's policy", func() (bool, string) {
+		return strings.Contains(s.log(), "site policy applied"), "no 'site policy applied' in the log"
+	})
+
+	phone := s.l.Clients[0]
+	hc := phone.NS.HTTPClient(nil)
+	get := func(u string) (int, string, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", u, nil)
+		req.Header.Set("Accept-Language", "it-IT,it")
+		return do(t, hc, req)
+	}
+	post := func(path string, f url.Values) (int, string, string) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", "http://10.20.0.1:2050"+path, strings.NewReader(f.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Accept-Language", "it-IT,it")
+		return do(t, hc, req)
+	}
+	orig := "http://" + s.l.OtherIP.String() + "/"
+
+	// Captive: the phone's request lands on the portal, which offers the
+	// policy's methods (no click-through: the policy does not have it).
+	code, loc, _ := get(orig)
+	if code != http.StatusFound || !strings.HasPrefix(loc, "http://10.20.0.1:2050/portal/?url=") {
+		t.Fatalf("captive request: %d %q", code, loc)
+	}
+	code, _, land := get(loc)
+	if code != 200 || !strings.Contains(land, `action="/portal/sms"`) || !strings.Contains(land, `action="/portal/voucher"`) || strings.Contains(land, `action="/portal/grant"`) {
+		t.Fatalf("landing %d does not follow the policy:\n%s", code, land)
+	}
+
+	// The number: the controller asks the provider to text a code.
+	f := hiddenFields(t, land, "/portal/sms")
+	f.Set("phone", "333 123 4567")
+	f.Set("accept", "1")
+	code, _, codePage := post("/portal/sms", f)
+	if code != 200 || !strings.Contains(codePage, `autocomplete="one-time-code"`) {
+		t.Fatalf("code page %d:\n%s", code, codePage)
+	}
+	var text smsText
+	select {
+	case text = <-texts:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the provider received no message")
+	}
+	if text.To != "+393331234567" {
+		t.Errorf("texted to %q, want +393331234567", text.To)
+	}
+	otp := regexp.MustCompile(`\b[0-9]{6}\b`).FindString(text.Text)
+	if otp == "" {
+		t.Fatalf("no code in %q", text.Text)
+	}
+
+	// A wrong code first: refused, translated, nothing opens.
+	v := hiddenFields(t, codePage, "/portal/sms/verify")
+	wrong := "000000"
+	if otp == wrong {
+		wrong = "111111"
+	}
+	v.Set("code", wrong)
+	code, _, page := post("/portal/sms/verify", v)
+	if code != http.StatusBadRequest || !strings.Contains(page, "Il codice non è corretto.") {
+		t.Fatalf("wrong code: %d\n%s", code, page)
+	}
+	if r := fetch(phone.NS, 3*time.Second, orig); r.upstream() {
+		t.Fatal("a wrong code let the phone out")
+	}
+	// The right code: the session opens and the phone goes on to where it
+	// was going.
+	v.Set("code", otp)
+	t0 := time.Now()
+	code, loc, _ = post("/portal/sms/verify", v)
+	if code != http.StatusSeeOther || loc != orig {
+		t.Fatalf("code accepted: %d %q, want 303 to %q", code, loc, orig)
+	}
+	eventually(t, 5*time.Second, "the phone reaches the internet", func() (bool, string) {
+		r := fetch(phone.NS, 2*time.Second, orig)
+		return r.upstream(), r.String()
+	})
+	t.Logf("from submitting the code to the upstream's answer: %v", time.Since(t0).Round(time.Millisecond))
+	sess := phoneSession(t, s, phone.IP.String())
+	if sess.Method != "sms" || sess.UpRate != 5_000_000 {
+		t.Errorf("session %+v: want method sms and the policy's 5mbit", sess)
+	}
+	// The same code again: single use at the controller, nothing new here.
+	if code, _, _ := post("/portal/sms/verify", v); code < 400 {
+		t.Errorf("the code was accepted twice: %d", code)
+	}
+
+	// Log out; the device is remembered: one tap lets it in again.
+	_, _, status := get("http://10.20.0.1:2050/portal/status")
+	code, _, _ = post("/portal/logout", hiddenFields(t, status, "/portal/logout"))
+	if code != 200 {
+		t.Fatalf("logout: %d", code)
+	}
+	eventually(t, 5*time.Second, "the phone is captive again", func() (bool, string) {
+		r := fetch(phone.NS, 2*time.Second, orig)
+		return r.Code == http.StatusFound, r.String()
+	})
+	_, _, land = get("http://10.20.0.1:2050/portal/")
+	code, loc, _ = post("/portal/remembered", hiddenFields(t, land, "/portal/remembered"))
+	if code != http.StatusSeeOther {
+		t.Fatalf("remembered: %d %q", code, loc)
+	}
+	eventually(t, 5*time.Second, "the remembered phone reaches the internet", func() (bool, string) {
+		r := fetch(phone.NS, 2*time.Second, orig)
+		return r.upstream(), r.String()
+	})
+	again := phoneSession(t, s, phone.IP.String())
+	if again.Method != "remembered" || again.UpRate != 5_000_000 {
+		t.Errorf("remembered session %+v, want method remembered and the policy's 5mbit", again)
+	}
+	// Nowhere in the gateway's log is the number.
+	if strings.Contains(s.log(), "3331234567") || strings.Contains(s.log(), "333 123 4567") {
+		t.Error("the phone number is in the gateway's log")
+	}
+}
+
+func do(t *testing.T, hc *http.Client, req *http.Request) (int, string, string) {
+	t.Helper()
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, resp.Header.Get("Location"), string(b)
+}
+
+var hiddenRE = regexp.MustCompile(`<input type="hidden" name="([a-z_]+)" value="([^"]*)">`)
+
+// hiddenFields are the hidden inputs of the form posting to action.
+func hiddenFields(t *testing.T, page, action string) url.Values {
+	t.Helper()
+	i := strings.Index(page, `action="`+action+`"`)
+	if i < 0 {
+		t.Fatalf("no form for %s in:\n%s", action, page)
+	}
+	end := strings.Index(page[i:], "</form>")
+	v := url.Values{}
+	for _, m := range hiddenRE.FindAllStringSubmatch(page[i:i+end], -1) {
+		v.Set(m[1], html.UnescapeString(m[2]))
+	}
+	return v
+}
+
+type phoneSess struct {
+	Method string
+	UpRate uint64
+}
+
+func phoneSession(t *testing.T, s *site, ip string) phoneSess {
+	t.Helper()
+	for _, c := range s.clients() {
+		if c.IP == ip && c.Session != nil {
+			return phoneSess{Method: c.Session.Method, UpRate: c.Session.UpRate}
+		}
+	}
+	t.Fatalf("no session for %s", ip)
+	return phoneSess{}
+}
