@@ -96,6 +96,7 @@ login:
 	}
 	// The SMS provider: its webhook API, inside the upstream namespace.
 	texts := make(chan smsText, 8)
+	var voucherCode string
 	s := newSiteWith(t, 1, gatewayYAML(dir, "gw-a"), func(l *lab.Lab) {
 		renameSite(t, l, "parco-a")
 		tw.l, tw.ns = l, l.Upstream
@@ -118,6 +119,24 @@ login:
 		})}
 		go provider.Serve(ln)
 		t.Cleanup(func() { provider.Close() })
+		// A front desk prints a voucher (before the controller runs: the
+		// embedded store is locked while it does).
+		sheet := filepath.Join(dir, "sheet.html")
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if out, err := l.Upstream.Run(ctx, tw.bin, "vouchers", "-config", tw.conf, "-site", "parco-a", "-count", "1",
+			"-out", sheet, "-portal", "http://10.20.0.1:2050"); err != nil {
+			t.Fatalf("controller vouchers: %v\n%s", err, out)
+		}
+		b, err := os.ReadFile(sheet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := regexp.MustCompile(`<div class="code">([^<]+)</div>`).FindStringSubmatch(string(b))
+		if m == nil {
+			t.Fatalf("no voucher code on the sheet:\n%s", b)
+		}
+		voucherCode = html.UnescapeString(m[1])
 		tw.start()
 		t.Cleanup(tw.stop)
 	})
@@ -212,11 +231,14 @@ login:
 	}
 
 	// Log out; the device is remembered: one tap lets it in again.
-	_, _, status := get("http://10.20.0.1:2050/portal/status")
-	code, _, _ = post("/portal/logout", hiddenFields(t, status, "/portal/logout"))
-	if code != 200 {
-		t.Fatalf("logout: %d", code)
+	logout := func() {
+		t.Helper()
+		_, _, status := get("http://10.20.0.1:2050/portal/status")
+		if code, _, _ := post("/portal/logout", hiddenFields(t, status, "/portal/logout")); code != 200 {
+			t.Fatalf("logout: %d", code)
+		}
 	}
+	logout()
 	eventually(t, 5*time.Second, "the phone is captive again", func() (bool, string) {
 		r := fetch(phone.NS, 2*time.Second, orig)
 		return r.Code == http.StatusFound, r.String()
@@ -234,6 +256,28 @@ login:
 	if again.Method != "remembered" || again.UpRate != 5_000_000 {
 		t.Errorf("remembered session %+v, want method remembered and the policy's 5mbit", again)
 	}
+	// A visitor's voucher: the printed QR code's URL fills the field; the
+	// terms accepted, the session opens.
+	logout()
+	code, _, land = get("http://10.20.0.1:2050/portal/?voucher=" + url.QueryEscape(voucherCode))
+	if code != 200 || !strings.Contains(land, `value="`+voucherCode+`"`) {
+		t.Fatalf("the voucher's QR URL: %d, code %q not in its field", code, voucherCode)
+	}
+	f = hiddenFields(t, land, "/portal/voucher")
+	f.Set("voucher", strings.ToLower(voucherCode))
+	f.Set("accept", "1")
+	code, loc, page = post("/portal/voucher", f)
+	if code != http.StatusSeeOther {
+		t.Fatalf("voucher: %d %q\n%s", code, loc, page)
+	}
+	eventually(t, 5*time.Second, "the voucher's phone reaches the internet", func() (bool, string) {
+		r := fetch(phone.NS, 2*time.Second, orig)
+		return r.upstream(), r.String()
+	})
+	if vs := phoneSession(t, s, phone.IP.String()); vs.Method != "voucher" {
+		t.Errorf("voucher session %+v", vs)
+	}
+
 	// Nowhere in the gateway's log is the number.
 	if strings.Contains(s.log(), "3331234567") || strings.Contains(s.log(), "333 123 4567") {
 		t.Error("the phone number is in the gateway's log")
