@@ -228,6 +228,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	lastFull := time.Now()
 	flush := time.NewTicker(g.o.FlushInterval)
 	defer flush.Stop()
+	prune := time.NewTicker(time.Hour)
+	defer prune.Stop()
+	g.pruneEnded()
 	for {
 		select {
 		case <-ctx.Done():
@@ -256,7 +259,27 @@ func (g *Gateway) Run(ctx context.Context) error {
 				g.o.Metrics.errors.WithLabelValues("store").Inc()
 				g.log.Error("saving counters", "err", err)
 			}
+		case <-prune.C:
+			g.pruneEnded()
 		}
+	}
+}
+
+// EndedRetention is how long ended sessions stay in the store: longer than
+// any lockout or daily allowance needs them (the controller's outbox has
+// the accounting), so that the store, read at every start and policy
+// change, does not grow with every session the site ever had.
+const EndedRetention = 32 * 24 * time.Hour
+
+func (g *Gateway) pruneEnded() {
+	n, err := g.o.Store.PruneEnded(g.now().Add(-EndedRetention))
+	if err != nil {
+		g.o.Metrics.errors.WithLabelValues("store").Inc()
+		g.log.Error("pruning ended sessions", "err", err)
+		return
+	}
+	if n > 0 {
+		g.log.Info("ended sessions pruned", "count", n, "older_than", EndedRetention)
 	}
 }
 

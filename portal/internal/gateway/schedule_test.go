@@ -229,3 +229,24 @@ func TestDailyQuotaLockoutAfterRestartIsYesterdays(t *testing.T) {
 		t.Errorf("the next day, after a restart: %v, want a new session", err)
 	}
 }
+
+// Ended sessions are kept only as long as daily allowances and lockouts
+// need them: the store read at every start and every policy change must not
+// grow with every session the site ever had.
+func TestEndedSessionsPruned(t *testing.T) {
+	r := newRig(t, "", nil)
+	now := r.clk.now()
+	old := &Session{ID: "old", MAC: mac1, IP: ip1, Started: now.AddDate(0, 0, -41), Ended: now.AddDate(0, 0, -40), EndReason: "idle"}
+	recent := &Session{ID: "recent", MAC: mac2, IP: ip2, Started: now.Add(-2 * time.Hour), Ended: now.Add(-time.Hour), EndReason: "idle"}
+	if err := r.store.Put(old, recent); err != nil {
+		t.Fatal(err)
+	}
+	r.gw.pruneEnded()
+	ended, err := r.store.Ended()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ended) != 1 || ended[0].ID != "recent" {
+		t.Errorf("after pruning: %d ended sessions %+v, want only the recent one", len(ended), ended)
+	}
+}
