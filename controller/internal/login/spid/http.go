@@ -165,14 +165,14 @@ func (s *SP) serveACS(w http.ResponseWriter, r *http.Request) {
 		s.page(w, http.StatusServiceUnavailable, "unavailable")
 		return
 	}
-	result := "ok"
+	outcome := "ok"
 	if reason != "" {
-		result = reason
+		outcome = reason
 		s.log.Warn("SPID response refused", "site", p.Site, "gateway", p.Gateway, "idp", p.IdP, "request", p.RequestID, "reason", reason)
 	} else {
 		s.log.Info("SPID login verified", "site", p.Site, "gateway", p.Gateway, "idp", p.IdP, "level", res.Got, "user", res.User)
 	}
-	s.outcomes.WithLabelValues(result).Inc()
+	s.outcomes.WithLabelValues(outcome).Inc()
 	u, _ := url.Parse(p.ReturnURL)
 	q := u.Query()
 	q.Set("state", token)
