@@ -306,11 +306,18 @@ func (l *Link) heartbeats(ctx context.Context) error {
 	}
 }
 
+// CommandMaxAge is how old a remote command may be when the gateway gets
+// it: a kick or extension queued while the gateway was unreachable is not
+// run hours later against whatever session the device has by then.
+const CommandMaxAge = 15 * time.Minute
+
 // command runs one remote operation.
 func (l *Link) command(ctx context.Context, c apiclient.Command) apiclient.CommandAck {
 	ack := apiclient.CommandAck{ID: c.ID, OK: true}
 	mac, err := net.ParseMAC(c.ClientMAC)
-	if err == nil {
+	if age := time.Since(c.IssuedAt); err == nil && !c.IssuedAt.IsZero() && age > CommandMaxAge {
+		err = fmt.Errorf("expired: issued %s ago, at most %s", age.Round(time.Second), CommandMaxAge)
+	} else if err == nil {
 		switch c.Kind {
 		case apiclient.CommandKick:
 			_, err = l.gw.Close(ctx, mac, netip.Addr{}, "kicked")

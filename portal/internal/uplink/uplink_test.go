@@ -1,7 +1,10 @@
 package uplink
 
 import (
+	"context"
+	"log/slog"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,6 +14,7 @@ import (
 	"github.com/civicwifi/civicwifi/controller/apiclient/outbox"
 	"github.com/civicwifi/civicwifi/internal/quantity"
 	"github.com/civicwifi/civicwifi/portal/internal/config"
+	"github.com/civicwifi/civicwifi/portal/internal/control"
 	"github.com/civicwifi/civicwifi/portal/internal/gateway"
 	"github.com/google/go-cmp/cmp"
 )
@@ -126,5 +130,40 @@ func TestEventsClockSetBack(t *testing.T) {
 	}
 	if len(got) != 2 || got[1].Kind != apiclient.EventStop || !got[1].At.Equal(start) || got[1].BytesDown != 700 {
 		t.Errorf("queued %+v, want the interim and the stop at the session's start with its bytes", got)
+	}
+}
+
+// recordingGateway records the remote operations the link runs.
+type recordingGateway struct{ ops []string }
+
+func (g *recordingGateway) SetPolicy(context.Context, config.Limits) error { return nil }
+func (g *recordingGateway) SetSchedule(*gateway.Schedule)                  {}
+func (g *recordingGateway) Close(_ context.Context, mac net.HardwareAddr, _ netip.Addr, reason string) (*gateway.Session, error) {
+	g.ops = append(g.ops, "close "+mac.String()+" "+reason)
+	return &gateway.Session{}, nil
+}
+func (g *recordingGateway) Extend(_ context.Context, mac net.HardwareAddr, d time.Duration) (*gateway.Session, error) {
+	g.ops = append(g.ops, "extend "+mac.String()+" "+d.String())
+	return &gateway.Session{}, nil
+}
+func (g *recordingGateway) Status(context.Context) (control.Status, error) {
+	return control.Status{}, nil
+}
+
+// A kick or extension queued while the gateway was unreachable (a power
+// cut, a broken uplink) is not run hours later against whatever session the
+// device has by then: it is acked as failed, expired.
+func TestCommandsExpire(t *testing.T) {
+	gw := &recordingGateway{}
+	l := &Link{gw: gw, log: slog.New(slog.DiscardHandler)}
+	ctx := context.Background()
+	now := time.Now()
+	fresh := l.command(ctx, apiclient.Command{ID: "c1", Kind: apiclient.CommandKick, ClientMAC: "02:00:00:00:00:01", IssuedAt: now.Add(-time.Minute)})
+	stale := l.command(ctx, apiclient.Command{ID: "c2", Kind: apiclient.CommandKick, ClientMAC: "02:00:00:00:00:02", IssuedAt: now.Add(-3 * time.Hour)})
+	if !fresh.OK || stale.OK || !strings.Contains(stale.Error, "expired") {
+		t.Errorf("acks %+v %+v, want the fresh one done and the stale one failed as expired", fresh, stale)
+	}
+	if diff := cmp.Diff([]string{"close 02:00:00:00:00:01 kicked"}, gw.ops); diff != "" {
+		t.Errorf("operations (-want +got):\n%s", diff)
 	}
 }
