@@ -45,7 +45,8 @@ type IdP struct{ EntityID, Name, LogoURL string }
 
 // LoginError is a refusal the resident sees, translated by its Code (the
 // controller's codes, see controller/apiclient, plus the gateway's own:
-// grant_refused).
+// grant_refused for a grant that does not check out, gateway_refused when
+// the site's rules say no: closed, full, the device's daily data used up).
 type LoginError struct {
 	Code       string
 	RetryAfter time.Duration
@@ -67,7 +68,7 @@ func (e *LoginError) Unwrap() error { return e.Err }
 var LoginCodes = []string{
 	"bad_number", "country_not_allowed", "not_mobile", "rate_limited", "budget_exhausted", "provider_failed",
 	"wrong_code", "expired", "too_many_tries", "bad_voucher", "voucher_used", "method_not_allowed", "no_consent",
-	"not_connected", "not_remembered", "grant_refused", "unavailable",
+	"not_connected", "not_remembered", "grant_refused", "gateway_refused", "unavailable",
 }
 
 // Method names of the site policy's login_methods.
@@ -133,7 +134,7 @@ func loginStatus(code string) int {
 		return http.StatusTooManyRequests
 	case "provider_failed", "unavailable":
 		return http.StatusServiceUnavailable
-	case "method_not_allowed", "not_connected", "grant_refused", "voucher_used":
+	case "method_not_allowed", "not_connected", "grant_refused", "gateway_refused", "voucher_used":
 		return http.StatusForbidden
 	default:
 		return http.StatusBadRequest

@@ -258,7 +258,8 @@ func (s *Service) Use(ctx context.Context, g apiclient.Grant, mac, ip string) er
 	sess, err := s.gw.Open(ctx, gateway.Grant{MAC: hw, IP: addr, Method: g.Method, User: g.User, Limits: s.limits(g)})
 	if err != nil {
 		if errors.Is(err, gateway.ErrRefused) {
-			return &captive.LoginError{Code: "grant_refused", Err: err}
+			// The site's rules: closed, full, the day's data used up.
+			return &captive.LoginError{Code: "gateway_refused", Err: err}
 		}
 		return fmt.Errorf("opening session for grant %s: %w", g.ID, err)
 	}

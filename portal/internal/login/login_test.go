@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -302,6 +303,21 @@ func TestLoginErrorCodes(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// The site's rules refuse a valid grant (closed, full): the resident is
+// told so, not that the login failed.
+func TestGatewayRefuses(t *testing.T) {
+	h := newHarness(t)
+	h.gw.refuse = fmt.Errorf("%w: the site is closed now (it opens Mon 08:00)", gateway.ErrRefused)
+	f := h.get("/portal/").hidden(t, "/portal/voucher")
+	f.Set("voucher", "ABCD-2345")
+	f.Set("accept", "1")
+	p := h.post("/portal/voucher", f)
+	status(t, p, http.StatusForbidden)
+	if !p.has(catalogue(t, "en")["login.err.gateway_refused"]) {
+		t.Errorf("page:\n%s", p.body)
 	}
 }
 
