@@ -415,6 +415,12 @@ func (s *Server) renderCode(c echo.Context, status int, l *Lang, ip netip.Addr, 
 	if wait := st.resendAt.Sub(now); wait > 0 {
 		d.SMS.ResendWait = int((wait + time.Second - 1) / time.Second)
 	}
+	back := url.Values{"lang": {l.Code}}
+	if target != "" {
+		back.Set("url", target)
+		back.Set("sig", sig)
+	}
+	d.SMS.Back = "/portal/?" + back.Encode() // another number, still going on to the original URL
 	b, err := s.pages.render("code", d)
 	if err != nil {
 		return err
@@ -441,7 +447,8 @@ type smsFields struct {
 	RID, Phone, State string
 	Masked            string
 	ResendAt, Expires int64
-	ResendWait        int // seconds until a new code may be asked for
+	ResendWait        int    // seconds until a new code may be asked for
+	Back              string // the landing page, keeping the language and the original URL
 }
 
 // landingExtra keeps what the resident typed when the landing page comes

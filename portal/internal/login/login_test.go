@@ -111,6 +111,7 @@ func TestSMSLogin(t *testing.T) {
 		`autocomplete="one-time-code" inputmode="numeric" pattern="[0-9]{6}"`,
 		"We sent a 6-digit code by text message to the number ending in 567.",
 		"You can ask for a new code in 30 seconds.",
+		`<a href="/portal/?lang=en&sig=`, // "use another number" keeps the original URL
 	} {
 		if !code.has(want) {
 			t.Errorf("code page lacks %q", want)
