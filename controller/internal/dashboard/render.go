@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"html/template"
 	"net"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"strings"
@@ -159,8 +158,6 @@ func safeNext(next string) string {
 func netipToIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
-
-var _ = http.StatusOK
 
 func hashID(s string) string {
 	h := sha256.Sum256([]byte(s))

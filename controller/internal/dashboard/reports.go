@@ -1,7 +1,6 @@
 package dashboard
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"sort"
@@ -9,6 +8,7 @@ import (
 	"time"
 
 	"github.com/civicwifi/civicwifi/controller/internal/sites"
+	"github.com/civicwifi/civicwifi/controller/internal/stats"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/labstack/echo/v4"
 	dto "github.com/prometheus/client_model/go"
@@ -73,100 +73,79 @@ func (d *Dashboard) reports(c echo.Context) error {
 	starts, to, layout := d.period(rd.Period, now)
 	from := starts[0]
 	rd.Range = fmt.Sprintf("%s – %s", from.In(d.loc()).Format("2006-01-02 15:04"), to.In(d.loc()).Format("2006-01-02 15:04 MST"))
-	var rs []store.Rollup
-	for _, id := range ids {
-		var part []store.Rollup
-		var err error
-		if rd.Period == "hour" {
-			part, err = d.o.Store.Hourly(ctx, id, from, to)
-		} else {
-			part, err = d.o.Store.Daily(ctx, id, from, to)
+	// The numbers are package stats' (the same as the exports'): its series per hour, day or month, and its
+	// totals over the whole range.
+	eng := stats.New(d.o.Store, d.loc())
+	pts, err := eng.Series(ctx, ids, from, to, stats.Step(rd.Period))
+	if err != nil {
+		return fmt.Errorf("reading the series: %w", err)
+	}
+	// The range's totals are the points' sums (the rollups are read once), with the distinct users of the
+	// whole range counted once by the store (as stats.Engine.Totals does).
+	tot := stats.Totals{Methods: map[string]int64{}}
+	for _, p := range pts {
+		tot.Sessions += p.Sessions
+		tot.OnlineMS += p.OnlineMS
+		tot.BytesDown += p.BytesDown
+		tot.BytesUp += p.BytesUp
+	}
+	if rd.Period != "hour" {
+		if tot.DistinctUsers, err = d.o.Store.DistinctUsers(ctx, from, to.Add(-time.Millisecond), ids...); err != nil {
+			return fmt.Errorf("counting distinct users: %w", err)
 		}
-		if err != nil {
-			return fmt.Errorf("reading counters of %s: %w", id, err)
+	}
+	labels := make([]string, len(pts))
+	col := func(f func(stats.Totals) float64) []float64 {
+		v := make([]float64, len(pts))
+		for i, p := range pts {
+			v[i] = f(p.Totals)
 		}
-		rs = append(rs, part...)
+		return v
 	}
-	labels := make([]string, len(starts))
-	for i, t := range starts {
-		labels[i] = t.In(d.loc()).Format(layout)
+	for i, p := range pts {
+		labels[i] = p.Start.In(d.loc()).Format(layout)
 	}
-	sum := func(name string) []float64 {
-		return sumInto(starts, rs, func(m map[string]int64) float64 { return float64(m[name]) })
-	}
-	sessions := sum(store.CounterSessions)
-	rd.Charts = append(rd.Charts, stacked("Sessions started", labels, []seriesData{{Name: "sessions", Values: sessions, Format: count}}))
-
-	users := stacked("Distinct users", labels, []seriesData{{Name: "users", Values: make([]float64, len(starts)), Format: count}})
-	totalUsers := 0
+	rd.Charts = append(rd.Charts, stacked("Sessions started", labels, []seriesData{
+		{Name: "sessions", Values: col(func(t stats.Totals) float64 { return float64(t.Sessions) }), Format: count}}))
+	users := stacked("Distinct users", labels, []seriesData{
+		{Name: "users", Values: col(func(t stats.Totals) float64 { return float64(t.DistinctUsers) }), Format: count}})
 	if rd.Period == "hour" {
 		users.Note = "Distinct users are counted per day, not per hour: choose day or month."
 		users.SVG = ""
 	} else {
-		vals := make([]float64, len(starts))
-		for i, st := range starts {
-			end := to
-			if i+1 < len(starts) {
-				end = starts[i+1]
-			}
-			n, err := d.o.Store.DistinctUsers(ctx, st, end.Add(-time.Second), ids...)
-			if err != nil {
-				return fmt.Errorf("counting distinct users: %w", err)
-			}
-			vals[i] = float64(n)
-		}
-		users = stacked("Distinct users", labels, []seriesData{{Name: "users", Values: vals, Format: count}})
 		users.Note = "Each user counted once per bar, across the sites shown. Days whose user lists were purged after the retention period count nobody."
-		var err error
-		if totalUsers, err = d.o.Store.DistinctUsers(ctx, from, to.Add(-time.Second), ids...); err != nil {
-			return fmt.Errorf("counting distinct users: %w", err)
-		}
 	}
 	rd.Charts = append(rd.Charts, users)
 	bytesF := func(v float64) string { return humanBytes(v) }
 	rd.Charts = append(rd.Charts, stacked("Data (down + up)", labels, []seriesData{
-		{Name: "down", Values: sum(store.CounterBytesDown), Format: bytesF},
-		{Name: "up", Values: sum(store.CounterBytesUp), Format: bytesF},
+		{Name: "down", Values: col(func(t stats.Totals) float64 { return float64(t.BytesDown) }), Format: bytesF},
+		{Name: "up", Values: col(func(t stats.Totals) float64 { return float64(t.BytesUp) }), Format: bytesF},
 	}))
 	methods := map[string]bool{}
-	for _, r := range rs {
-		for k := range r.Counters {
-			if strings.HasPrefix(k, "method:") {
-				methods[k] = true
+	for _, p := range pts {
+		for m, n := range p.Methods {
+			if n > 0 {
+				methods[m] = true
 			}
 		}
 	}
 	var ms []seriesData
-	for _, k := range sortedKeys(methods) {
-		ms = append(ms, seriesData{Name: strings.TrimPrefix(k, "method:"), Values: sum(k), Format: count})
+	for _, m := range sortedKeys(methods) {
+		ms = append(ms, seriesData{Name: m, Values: col(func(t stats.Totals) float64 { return float64(t.Methods[m]) }), Format: count})
 	}
 	mc := stacked("Login methods", labels, ms)
 	if len(ms) == 0 {
 		mc.Note = "No session in this range recorded a login method."
 	}
 	rd.Charts = append(rd.Charts, mc)
-
-	var tot [4]float64
-	for _, v := range sessions {
-		tot[0] += v
-	}
-	for _, v := range sum(store.CounterOnlineMS) {
-		tot[1] += v
-	}
-	for _, v := range sum(store.CounterBytesDown) {
-		tot[2] += v
-	}
-	for _, v := range sum(store.CounterBytesUp) {
-		tot[3] += v
-	}
 	rd.Totals = []fact{
-		{"Sessions", count(tot[0])},
-		{"Hours online", fmt.Sprintf("%.1f", tot[1]/3.6e6)},
-		{"Data down", humanBytes(tot[2])},
-		{"Data up", humanBytes(tot[3])},
+		{"Sessions", fmt.Sprint(tot.Sessions)},
+		{"Hours online", fmt.Sprintf("%.1f", tot.OnlineHours())},
+		{"Data down", humanBytes(tot.BytesDown)},
+		{"Data up", humanBytes(tot.BytesUp)},
 	}
 	if rd.Period != "hour" {
-		rd.Totals = append([]fact{{"Distinct users", fmt.Sprint(totalUsers)}}, rd.Totals...)
+		rd.Totals = append([]fact{{"Distinct users", fmt.Sprint(tot.DistinctUsers)}}, rd.Totals...)
 	}
 	return d.render(c, http.StatusOK, "reports", page{Title: "Reports", Session: sessionOf(c), Nav: "reports", Data: rd})
 }
@@ -274,5 +253,3 @@ func rowsOf(f *dto.MetricFamily) []metricRow {
 	sort.Slice(out, func(i, j int) bool { return out[i].Labels < out[j].Labels })
 	return out
 }
-
-var _ = context.Background
