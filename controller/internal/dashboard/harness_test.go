@@ -253,3 +253,5 @@ func writeFile(t *testing.T, path, s string) {
 		t.Fatal(err)
 	}
 }
+
+func chmod(path string, mode os.FileMode) error { return os.Chmod(path, mode) }
