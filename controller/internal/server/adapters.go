@@ -251,6 +251,23 @@ func (r registry) DeleteAP(ctx context.Context, mac string) error {
 	return r.srv.st.Delete(ctx, apKey(mac))
 }
 
+// ForgetAP deletes an access point's enrollment record from st, so that it can enroll again with the installation's
+// token (after a factory reset, or a replacement with the same MAC): apapi refuses to enroll a MAC twice. It
+// returns store.ErrNotFound (wrapped) for an AP that is not enrolled.
+func ForgetAP(ctx context.Context, st store.Store, mac string) error {
+	m, err := apapi.NormalizeMAC(mac)
+	if err != nil {
+		return err
+	}
+	if _, err := st.Get(ctx, apKey(m)); err != nil {
+		return fmt.Errorf("forgetting access point %s: %w", m, err)
+	}
+	if err := st.Delete(ctx, apKey(m)); err != nil {
+		return fmt.Errorf("forgetting access point %s: %w", m, err)
+	}
+	return nil
+}
+
 // ListAPs lists the enrolled APs among those of sites.yaml and those that ever checked in.
 func (r registry) ListAPs(ctx context.Context) ([]apapi.Record, error) {
 	macs := map[string]bool{}

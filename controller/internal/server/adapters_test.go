@@ -2,11 +2,13 @@ package server
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/controller/internal/apapi"
 	"github.com/civicwifi/civicwifi/controller/internal/gwapi"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/civicwifi/civicwifi/controller/internal/store/boltstore"
@@ -60,5 +62,39 @@ func TestSinkGatewayMovedToAnotherSite(t *testing.T) {
 	}
 	if got, _ := st.SiteTotals(ctx, "parco"); got.BytesDown != 500 {
 		t.Errorf("another gateway's event changed parco's bytes to %d", got.BytesDown)
+	}
+}
+
+// An enrolled AP that was factory-reset (or replaced by one with the same MAC) enrolls again only after
+// ForgetAP; before, its enrollment is refused (the old record's secret would otherwise be taken over).
+func TestForgetAP(t *testing.T) {
+	ctx := context.Background()
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "c.db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	reg := registry{&Server{st: st}}
+	rec := apapi.Record{MAC: "02:00:00:00:00:01", SecretHash: []byte("old"), EnrolledAt: time.Now()}
+	if err := reg.CreateAP(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.CreateAP(ctx, rec); !errors.Is(err, apapi.ErrExists) {
+		t.Fatalf("second enrollment before forgetting: %v, want ErrExists", err)
+	}
+	if err := ForgetAP(ctx, st, "02-00-00-00-00-01"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.GetAP(ctx, rec.MAC); !errors.Is(err, apapi.ErrUnknownAP) {
+		t.Errorf("record after ForgetAP: %v, want ErrUnknownAP", err)
+	}
+	if err := reg.CreateAP(ctx, rec); err != nil {
+		t.Errorf("enrollment after ForgetAP: %v", err)
+	}
+	if err := ForgetAP(ctx, st, "02:00:00:00:00:09"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("ForgetAP of an AP never enrolled: %v, want ErrNotFound", err)
+	}
+	if err := ForgetAP(ctx, st, "nonsense"); err == nil {
+		t.Error("ForgetAP of a bad MAC: no error")
 	}
 }
