@@ -16,8 +16,10 @@ import (
 	"time"
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/controller/internal/dashboard"
 	"github.com/civicwifi/civicwifi/controller/internal/server"
 	"github.com/civicwifi/civicwifi/controller/internal/sites"
+	"github.com/civicwifi/civicwifi/controller/internal/stats"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/civicwifi/civicwifi/controller/internal/store/boltstore"
 	"github.com/civicwifi/civicwifi/controller/internal/store/redisstore"
@@ -55,7 +57,8 @@ func runDaemon(ctx context.Context, e *env, args []string) error {
 	log := slog.New(h)
 
 	// sites.yaml is checked before anything is opened or created: a controller that cannot start changes nothing.
-	if _, err := sites.Load(cfg.Sites); err != nil {
+	town, err := sites.Load(cfg.Sites)
+	if err != nil {
 		fmt.Fprintln(e.stderr, err)
 		return errReported
 	}
@@ -75,7 +78,8 @@ func runDaemon(ctx context.Context, e *env, args []string) error {
 		}
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	st, err := openStore(ctx, cfg, log)
+	// Days (daily rollups, distinct users, reports) are the town's.
+	st, err := openStore(ctx, cfg, town.Town.Timezone, log)
 	if err != nil {
 		return err
 	}
@@ -92,6 +96,12 @@ func runDaemon(ctx context.Context, e *env, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Store latency, SMS cost and budget (package stats), around the store every part uses.
+	metrics, err := stats.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	st = metrics.Instrument(st)
 	srv, err := server.New(server.Options{
 		SitesPath: cfg.Sites, Store: st, SigningKey: key, EnrollTokens: tokens, AppliedCopy: cfg.AppliedCopy(),
 		APCheckin: cfg.APCheckin, APMissedCheckins: cfg.APMissedCheckins, ReloadCheck: cfg.Reload, MaxWait: maxWait,
@@ -102,21 +112,55 @@ func runDaemon(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintln(e.stderr, err)
 		return errReported
 	}
+	// Sites, gateways and access points up, residents online: read from the store at each scrape.
+	if err := reg.Register(stats.NewCollector(st, srv.Config, stats.CollectorOptions{Log: log.With("component", "stats")})); err != nil {
+		return fmt.Errorf("registering the statistics: %w", err)
+	}
+	// The operators' dashboard: on the API's listener under /admin/, or on its own (an internal address).
+	api := srv.Handler()
+	var dash *dashboard.Dashboard
+	if cfg.Admin.Enabled() {
+		deps := dashboard.Deps{Store: st, Sites: srv.Config, Commands: srv, Gatherer: reg, Log: log.With("component", "dashboard")}
+		if lg := srv.Login(); lg != nil {
+			deps.Vouchers = lg.Vouchers() // the same pepper: printed codes redeem
+		}
+		if dash, err = dashboard.Setup(ctx, cfg.Admin, deps); err != nil {
+			return fmt.Errorf("setting up the dashboard: %w", err)
+		}
+		if cfg.Admin.Listen == "" {
+			api = dashboard.Mount(api, dash)
+		}
+	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listening for the API: %w", err)
 	}
-	var mln net.Listener
+	var mln, aln net.Listener
 	if cfg.MetricsListen != "" {
 		if mln, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
 			ln.Close()
 			return fmt.Errorf("listening for metrics: %w", err)
 		}
 	}
+	if dash != nil && cfg.Admin.Listen != "" {
+		if aln, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
+			ln.Close()
+			if mln != nil {
+				mln.Close()
+			}
+			return fmt.Errorf("listening for the dashboard: %w", err)
+		}
+	}
 	attrs := []any{"api", ln.Addr().String(), "tls", tlsCfg != nil, "store", storeKind(cfg.Store)}
 	if mln != nil {
 		attrs = append(attrs, "metrics", mln.Addr().String())
+	}
+	switch {
+	case aln != nil:
+		attrs = append(attrs, "dashboard", aln.Addr().String())
+	case dash != nil:
+		attrs = append(attrs, "dashboard", ln.Addr().String()+" /admin/")
 	}
 	log.Info("controller listening", attrs...)
 	if started != nil {
@@ -124,7 +168,10 @@ func runDaemon(ctx context.Context, e *env, args []string) error {
 	}
 
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serveAPI(ctx, ln, srv.Handler(), tlsCfg, log) })
+	g.Go(func() error { return serveAPI(ctx, ln, api, tlsCfg, log) })
+	if aln != nil {
+		g.Go(func() error { return serveAPI(ctx, aln, dashboard.Mount(http.NotFoundHandler(), dash), tlsCfg, log) })
+	}
 	if mln != nil {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -182,12 +229,12 @@ func storeKind(s string) string {
 
 // openStore opens the embedded store or connects to Redis with the password from $CIVICWIFI_REDIS_PASSWORD or
 // redis_password_file.
-func openStore(ctx context.Context, cfg server.FileConfig, log *slog.Logger) (store.Store, error) {
+func openStore(ctx context.Context, cfg server.FileConfig, loc *time.Location, log *slog.Logger) (store.Store, error) {
 	if p, ok := strings.CutPrefix(cfg.Store, "bolt:"); ok {
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			return nil, fmt.Errorf("opening the store: %w", err)
 		}
-		st, err := boltstore.Open(p, boltstore.Options{Log: log.With("component", "boltstore")})
+		st, err := boltstore.Open(p, boltstore.Options{Log: log.With("component", "boltstore"), Location: loc})
 		if err != nil {
 			return nil, fmt.Errorf("opening the store: %w", err)
 		}
@@ -199,7 +246,7 @@ func openStore(ctx context.Context, cfg server.FileConfig, log *slog.Logger) (st
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	st, err := redisstore.Open(cctx, u, redisstore.Options{})
+	st, err := redisstore.Open(cctx, u, redisstore.Options{Location: loc})
 	if err != nil {
 		return nil, fmt.Errorf("opening the store: %w", err)
 	}

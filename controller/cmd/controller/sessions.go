@@ -43,7 +43,7 @@ func sessions(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintln(e.stderr, err)
 		return errReported
 	}
-	st, err := openStore(ctx, cfg, slog.New(slog.DiscardHandler))
+	st, err := openStore(ctx, cfg, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}

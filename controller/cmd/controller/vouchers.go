@@ -103,7 +103,7 @@ func vouchers(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := openStore(ctx, cfg, slog.New(slog.DiscardHandler))
+	st, err := openStore(ctx, cfg, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}

@@ -50,6 +50,10 @@ type Server struct {
 	logins *prometheus.CounterVec
 }
 
+// Vouchers is the voucher book logins redeem from (the dashboard prints
+// batches into the same one, with the same pepper).
+func (s *Server) Vouchers() *voucher.Book { return s.cfg.Vouchers }
+
 // New checks cfg and returns a Server.
 func New(cfg Config) (*Server, error) {
 	if cfg.Sites == nil || cfg.Store == nil || !cfg.Pepper.Valid() || len(cfg.SigningKey) != ed25519.PrivateKeySize {
