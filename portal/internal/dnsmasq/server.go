@@ -128,11 +128,17 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("running dnsmasq: %w", err)
 	}
 	if p == nil {
+		// Under reconf: a SetGardenDomains made meanwhile (the first site
+		// policy can come before dnsmasq is started) must not be written
+		// over with the configuration read before it.
+		s.reconf.Lock()
 		cfg, conf := s.rendered()
-		if err := s.check(ctx, cfg, conf); err != nil {
-			return fmt.Errorf("running dnsmasq: %w", err)
+		err := s.check(ctx, cfg, conf)
+		if err == nil {
+			err = writeFileAtomic(cfg.ConfPath(), conf)
 		}
-		if err := writeFileAtomic(cfg.ConfPath(), conf); err != nil {
+		s.reconf.Unlock()
+		if err != nil {
 			return fmt.Errorf("running dnsmasq: %w", err)
 		}
 	}
