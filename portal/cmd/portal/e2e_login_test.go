@@ -9,11 +9,16 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"html"
 	"io"
+	"math/big"
 	"net/http"
 	"net/url"
 	"os"
@@ -326,4 +331,156 @@ func phoneSession(t *testing.T, s *site, ip string) phoneSess {
 	}
 	t.Fatalf("no session for %s", ip)
 	return phoneSess{}
+}
+
+// SPID through the gateway, up to the identity provider, against a real
+// controller with its SPID block: the landing page lists the registry's
+// IdPs; while the policy offers SPID the captive phone reaches the IdP's
+// host by name (the walled garden, filled by dnsmasq) and the controller
+// (walled_garden.networks: it is given by address here, and the garden
+// opens web ports only, so its public side is port 80); the IdP button
+// sends the phone to the controller's SP, whose page posts the signed
+// AuthnRequest to the IdP. When the policy drops SPID, the IdP's host is
+// closed again. (The lab's IdP host is the upstream's plain web server: the
+// SAML exchange itself is the controller's tests'.)
+func TestSPIDWalledGarden(t *testing.T) {
+	lab.Require(t, "iptables", "ipset", "tc", "dnsmasq", "curl")
+	dir := t.TempDir()
+	for _, name := range []string{"controller", "gw-a"} {
+		if _, err := apiclient.Enroll(dir, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pepper := make([]byte, 48)
+	rand.Read(pepper)
+	write := func(name string, b []byte, mode os.FileMode) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), b, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("pepper", []byte(base64.StdEncoding.EncodeToString(pepper)), 0o600)
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sp"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("sp.key", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), 0o600)
+	write("sp.crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	// The registry: the controller's example file, its lab IdP moved to a
+	// host the lab's DNS knows.
+	reg, err := os.ReadFile("../../../controller/internal/login/spid/testdata/spid-idps-example.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("spid-idps.xml", []byte(strings.ReplaceAll(string(reg), "idp.lab.civicwifi.test", lab.OtherHost)), 0o644)
+	spidSites := func(methods string) []byte {
+		s := strings.Replace(fmt.Sprintf(loginSites, dir), "methods: [sms, voucher]", "methods: "+methods+"\n      spid: {level: 2}", 1)
+		return []byte(strings.Replace(s, "  ssid: Prova WiFi\n", "  ssid: Prova WiFi\n  ipa_code: c_z999\n", 1))
+	}
+	write("sites.yaml", spidSites("[sms, spid]"), 0o644)
+	tw := &town{t: t, dir: dir, bin: controllerBinary(t), conf: filepath.Join(dir, "controller.yaml")}
+	write("controller.yaml", []byte(fmt.Sprintf(`listen: 0.0.0.0:8443
+sites: %[1]s/sites.yaml
+store: bolt:%[1]s/controller.db
+signing_key: %[1]s/controller.key
+state_dir: %[1]s/state
+metrics_listen: "off"
+reload_check: 1s
+log_format: text
+login:
+  pepper_file: %[1]s/pepper
+spid:
+  entity_id: http://%[2]s/spid
+  public_url: http://%[2]s/
+  key: %[1]s/sp.key
+  certificate: %[1]s/sp.crt
+  idp_registry: %[1]s/spid-idps.xml
+`, dir, controllerAddr)), 0o644)
+	s := newSiteWith(t, 1, gatewayYAML(dir, "gw-a"), func(l *lab.Lab) {
+		renameSite(t, l, "parco-a")
+		p := filepath.Join(l.Dir, "portal.yaml")
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conf := strings.Replace(string(b), "walled_garden: {domains: [garden.example.test]}",
+			"walled_garden: {domains: [garden.example.test], networks: ["+controllerAddr+"/32]}", 1)
+		if err := os.WriteFile(p, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		tw.l, tw.ns = l, l.Upstream
+		for _, argv := range [][]string{
+			{"ip", "addr", "add", controllerAddr + "/30", "dev", "lo"},
+			// The controller's public side on port 80 (its reverse proxy's
+			// 443 in a town): the garden opens web ports only.
+			{"iptables", "-t", "nat", "-A", "PREROUTING", "-d", controllerAddr, "-p", "tcp", "--dport", "80", "-j", "REDIRECT", "--to-ports", "8443"},
+		} {
+			if out, err := l.Upstream.Run(context.Background(), argv...); err != nil {
+				t.Fatalf("%v: %v\n%s", argv, err, out)
+			}
+		}
+		tw.start()
+		t.Cleanup(tw.stop)
+	})
+	phone := s.l.Clients[0]
+	idpURL := "http://" + lab.OtherHost + "/"
+	elsewhere := "http://" + s.l.UpstreamIP.String() + "/"
+	eventually(t, 30*time.Second, "the captive phone reaches the IdP's host", func() (bool, string) {
+		r := fetch(phone.NS, 2*time.Second, idpURL)
+		return r.upstream(), r.String()
+	})
+	if r := fetch(phone.NS, 3*time.Second, elsewhere); r.Code != http.StatusFound {
+		t.Fatalf("the captive phone is not captive elsewhere: %v", r)
+	}
+	if !strings.Contains(s.log(), "SPID hosts given by address") {
+		t.Error("no warning that the controller, given by address, cannot be in the garden by name")
+	}
+
+	hc := phone.NS.HTTPClient(nil)
+	get := func(u string) (int, string, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", u, nil)
+		return do(t, hc, req)
+	}
+	code, _, land := get("http://10.20.0.1:2050/portal/")
+	entity := "https://" + lab.OtherHost + "/metadata"
+	if code != 200 || !strings.Contains(land, `name="idp" value="`+entity+`"`) {
+		t.Fatalf("landing %d has no button for %s:\n%s", code, entity, land)
+	}
+	f := hiddenFields(t, land, "/portal/spid")
+	f.Set("idp", entity)
+	f.Set("accept", "1")
+	req, _ := http.NewRequest("POST", "http://10.20.0.1:2050/portal/spid", strings.NewReader(f.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	code, loc, body := do(t, hc, req)
+	if code != http.StatusSeeOther || !strings.HasPrefix(loc, "http://"+controllerAddr+"/spid/login?") {
+		t.Fatalf("SPID start: %d %q\n%s", code, loc, body)
+	}
+	// The captive phone reaches the controller's SP, which sends it on to
+	// the IdP with a signed AuthnRequest.
+	code, _, sp := get(loc)
+	if code != 200 || !strings.Contains(sp, "https://"+lab.OtherHost+"/sso") || !strings.Contains(sp, "SAMLRequest") {
+		t.Fatalf("the controller's SPID page: %d\n%.2000s", code, sp)
+	}
+
+	// The policy drops SPID: the IdP's host is closed to captive phones.
+	tmp := filepath.Join(dir, "sites.yaml.new")
+	if err := os.WriteFile(tmp, spidSites("[sms]"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "sites.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the IdP's host is closed again", func() (bool, string) {
+		r := fetch(phone.NS, 2*time.Second, idpURL)
+		return r.Code == http.StatusFound, r.String()
+	})
+	if _, _, land := get("http://10.20.0.1:2050/portal/"); strings.Contains(land, `action="/portal/spid"`) {
+		t.Error("SPID still offered after the policy dropped it")
+	}
 }
