@@ -6,6 +6,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/civicwifi/civicwifi/controller/internal/dashboard"
+	"github.com/civicwifi/civicwifi/controller/internal/login"
+	"github.com/civicwifi/civicwifi/controller/internal/login/sms"
 )
 
 // The example in deploy/ is what operators copy: it must parse to what its comments say.
@@ -20,6 +24,13 @@ func TestDeployExample(t *testing.T) {
 		Sites: "/etc/civicwifi/sites.yaml", Store: DefaultStore, SigningKey: "/etc/civicwifi/keys/controller.key",
 		APEnrollTokens: []string{"/etc/civicwifi/ap-enroll.token"}, MetricsListen: "127.0.0.1:9464",
 		APCheckin: time.Minute, APMissedCheckins: 3, Reload: 2 * time.Second, LogFormat: "json", StateDir: "/var/lib/civicwifi",
+		SPID: SPIDConfig{EntityID: "https://wifi.comune.voghera.pv.it/spid", PublicURL: "https://wifi.comune.voghera.pv.it",
+			OrganizationURL: "https://www.comune.voghera.pv.it", Key: "/etc/civicwifi/spid/sp.key",
+			Certificate: "/etc/civicwifi/spid/sp.crt", IdPRegistry: "/etc/civicwifi/spid/idps.xml"},
+		Login: login.FileConfig{PepperFile: "/etc/civicwifi/pepper", SMS: login.SMSConfig{Provider: "skebby", Account: "comune.voghera",
+			From: "Comune", SecretFile: "/etc/civicwifi/sms.secret", Limits: sms.Limits{Window: time.Hour, PerNumber: 3, PerMAC: 3,
+				PerSite: 200, PerPrefix: 50, DailyBudget: 2000, ResendAfter: time.Minute}}},
+		Admin: dashboard.FileConfig{Listen: "10.0.0.5:8444", Accounts: "/etc/civicwifi/admin-accounts"},
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("deploy/controller.yaml (-want +got):\n%s", diff)
