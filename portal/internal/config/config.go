@@ -18,6 +18,7 @@ import (
 
 	"github.com/civicwifi/civicwifi/internal/quantity"
 	"github.com/civicwifi/civicwifi/internal/yamlconf"
+	"github.com/civicwifi/civicwifi/portal/internal/dnsmasq"
 )
 
 // Config is the validated gateway configuration.
@@ -321,10 +322,18 @@ func Parse(name string, data []byte) (*Config, error) {
 		}
 	}
 
+	var portalHost []string
+	if u, err := url.Parse(c.PortalURL); err == nil && u.Hostname() != "" {
+		portalHost = append(portalHost, strings.ToLower(u.Hostname()))
+	}
 	for _, d := range r.WalledGarden.Domains {
 		name := strings.TrimSuffix(strings.ToLower(d.V), ".")
 		if !domainRE.MatchString(name) {
 			ps.Addf(d.Pos, "walled_garden.domains: %q is not a domain name", d.V)
+			continue
+		}
+		if why := dnsmasq.GardenConflict(strings.TrimPrefix(name, "*."), portalHost...); why != "" {
+			ps.Addf(d.Pos, "walled_garden.domains: %q: %s", d.V, why)
 			continue
 		}
 		c.GardenDomains = append(c.GardenDomains, strings.TrimPrefix(name, "*."))

@@ -107,6 +107,9 @@ func TestErrors(t *testing.T) {
 		{"control character in name", base + "portal: {name: \"a\\nb\"}\n", []string{"portal.name:", "must be one line"}},
 		{"negative rate", base + "portal: {rate_limit: -1}\n", []string{"t.yaml:4:22: portal.rate_limit: -1 is not a rate"}},
 		{"portal defaults", base, nil},
+		{"probe host in the garden", base + "walled_garden: {domains: [captive.apple.com, gstatic.com]}\n", []string{
+			`t.yaml:4:27: walled_garden.domains: "captive.apple.com": captive.apple.com is answered by the gateway itself`,
+			`t.yaml:4:46: walled_garden.domains: "gstatic.com": covers www.gstatic.com, a connectivity probe host`}},
 		{"controller", base + "controller: {url: \"https://wifi.example.it:8443/\", gateway_id: gw-1, key_file: /k, controller_key_file: /c}\n", nil},
 		{"controller half set", base + "controller: {gateway_id: gw-1}\n", []string{`t.yaml:4:26: controller.gateway_id: set without controller.url`}},
 		{"controller missing keys", base + "controller: {url: \"https://c/\"}\n", []string{

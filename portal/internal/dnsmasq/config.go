@@ -225,15 +225,8 @@ func (c Config) Validate() error {
 		if seen[n] {
 			bad("garden domain %q: listed twice", d)
 		}
-		for _, h := range local {
-			if n == h || strings.HasSuffix(n, "."+h) {
-				bad("garden domain %q: %s is answered by the gateway itself (a connectivity probe or the portal), never by the walled garden", d, h)
-			}
-		}
-		for _, h := range SharedProbeHosts {
-			if n == h || strings.HasSuffix(h, "."+n) {
-				bad("garden domain %q: covers %s, a connectivity probe host: phones would think they are online before login", d, h)
-			}
+		if why := GardenConflict(n, local...); why != "" {
+			bad("garden domain %q: %s", d, why)
 		}
 		seen[n] = true
 	}
@@ -254,6 +247,26 @@ func (c Config) Validate() error {
 		return fmt.Errorf("validating dnsmasq config: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// GardenConflict says why a walled-garden domain must not be there ("" if
+// it may): a connectivity probe host or one of the gateway's own names
+// (local: the portal's host name) is answered by the gateway, and a domain
+// covering a shared probe host would make phones think they are online
+// before login. portal.yaml's check and Validate agree through it.
+func GardenConflict(domain string, local ...string) string {
+	n := strings.TrimSuffix(strings.ToLower(domain), ".")
+	for _, h := range append(append([]string{}, ProbeHosts...), local...) {
+		if n == h || strings.HasSuffix(n, "."+h) {
+			return fmt.Sprintf("%s is answered by the gateway itself (a connectivity probe or the portal), never by the walled garden", h)
+		}
+	}
+	for _, h := range SharedProbeHosts {
+		if n == h || strings.HasSuffix(h, "."+n) {
+			return fmt.Sprintf("covers %s, a connectivity probe host: phones would think they are online before login", h)
+		}
+	}
+	return ""
 }
 
 func checkPortalURL(s string) error {
