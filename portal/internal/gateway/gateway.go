@@ -186,10 +186,10 @@ func (g *Gateway) Start(ctx context.Context) error {
 	for _, s := range ended {
 		g.revokeKernel(ctx, s)
 	}
+	g.emit(eventsOf(EventStop, ended)...) // before the store: see end
 	if err := g.o.Store.Put(ended...); err != nil {
 		return fmt.Errorf("recording expired sessions: %w", err)
 	}
-	g.emit(eventsOf(EventStop, ended)...)
 	// Gating first: residents with a session get through again as soon as
 	// the firewall has them back; the shaper's classes (seconds of kernel
 	// work with thousands of clients) follow.
@@ -506,6 +506,10 @@ func (g *Gateway) end(ctx context.Context, ended []*Session) error {
 	if len(ended) == 0 {
 		return nil
 	}
+	// The stop events first: once the store has a session as ended,
+	// nothing would send its stop again after a crash, while a stop sent
+	// twice carries the same id and is recognised.
+	g.emit(eventsOf(EventStop, ended)...)
 	var errs []error
 	if err := g.o.Store.Put(ended...); err != nil {
 		errs = append(errs, fmt.Errorf("recording ended sessions: %w", err))
@@ -518,7 +522,6 @@ func (g *Gateway) end(ctx context.Context, ended []*Session) error {
 		g.log.Info("session ended", "session", s.ID, "mac", s.MAC.String(), "ip", s.IP, "reason", s.EndReason,
 			"bytes_down", s.BytesDown, "bytes_up", s.BytesUp)
 	}
-	g.emit(eventsOf(EventStop, ended)...)
 	return errors.Join(errs...)
 }
 

@@ -239,3 +239,50 @@ func TestSetPolicyKernelErrorStillApplies(t *testing.T) {
 		t.Errorf("SetPolicy(1kbit) = %v, limits %+v; want an error and no change", err, r.gw.Limits())
 	}
 }
+
+// Whenever the store of record has a session as ended, its stop event is
+// already in the controller link's durable outbox: a crash (a power cut at
+// closing time, when every session ends at once) between the two must not
+// lose the stop, or the controller keeps the session open for good. Sent
+// first, a stop repeated after a crash carries the same id and is
+// recognised.
+func TestStopEventBeforeEndIsRecorded(t *testing.T) {
+	ctx := context.Background()
+	var st *Store // the running gateway's
+	var bad []string
+	events := func(evs []Event) error {
+		for _, e := range evs {
+			if e.Kind != EventStop {
+				continue
+			}
+			ended, err := st.Ended()
+			if err != nil {
+				return err
+			}
+			for _, s := range ended {
+				if s.ID == e.Session.ID {
+					bad = append(bad, e.Session.EndReason)
+				}
+			}
+		}
+		return nil
+	}
+	r := newRig(t, "", nil, func(o *Options) { o.Events, st = events, o.Store })
+	if _, err := r.gw.Open(ctx, Grant{MAC: mac1, Method: "ctl", Limits: testConfig().Limits}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.gw.Logout(ctx, ip1); err != nil {
+		t.Fatal(err)
+	}
+	// Expired while the gateway was down: ended at start.
+	dir := r.dir
+	if _, err := r.gw.Open(ctx, Grant{MAC: mac2, Method: "ctl", Limits: testConfig().Limits}); err != nil {
+		t.Fatal(err)
+	}
+	r.store.Close()
+	later := &clock{t: r.clk.now().Add(2 * time.Hour)}
+	newRig(t, dir, nil, func(o *Options) { o.Events, o.Now, st = events, later.now, o.Store })
+	if len(bad) != 0 {
+		t.Errorf("stop events sent after the store recorded the end (reasons %q)", bad)
+	}
+}
