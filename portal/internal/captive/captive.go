@@ -249,11 +249,29 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h["Connection"] = closeConn
 	}
 	if authed {
-		h["Location"] = s.statusLoc
+		// A logged-in client's request that still reaches the portal came
+		// over a connection opened before login (conntrack keeps its
+		// DNAT: a keep-alive or a browser's preconnected spare). Send the
+		// browser to the same URL on a new connection (this one closes),
+		// which goes out; the status page when the URL cannot be rebuilt.
+		h["Location"] = []string{s.sameURL(host, r)}
 	} else {
 		h["Location"] = []string{s.landingLocation(host, r)}
 	}
 	w.WriteHeader(http.StatusFound)
+}
+
+// sameURL is the request's own http URL, or the status page when it cannot
+// be carried safely.
+func (s *Server) sameURL(host string, r *http.Request) string {
+	uri := r.RequestURI
+	if !strings.HasPrefix(uri, "/") {
+		uri = r.URL.RequestURI()
+	}
+	if host == "" || !validHost(r.Host) || len(uri) > maxTarget || !strings.HasPrefix(uri, "/") || strings.HasPrefix(uri, "//") || !cleanURI(uri) {
+		return s.statusLoc[0]
+	}
+	return "http://" + strings.ToLower(r.Host) + uri
 }
 
 // maxTarget bounds the original URL carried to the portal.

@@ -240,12 +240,17 @@ func TestRedirect(t *testing.T) {
 			t.Errorf("got %d, Connection %q", w.Code, w.Header().Get("Connection"))
 		}
 	})
-	t.Run("authorised client elsewhere goes to the status page", func(t *testing.T) {
+	t.Run("authorised client on a pre-login connection goes to the same URL on a new one", func(t *testing.T) {
 		tp.login(phone)
 		defer delete(tp.gate.sessions, netip.MustParseAddr(phone))
-		w := tp.do(req{target: "/news", host: "www.example.it"})
+		w := tp.do(req{target: "/news?id=1", host: "www.example.it"})
+		if w.Code != 302 || w.Header().Get("Location") != "http://www.example.it/news?id=1" || w.Header().Get("Connection") != "close" {
+			t.Fatalf("got %d %q Connection %q", w.Code, w.Header().Get("Location"), w.Header().Get("Connection"))
+		}
+		// A URL that cannot be carried safely: the status page.
+		w = tp.do(req{target: "//evil.example/x", host: "www.example.it"})
 		if w.Code != 302 || w.Header().Get("Location") != "http://10.20.0.1:2050/portal/status" {
-			t.Fatalf("got %d %q", w.Code, w.Header().Get("Location"))
+			t.Fatalf("unsafe URL: got %d %q", w.Code, w.Header().Get("Location"))
 		}
 	})
 }

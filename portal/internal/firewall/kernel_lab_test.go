@@ -697,6 +697,20 @@ func TestKernelAllowCutsPortalConnections(t *testing.T) {
 	}
 
 	s.allow(t, s.grant(0))
+	// The cut runs just after Allow returns (a worker, off the allow's
+	// path): wait until no translated entry of the client is left.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _ := s.Gateway.Run(ctx, "conntrack", "-L", "-p", "tcp", "-s", c.IP.String(), "--reply-src", s.GatewayIP.String(),
+			"--reply-port-src", strconv.Itoa(portalHTTPPort))
+		if !strings.Contains(out, "dport=80") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the client's pre-login portal connections are still tracked 5 s after Allow:\n%s", out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	out, err := s.Gateway.Run(ctx, "conntrack", "-L", "-p", "tcp", "-s", c.IP.String(), "-d", s.GardenIP.String())
 	if err != nil || !strings.Contains(out, "dport=80") {
