@@ -327,6 +327,9 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}
 		defer link.Close()
 		events = link.Events
+		if l, ok := link.CachedLimits(); ok {
+			cfg.Limits = l // the defaults the restored sessions followed
+		}
 	}
 	gw = gateway.New(gateway.Options{
 		Config: cfg, Version: version, FW: p.fw, Shaper: p.sh, Store: store, Hosts: hosts,

@@ -166,6 +166,22 @@ func (l *Link) Status() *control.ControllerStatus {
 	return &control.ControllerStatus{URL: l.cfg.URL, PolicyVersion: v, EventsQueued: n}
 }
 
+// CachedLimits are the limits of the last policy this gateway applied (the
+// signed copy on disk), if any. The daemon starts from them, so that at Boot
+// the sessions that followed that policy are recognised and moved to a
+// policy that changed while the gateway was down.
+func (l *Link) CachedLimits() (config.Limits, bool) {
+	p, err := l.client.CachedPolicy()
+	if err != nil {
+		return config.Limits{}, false
+	}
+	var sp apiclient.SitePolicy
+	if err := json.Unmarshal(p.Body, &sp); err != nil || (sp.SiteID != "" && sp.SiteID != l.cfg.Site) {
+		return config.Limits{}, false
+	}
+	return Limits(sp), true
+}
+
 // Boot applies the site's policy at start: the controller's if it answers
 // within its timeout, else the cached one. With neither (a gateway's first
 // start with the controller down) the config file's limits stay.
