@@ -22,6 +22,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,6 +52,9 @@ type Options struct {
 	Listener net.Listener
 	// Name is the IdP's display name in the registry; "": "IdP di prova".
 	Name string
+	// URL, if set, is the base URL the IdP names in its metadata (entity id, SSO, SLO): e.g. a host name the lab's
+	// DNS answers, forwarded to Listener; "": the listener's address.
+	URL string
 }
 
 // IdP is a running identity provider. Its endpoints: /metadata (also its entity id), /sso (HTTP-POST and
@@ -98,6 +102,9 @@ func Start(t testing.TB, o Options) *IdP {
 	i.srv.Start()
 	t.Cleanup(i.srv.Close)
 	i.URL = i.srv.URL
+	if o.URL != "" {
+		i.URL = strings.TrimSuffix(o.URL, "/")
+	}
 	base, err := url.Parse(i.URL)
 	if err != nil {
 		t.Fatal(err)
