@@ -105,7 +105,7 @@ func runDaemon(ctx context.Context, e *env, args []string) error {
 	srv, err := server.New(server.Options{
 		SitesPath: cfg.Sites, Store: st, SigningKey: key, EnrollTokens: tokens, AppliedCopy: cfg.AppliedCopy(),
 		APCheckin: cfg.APCheckin, APMissedCheckins: cfg.APMissedCheckins, ReloadCheck: cfg.Reload, MaxWait: maxWait,
-		Bus: b, Login: cfg.Login, SPID: cfg.SPID,
+		Bus: b, Login: cfg.Login, SPID: cfg.SPID, SMSAccounting: metrics,
 		Log: log, Registerer: reg,
 	})
 	if err != nil {

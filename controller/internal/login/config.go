@@ -39,6 +39,7 @@ type SMSConfig struct {
 	Attempts    int
 	Timeout     time.Duration
 	Limits      sms.Limits
+	Cost        float64 // euros per SMS, for the operators' metrics; 0: not counted
 }
 
 // Enabled reports whether the section was given.
@@ -62,6 +63,7 @@ type rawSMSConfig struct {
 	Attempts    v[int]       `yaml:"attempts"`
 	Timeout     v[string]    `yaml:"timeout"`
 	Limits      v[rawLimits] `yaml:"limits"`
+	Cost        v[float64]   `yaml:"cost_eur"`
 }
 
 type rawLimits struct {
@@ -91,7 +93,10 @@ func ParseFileConfig(r v[RawFileConfig], abs func(string) string, ps *yamlconf.P
 	}
 	s := rs.V
 	c.SMS = SMSConfig{Provider: s.Provider.V, URL: s.URL.V, Account: s.Account.V, From: s.From.V, SecretFile: abs(s.SecretFile.V),
-		MessageType: s.MessageType.V, Attempts: s.Attempts.V, Limits: sms.DefaultLimits}
+		MessageType: s.MessageType.V, Attempts: s.Attempts.V, Limits: sms.DefaultLimits, Cost: s.Cost.V}
+	if s.Cost.Set && (s.Cost.V < 0 || s.Cost.V > 10) {
+		ps.Addf(s.Cost.Pos, "login.sms.cost_eur: %v, want the price of one SMS in euros (0 to 10)", s.Cost.V)
+	}
 	switch s.Provider.V {
 	case "twilio", "skebby":
 		if s.Account.V == "" {
@@ -166,6 +171,7 @@ type Deps struct {
 	SigningKey ed25519.PrivateKey
 	Log        *slog.Logger
 	Registerer prometheus.Registerer
+	Accounting sms.Accounting // SMS cost and daily budget for the metrics; nil: none
 }
 
 // Setup reads the pepper and the SMS secret named by fc and builds the login Server. Mount it with Register.
@@ -205,6 +211,7 @@ func Setup(fc FileConfig, d Deps) (*Server, error) {
 			loc = cfg.Town.Timezone
 		}
 		svc, err = sms.New(sms.Config{Store: d.Store, Pepper: p, Limits: fc.SMS.Limits, Location: loc, Log: log, Registerer: d.Registerer,
+			Accounting: d.Accounting, Cost: fc.SMS.Cost,
 			Sender: &sms.Sender{Provider: prov, Attempts: fc.SMS.Attempts, Timeout: fc.SMS.Timeout, Log: log}})
 		if err != nil {
 			return nil, err

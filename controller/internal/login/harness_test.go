@@ -25,6 +25,7 @@ import (
 	"github.com/civicwifi/civicwifi/controller/internal/login/pepper"
 	"github.com/civicwifi/civicwifi/controller/internal/login/sms"
 	"github.com/civicwifi/civicwifi/controller/internal/sites"
+	"github.com/civicwifi/civicwifi/controller/internal/stats"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
 	"github.com/civicwifi/civicwifi/controller/internal/store/boltstore"
 	"github.com/civicwifi/civicwifi/controller/internal/store/redisstore"
@@ -123,6 +124,8 @@ type envOpts struct {
 	limits   sms.Limits
 	sender   sms.Sender                    // Attempts, Timeout, Backoff
 	wrap     func(store.Store) store.Store // the store the login flows see (gwapi keeps the real one)
+	// accounting: stats.Metrics on the env's registry, with this price per SMS (0: none).
+	smsCost float64
 }
 
 // openStore opens a real store and returns it with a function that dumps everything it holds: for bbolt the
@@ -250,8 +253,16 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if o.wrap != nil {
 		lst = o.wrap(e.st)
 	}
+	var acct sms.Accounting
+	if o.smsCost > 0 {
+		m, err := stats.NewMetrics(e.reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		acct = m
+	}
 	svc, err := sms.New(sms.Config{Store: lst, Pepper: e.pepper, Sender: &sender, Limits: lim, Location: cfg.Town.Timezone,
-		Log: logger, Registerer: e.reg, Now: e.clock.Now})
+		Log: logger, Registerer: e.reg, Now: e.clock.Now, Accounting: acct, Cost: o.smsCost})
 	if err != nil {
 		t.Fatal(err)
 	}

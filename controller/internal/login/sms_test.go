@@ -256,7 +256,7 @@ func TestSMSResendCooldown(t *testing.T) {
 }
 
 func TestSMSDailyBudget(t *testing.T) {
-	e := newEnv(t, envOpts{limits: sms.Limits{Window: time.Hour, DailyBudget: 4}})
+	e := newEnv(t, envOpts{limits: sms.Limits{Window: time.Hour, DailyBudget: 4}, smsCost: 0.05})
 	var got []string
 	for i := range 6 {
 		_, err := e.gw["parco"].StartSMS(context.Background(), apiclient.SMSStartRequest{
@@ -275,6 +275,13 @@ func TestSMSDailyBudget(t *testing.T) {
 	}
 	if v := gauge(t, e, "civicwifi_controller_sms_daily_budget_exhausted"); v != 1 {
 		t.Errorf("budget gauge %v, want 1", v)
+	}
+	// The operators' metrics: today's count against the budget, and what the four SMS cost.
+	if used, limit := gauge(t, e, "civicwifi_controller_sms_daily_budget_used"), gauge(t, e, "civicwifi_controller_sms_daily_budget_limit"); used != 4 || limit != 4 {
+		t.Errorf("budget used %v of %v, want 4 of 4", used, limit)
+	}
+	if cost := metric(t, e, "civicwifi_controller_sms_cost_euros_total", ""); cost < 0.1999 || cost > 0.2001 {
+		t.Errorf("SMS cost %v euros, want 4 x 0.05", cost)
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/civicwifi/civicwifi/controller/internal/apapi"
 	"github.com/civicwifi/civicwifi/controller/internal/gwapi"
 	"github.com/civicwifi/civicwifi/controller/internal/login"
+	"github.com/civicwifi/civicwifi/controller/internal/login/sms"
 	"github.com/civicwifi/civicwifi/controller/internal/login/spid"
 	"github.com/civicwifi/civicwifi/controller/internal/sites"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
@@ -40,12 +41,13 @@ type Options struct {
 	SigningKey   ed25519.PrivateKey
 	EnrollTokens []string // AP first-boot enrollment tokens; none: no AP can enroll
 
-	APCheckin        time.Duration // zero: apapi's default (60 s)
-	APMissedCheckins int           // zero: apapi's default (3)
-	ReloadCheck      time.Duration // how often sites.yaml is re-read to look for a change; zero: 2 s
-	MaxWait          time.Duration // longest gateway long poll; zero: gwapi's default (30 s)
-	Recheck          time.Duration // a long poll also re-reads its state this often; zero: only when woken
-	Bus              Bus           // wakes other replicas' command long polls; nil: a single controller
+	APCheckin        time.Duration  // zero: apapi's default (60 s)
+	APMissedCheckins int            // zero: apapi's default (3)
+	ReloadCheck      time.Duration  // how often sites.yaml is re-read to look for a change; zero: 2 s
+	MaxWait          time.Duration  // longest gateway long poll; zero: gwapi's default (30 s)
+	Recheck          time.Duration  // a long poll also re-reads its state this often; zero: only when woken
+	Bus              Bus            // wakes other replicas' command long polls; nil: a single controller
+	SMSAccounting    sms.Accounting // SMS cost and daily budget for the metrics (stats.Metrics); nil: none
 
 	// Login is controller.yaml's login block: with a pepper file, the resident login endpoints (SMS, voucher,
 	// remembered device) are mounted on the gateway API. Zero: off.
@@ -141,7 +143,8 @@ func New(o Options) (*Server, error) {
 		return nil, err
 	}
 	if o.Login.Enabled() {
-		s.lg, err = login.Setup(o.Login, login.Deps{Sites: s.Config, Store: o.Store, SigningKey: o.SigningKey, Log: o.Log, Registerer: o.Registerer})
+		s.lg, err = login.Setup(o.Login, login.Deps{Sites: s.Config, Store: o.Store, SigningKey: o.SigningKey, Log: o.Log, Registerer: o.Registerer,
+			Accounting: o.SMSAccounting})
 		if err != nil {
 			return nil, err
 		}

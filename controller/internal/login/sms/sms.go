@@ -57,6 +57,17 @@ type Config struct {
 	Log        *slog.Logger
 	Registerer prometheus.Registerer
 	Now        func() time.Time
+	// Accounting, if set, is told the cost of each SMS handed to the
+	// provider (Cost euros) and today's count against the daily budget,
+	// for the operators' metrics and the "budget near limit" alert.
+	Accounting Accounting
+	Cost       float64 // euros per SMS (the provider's price); 0: not counted
+}
+
+// Accounting is what the statistics keep about SMS (stats.Metrics).
+type Accounting interface {
+	SMSCost(provider string, euros float64)
+	SMSBudget(used, limit int64)
 }
 
 // Service starts and verifies SMS logins. It is safe for concurrent use; several controller replicas may share
@@ -235,6 +246,9 @@ func (s *Service) start(ctx context.Context, r StartRequest) (Started, error) {
 		if err != nil {
 			return Started{}, fmt.Errorf("counting the daily sms budget: %w", err)
 		}
+		if s.cfg.Accounting != nil {
+			s.cfg.Accounting.SMSBudget(min(n, int64(lim.DailyBudget)), int64(lim.DailyBudget))
+		}
 		if n > int64(lim.DailyBudget) {
 			s.budget.Set(1)
 			if first, err := s.cfg.Store.PutIfAbsent(ctx, "sms/budget-alert/"+day, []byte("1"), 48*time.Hour); err == nil && first {
@@ -265,6 +279,9 @@ func (s *Service) start(ctx context.Context, r StartRequest) (Started, error) {
 		_ = s.cfg.Store.Delete(context.WithoutCancel(ctx), "sms/req/"+id)
 		_ = s.cfg.Store.Delete(context.WithoutCancel(ctx), "sms/cool/"+numKey)
 		return Started{}, &apiclient.LoginError{Code: apiclient.CodeProviderFailed, Message: "the SMS could not be sent", Status: 502}
+	}
+	if s.cfg.Accounting != nil && s.cfg.Cost > 0 {
+		s.cfg.Accounting.SMSCost(s.cfg.Sender.Provider.Name(), s.cfg.Cost)
 	}
 	return Started{RequestID: id, User: rec.User, ResendAfter: lim.ResendAfter, ExpiresIn: CodeTTL}, nil
 }
