@@ -15,8 +15,8 @@ import (
 )
 
 type rawDoc struct {
-	Listen v[string]        `yaml:"listen"`
-	Admin  v[RawFileConfig] `yaml:"admin"`
+	Listen yamlconf.Value[string]        `yaml:"listen"`
+	Admin  yamlconf.Value[RawFileConfig] `yaml:"admin"`
 }
 
 func parseAdmin(t *testing.T, src string) (FileConfig, error) {

@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/civicwifi/civicwifi/controller/internal/dashboard/adminconf"
 	"github.com/civicwifi/civicwifi/controller/internal/dashboard/auth"
 	"github.com/civicwifi/civicwifi/controller/internal/login/voucher"
 	"github.com/civicwifi/civicwifi/controller/internal/sites"
@@ -40,7 +41,7 @@ var templateFS embed.FS
 var staticFS embed.FS
 
 // Prefix is where the dashboard is mounted.
-const Prefix = "/admin"
+const Prefix = adminconf.Prefix
 
 // Commander queues a remote operation for a site's gateways and wakes
 // their command long polls; *server.Server implements it (and audits the

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/civicwifi/civicwifi/controller/internal/dashboard"
+	"github.com/civicwifi/civicwifi/controller/internal/dashboard/adminconf"
 	"github.com/civicwifi/civicwifi/controller/internal/login"
 	"github.com/civicwifi/civicwifi/internal/yamlconf"
 )
@@ -40,7 +40,7 @@ type FileConfig struct {
 	// Login is the login block (pepper file, SMS provider and limits); zero: resident login is off.
 	Login login.FileConfig
 	// Admin is the operators' dashboard (accounts file, listener, single sign-on); zero: no dashboard.
-	Admin dashboard.FileConfig
+	Admin adminconf.FileConfig
 }
 
 // SPIDConfig is controller.yaml's spid block: the controller as SAML service provider for SPID (and CIE) login
@@ -76,7 +76,7 @@ type rawFileConfig struct {
 	SPID              v[rawSPID]  `yaml:"spid"`
 
 	Login v[login.RawFileConfig]     `yaml:"login"`
-	Admin v[dashboard.RawFileConfig] `yaml:"admin"`
+	Admin v[adminconf.RawFileConfig] `yaml:"admin"`
 }
 
 type rawSPID struct {
@@ -209,7 +209,7 @@ func ParseConfig(name string, data []byte) (FileConfig, error) {
 		}
 	}
 	c.Login = login.ParseFileConfig(r.Login, abs, ps)
-	c.Admin = dashboard.ParseFileConfig(r.Admin, abs, ps)
+	c.Admin = adminconf.ParseFileConfig(r.Admin, abs, ps)
 	if r.SPID.Set {
 		c.SPID = parseSPID(r.SPID, abs, ps)
 	}

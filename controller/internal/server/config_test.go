@@ -7,7 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/civicwifi/civicwifi/controller/internal/dashboard"
+	"github.com/civicwifi/civicwifi/controller/internal/dashboard/adminconf"
 	"github.com/civicwifi/civicwifi/controller/internal/login"
 	"github.com/civicwifi/civicwifi/controller/internal/login/sms"
 )
@@ -30,7 +30,7 @@ func TestDeployExample(t *testing.T) {
 		Login: login.FileConfig{PepperFile: "/etc/civicwifi/pepper", SMS: login.SMSConfig{Provider: "skebby", Account: "comune.voghera",
 			From: "Comune", SecretFile: "/etc/civicwifi/sms.secret", Limits: sms.Limits{Window: time.Hour, PerNumber: 3, PerMAC: 3,
 				PerSite: 200, PerPrefix: 50, DailyBudget: 2000, ResendAfter: time.Minute}, Cost: 0.045}},
-		Admin: dashboard.FileConfig{Listen: "10.0.0.5:8444", Accounts: "/etc/civicwifi/admin-accounts"},
+		Admin: adminconf.FileConfig{Listen: "10.0.0.5:8444", Accounts: "/etc/civicwifi/admin-accounts"},
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("deploy/controller.yaml (-want +got):\n%s", diff)
