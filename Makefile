@@ -52,9 +52,11 @@ lab: deps build ## build the namespace lab and leave it running until Ctrl-C
 demo: deps build ## a whole site in network namespaces with the gateway running; prints what to try
 	$(BIN)/cwlab demo -portal $(BIN)/portal -controller $(BIN)/controller
 
-bench: deps build ## measure the gateway and the controller (writes bench/results.md, bench/controller.md)
+bench: deps build ## measure the gateway, the controller, logins and the dashboard (writes bench/*.md, bench/ops.txt)
 	$(GO) run ./portal/cmd/cwbench -portal $(BIN)/portal -out bench/results.md
 	$(GO) run ./controller/cmd/ctlbench -controller $(BIN)/controller -out bench/controller.md
+	$(GO) run ./portal/cmd/loginbench -portal $(BIN)/portal -controller $(BIN)/controller -out bench/login.md
+	$(GO) test -run '^$$' -bench 'BenchmarkPages$$|BenchmarkMonthlyExport' -benchtime 100x ./controller/internal/dashboard/ ./controller/internal/stats/ | tee bench/ops.txt
 
 clean: ## remove build output and leftover lab namespaces
 	rm -rf $(BIN)
