@@ -34,6 +34,7 @@ var commands = []command{
 	{"run", "[-config controller.yaml]", "run the controller: gateway and access point APIs, reloading sites.yaml", runDaemon},
 	{"enroll", "-out dir -name gateway-id", "make a gateway's key pair (or the controller's, -name controller)", enroll},
 	{"sessions", "[-config controller.yaml] [-site id] [-json]", "print each site's session totals from the store", sessions},
+	{"privacy", "export|erase [-config controller.yaml] -phone N | -fiscal-code C [-actor name]", "a resident's GDPR request: export or erase everything tied to a phone number or fiscal code", privacy},
 	{"forget-ap", "[-config controller.yaml] mac", "forget an access point's enrollment so that it enrolls again (after a factory reset)", forgetAP},
 	{"vouchers", "-site id|-town -count n -out sheet.html [-duration 24h] [-data 1GB] [-devices n] [-valid 30d] [-portal url]", "create a batch of vouchers and write a printable sheet with QR codes", vouchers},
 	{"report", "-month YYYY-MM [-site id] [-format csv|json] [-o file] [-config controller.yaml]", "the monthly usage report for the council: the town per site, or one site per day", report},

@@ -340,6 +340,12 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	retDone := make(chan struct{})
+	defer func() { <-retDone }()
+	go func() {
+		defer close(retDone)
+		s.retention(ctx)
+	}()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)

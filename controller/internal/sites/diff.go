@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -134,7 +135,7 @@ func townFields(t Town) []field {
 		tz = t.Timezone.String()
 	}
 	fs := []field{
-		{"name", q(t.Name)}, {"ipa_code", q(t.IPACode)}, {"logo", q(t.Logo)}, {"ssid", q(t.SSID)}, {"timezone", tz},
+		{"name", q(t.Name)}, {"ipa_code", q(t.IPACode)}, {"logo", q(t.Logo)}, {"ssid", q(t.SSID)}, {"timezone", tz}, {"retention_days", strconv.Itoa(t.RetentionDays)},
 		{"contacts.email", q(t.Contacts.Email)}, {"contacts.phone", q(t.Contacts.Phone)}, {"contacts.dpo", q(t.Contacts.DPO)},
 	}
 	for _, tx := range []struct {

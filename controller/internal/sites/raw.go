@@ -45,14 +45,15 @@ type rawFile struct {
 }
 
 type rawTown struct {
-	Name     v[text]        `yaml:"name" jsonschema:"required" jsonschema_description:"The town's official name, e.g. \"Comune di Voghera\"."`
-	IPACode  v[ipaText]     `yaml:"ipa_code" jsonschema_description:"The town's code in the Indice delle Pubbliche Amministrazioni (IPA), e.g. c_m109. Optional."`
-	Logo     v[text]        `yaml:"logo" jsonschema_description:"The logo shown on the portal: an https URL, or a path to an image file (relative paths are relative to sites.yaml)."`
-	SSID     v[ssidText]    `yaml:"ssid" jsonschema_description:"The default Wi-Fi network name of every site (1 to 32 bytes); a site may set its own."`
-	Privacy  v[rawText]     `yaml:"privacy" jsonschema:"required" jsonschema_description:"The privacy notice (GDPR art. 13) residents accept before logging in: inline text per language, or a URL."`
-	Terms    v[rawText]     `yaml:"terms" jsonschema:"required" jsonschema_description:"The terms of use residents accept before logging in: inline text per language, or a URL."`
-	Contacts v[rawContacts] `yaml:"contacts" jsonschema:"required" jsonschema_description:"Who residents and the Garante can write to about the service."`
-	Timezone v[tzText]      `yaml:"timezone" jsonschema:"default=Europe/Rome" jsonschema_description:"The IANA time zone in which opening hours and daily quotas are counted. Default Europe/Rome."`
+	Name      v[text]        `yaml:"name" jsonschema:"required" jsonschema_description:"The town's official name, e.g. \"Comune di Voghera\"."`
+	IPACode   v[ipaText]     `yaml:"ipa_code" jsonschema_description:"The town's code in the Indice delle Pubbliche Amministrazioni (IPA), e.g. c_m109. Optional."`
+	Logo      v[text]        `yaml:"logo" jsonschema_description:"The logo shown on the portal: an https URL, or a path to an image file (relative paths are relative to sites.yaml)."`
+	SSID      v[ssidText]    `yaml:"ssid" jsonschema_description:"The default Wi-Fi network name of every site (1 to 32 bytes); a site may set its own."`
+	Privacy   v[rawText]     `yaml:"privacy" jsonschema:"required" jsonschema_description:"The privacy notice (GDPR art. 13) residents accept before logging in: inline text per language, or a URL."`
+	Terms     v[rawText]     `yaml:"terms" jsonschema:"required" jsonschema_description:"The terms of use residents accept before logging in: inline text per language, or a URL."`
+	Contacts  v[rawContacts] `yaml:"contacts" jsonschema:"required" jsonschema_description:"Who residents and the Garante can write to about the service."`
+	Timezone  v[tzText]      `yaml:"timezone" jsonschema:"default=Europe/Rome" jsonschema_description:"The IANA time zone in which opening hours and daily quotas are counted. Default Europe/Rome."`
+	Retention v[intText]     `yaml:"retention_days" jsonschema_description:"Days connection records (pseudonymous user, MAC, site, start, end, bytes) are kept; older ones are deleted automatically (30 to 3650). Default 365."`
 }
 
 type rawText struct {

@@ -26,6 +26,10 @@ type Config struct {
 	Sites    []Site   // in file order; ids are unique
 }
 
+// DefaultRetentionDays is how long connection records are kept when
+// town.retention_days is not set.
+const DefaultRetentionDays = 365
+
 // Town is the town that runs the hotspots.
 type Town struct {
 	Name     string
@@ -36,6 +40,9 @@ type Town struct {
 	Terms    Text
 	Contacts Contacts
 	Timezone *time.Location
+	// RetentionDays is how long connection records are kept; the controller
+	// deletes older ones.
+	RetentionDays int
 }
 
 // Text is a legal text given either by URL or inline per language.

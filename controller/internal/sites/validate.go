@@ -147,7 +147,7 @@ func (vd *validator) addf(p pos, format string, args ...any) { vd.ps.Addf(p, for
 func (vd *validator) at(p pos) string { return fmt.Sprintf("%s:%d:%d", vd.ps.File, p.Line, p.Col) }
 
 func (vd *validator) town(t v[rawTown]) Town {
-	out := Town{Timezone: mustLoc("Europe/Rome")}
+	out := Town{Timezone: mustLoc("Europe/Rome"), RetentionDays: DefaultRetentionDays}
 	if !t.Set {
 		vd.addf(pos{}, "town: missing (the town's name, privacy notice, terms and contacts)")
 		return out
@@ -191,6 +191,9 @@ func (vd *validator) town(t v[rawTown]) Town {
 				vd.addf(ct.Phone.Pos, "town.contacts.phone: %q is not a phone number in international form (e.g. +39 0383 3361)", ct.Phone.V)
 			}
 		}
+	}
+	if r.Retention.Set {
+		out.RetentionDays = vd.integer(r.Retention, "town.retention_days", 30, 3650, DefaultRetentionDays)
 	}
 	if r.Timezone.Set {
 		loc, err := time.LoadLocation(string(r.Timezone.V))

@@ -437,3 +437,8 @@ func endpoint(base *url.URL, path string) url.URL {
 	u.RawPath, u.RawQuery, u.Fragment = "", "", ""
 	return u
 }
+
+// FiscalNumber normalises a fiscal code as SPID identity providers send it
+// (TINIT-RSSMRA80A01H501U), so that `controller privacy` finds the resident's
+// pseudonym from a code typed by an operator ("rssmra80a01h501u").
+func FiscalNumber(v string) (string, bool) { return fiscalNumber(v) }
