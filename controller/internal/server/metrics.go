@@ -49,7 +49,7 @@ func (f fleet) Collect(ch chan<- prometheus.Metric) {
 		}
 		for _, ap := range site.AccessPoints {
 			up := 0.0
-			if rec, err := (registry{f.srv}).GetAP(ctx, ap.MAC); err == nil && !rec.Offline(now, f.srv.ap.OfflineAfter()) {
+			if rec, err := registry(f).GetAP(ctx, ap.MAC); err == nil && !rec.Offline(now, f.srv.ap.OfflineAfter()) {
 				up = 1
 			}
 			ch <- prometheus.MustNewConstMetric(apUpDesc, prometheus.GaugeValue, up, site.ID, ap.MAC)

@@ -55,13 +55,6 @@ func openStore(tb testing.TB) *boltstore.Store {
 	return st
 }
 
-// world is a generated set of session events and what the test computes
-// from them on its own, per site and Rome month or day.
-type world struct {
-	events []store.SessionEvent
-	sites  []string
-}
-
 // agg is the independent expectation for one (site or town, period).
 type agg struct {
 	sessions           int64

@@ -452,11 +452,6 @@ func TestFlow(t *testing.T) {
 	assertNoFiscalCode(t, h)
 }
 
-var cmpIgnoreTimes = cmp.FilterPath(func(p cmp.Path) bool {
-	s := p.String()
-	return s == "Authenticated" || s == "ConsentAt"
-}, cmp.Ignore())
-
 func wantCode(t *testing.T, err error, code string) *apiclient.LoginError {
 	t.Helper()
 	var e *apiclient.LoginError

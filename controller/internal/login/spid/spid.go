@@ -195,7 +195,7 @@ func compareLevels(comparison string, requested []string, got string) bool {
 func (s *SP) spFor(idp *saml.EntityDescriptor, level int) *saml.ServiceProvider {
 	sp := s.base
 	sp.IDPMetadata = idp
-	sp.RequestedAuthnContext = &saml.RequestedAuthnContext{Comparison: "minimum", AuthnContextClassRef: levelURIs[level]}
+	sp.RequestedAuthnContext = &saml.RequestedAuthnContext{Comparison: "minimum", AuthnContextClassRefs: []string{levelURIs[level]}}
 	if level > 1 { // SPID: ForceAuthn="true" above L1; omitted at L1 (an existing IdP session will do)
 		force := true
 		sp.ForceAuthn = &force
