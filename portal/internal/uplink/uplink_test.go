@@ -2,6 +2,7 @@ package uplink
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -133,18 +134,22 @@ func TestEventsClockSetBack(t *testing.T) {
 	}
 }
 
-// recordingGateway records the remote operations the link runs.
-type recordingGateway struct{ ops []string }
+// recordingGateway records the remote operations the link runs; they
+// fail with err.
+type recordingGateway struct {
+	ops []string
+	err error
+}
 
 func (g *recordingGateway) SetPolicy(context.Context, config.Limits) error { return nil }
 func (g *recordingGateway) SetSchedule(*gateway.Schedule)                  {}
 func (g *recordingGateway) Close(_ context.Context, mac net.HardwareAddr, _ netip.Addr, reason string) (*gateway.Session, error) {
 	g.ops = append(g.ops, "close "+mac.String()+" "+reason)
-	return &gateway.Session{}, nil
+	return &gateway.Session{}, g.err
 }
 func (g *recordingGateway) Extend(_ context.Context, mac net.HardwareAddr, d time.Duration) (*gateway.Session, error) {
 	g.ops = append(g.ops, "extend "+mac.String()+" "+d.String())
-	return &gateway.Session{}, nil
+	return &gateway.Session{}, g.err
 }
 func (g *recordingGateway) Status(context.Context) (control.Status, error) {
 	return control.Status{}, nil
@@ -165,5 +170,44 @@ func TestCommandsExpire(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"close 02:00:00:00:00:01 kicked"}, gw.ops); diff != "" {
 		t.Errorf("operations (-want +got):\n%s", diff)
+	}
+}
+
+// The controller's remote operations run on the gateway: kick closes the
+// device's session, extend lengthens it; a device without a session is
+// done, not failed; an unknown or expired command fails without running.
+func TestCommands(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	for _, tc := range []struct {
+		name  string
+		cmd   apiclient.Command
+		err   error
+		calls []string
+		ok    bool
+	}{
+		{"kick", apiclient.Command{ID: "c1", Kind: apiclient.CommandKick, ClientMAC: "02:00:00:00:00:01", IssuedAt: now}, nil,
+			[]string{"close 02:00:00:00:00:01 kicked"}, true},
+		{"extend", apiclient.Command{ID: "c2", Kind: apiclient.CommandExtend, ClientMAC: "02:00:00:00:00:01", Extend: apiclient.Duration(30 * time.Minute), IssuedAt: now}, nil,
+			[]string{"extend 02:00:00:00:00:01 30m0s"}, true},
+		{"no session", apiclient.Command{ID: "c3", Kind: apiclient.CommandKick, ClientMAC: "02:00:00:00:00:02", IssuedAt: now}, control.ErrNotFound,
+			[]string{"close 02:00:00:00:00:02 kicked"}, true},
+		{"refused", apiclient.Command{ID: "c4", Kind: apiclient.CommandExtend, ClientMAC: "02:00:00:00:00:01", Extend: apiclient.Duration(time.Hour), IssuedAt: now},
+			errors.New("kernel says no"), []string{"extend 02:00:00:00:00:01 1h0m0s"}, false},
+		{"unknown kind", apiclient.Command{ID: "c5", Kind: "reboot", ClientMAC: "02:00:00:00:00:01", IssuedAt: now}, nil, nil, false},
+		{"expired", apiclient.Command{ID: "c6", Kind: apiclient.CommandKick, ClientMAC: "02:00:00:00:00:01", IssuedAt: now.Add(-CommandMaxAge - time.Minute)}, nil, nil, false},
+		{"bad MAC", apiclient.Command{ID: "c7", Kind: apiclient.CommandKick, ClientMAC: "nope", IssuedAt: now}, nil, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gw := &recordingGateway{err: tc.err}
+			l := &Link{gw: gw, log: slog.New(slog.DiscardHandler)}
+			ack := l.command(ctx, tc.cmd)
+			if ack.ID != tc.cmd.ID || ack.OK != tc.ok || (!tc.ok && ack.Error == "") {
+				t.Errorf("ack %+v, want ok=%v", ack, tc.ok)
+			}
+			if diff := cmp.Diff(tc.calls, gw.ops); diff != "" {
+				t.Errorf("gateway calls (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
