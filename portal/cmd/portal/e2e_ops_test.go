@@ -163,12 +163,27 @@ admin:
 	t.Run("prometheus", func(t *testing.T) { testOpsPrometheus(t, l, dir) })
 	t.Run("dashboard", func(t *testing.T) { testOpsDashboard(t, l, ca, base, wantMACs) })
 
+	// The Disconnect clicked on the dashboard reaches the gateway through
+	// the command long poll: that phone is captive again within seconds,
+	// the other stays online, and the stop event reaches the controller.
+	eventually(t, 15*time.Second, "the phone disconnected from the dashboard is captive", func() (bool, string) {
+		r := fetch(phones[0].NS, 3*time.Second, "http://"+l.OtherIP.String()+"/")
+		return r.Code == 302, r.String()
+	})
+	if r := fetch(phones[1].NS, 5*time.Second, "http://"+l.OtherIP.String()+"/"); !r.upstream() {
+		t.Errorf("the other phone lost its session: %v", r)
+	}
+	eventually(t, 60*time.Second, "the gateway's events reach the controller", func() (bool, string) {
+		st := s.status()
+		return st.Controller != nil && st.Controller.EventsQueued == 0, fmt.Sprintf("%+v", st.Controller)
+	})
+
 	// The controller's store, read by `controller sessions` once it is
-	// stopped: the same two open sessions the pages and Prometheus showed.
+	// stopped: the two sessions the pages and Prometheus showed, one closed by the disconnect.
 	tw.stop()
 	got := tw.totals()
-	if g := got["parco-a"]; g.Open != 2 || g.Sessions != 2 {
-		t.Errorf("controller store for parco-a: %+v, want 2 sessions, both open", g)
+	if g := got["parco-a"]; g.Open != 1 || g.Sessions != 2 {
+		t.Errorf("controller store for parco-a: %+v, want 2 sessions, 1 open after the disconnect", g)
 	}
 	if g := got["parco-b"]; g.Open != 0 || g.Sessions != 0 {
 		t.Errorf("controller store for parco-b: %+v, want none", g)
@@ -397,4 +412,9 @@ func testOpsDashboard(t *testing.T, l *lab.Lab, ca *lab.CA, base string, wantMAC
 	}
 	shot("ops-site.png")
 	t.Logf("sign-in, overview and site page in %v; screenshots in %s", time.Since(t0).Round(time.Millisecond), shots)
+
+	// IT staff disconnect the first phone from the site page: the kick is
+	// queued for the site's gateway (the caller checks the phone is out).
+	do("disconnect "+wantMACs[0], chromedp.Click(`form[action$="/kick"]:has(input[name="mac"][value="`+wantMACs[0]+`"]) button`),
+		chromedp.WaitVisible("#sessions"))
 }
