@@ -415,6 +415,18 @@ func testOpsDashboard(t *testing.T, l *lab.Lab, ca *lab.CA, base string, wantMAC
 
 	// IT staff disconnect the first phone from the site page: the kick is
 	// queued for the site's gateway (the caller checks the phone is out).
-	do("disconnect "+wantMACs[0], chromedp.Click(`form[action$="/kick"]:has(input[name="mac"][value="`+wantMACs[0]+`"]) button`),
-		chromedp.WaitVisible("#sessions"))
+	do("disconnect "+wantMACs[0], chromedp.Click(`form[action$="/kick"]:has(input[name="mac"][value="`+wantMACs[0]+`"]) button`))
+	// The form's answer (303 back to the page, done=kick) before the
+	// browser closes: closing it earlier could drop the POST.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		loc, err := chromedp.Run(bctx, chromedp.Location())
+		if err == nil && strings.Contains(loc, "done=kick") {
+			break
+		}
+		if time.Now().After(deadline) {
+			fail("waiting for the disconnect's answer", fmt.Errorf("still at %s", loc))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
