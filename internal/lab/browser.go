@@ -4,10 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"sync"
 	"testing"
 )
 
@@ -38,34 +34,12 @@ type BrowseResult struct {
 	Error     string           `json:"error,omitempty"`
 }
 
-var (
-	browserOnce sync.Once
-	browserBin  string
-	browserErr  error
-)
-
-// BrowserBinary builds internal/lab/cmd/cwbrowse once per test binary and
-// returns its path (removed when the process's temp dir is cleaned; it is
-// small). It requires chromium (see Require).
+// BrowserBinary builds internal/lab/cmd/cwbrowse once per test process
+// (see Binary) and returns its path. It requires chromium (see Require).
 func BrowserBinary(t testing.TB) string {
 	t.Helper()
 	Require(t, "chromium")
-	browserOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "cwbrowse-bin-")
-		if err != nil {
-			browserErr = err
-			return
-		}
-		browserBin = filepath.Join(dir, "cwbrowse")
-		out, err := exec.Command("go", "build", "-o", browserBin, "github.com/civicwifi/civicwifi/internal/lab/cmd/cwbrowse").CombinedOutput()
-		if err != nil {
-			browserErr = fmt.Errorf("building cwbrowse: %v\n%s", err, out)
-		}
-	})
-	if browserErr != nil {
-		t.Fatal(browserErr)
-	}
-	return browserBin
+	return Binary(t, "github.com/civicwifi/civicwifi/internal/lab/cmd/cwbrowse")
 }
 
 // Browse runs cwbrowse (bin) inside ns with flags (e.g. "-cacert", file,

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -13,21 +11,9 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/civicwifi/civicwifi/controller/internal/store"
+	"github.com/civicwifi/civicwifi/internal/lab"
 	"github.com/google/go-cmp/cmp"
 )
-
-// chromium returns the browser, skipping without one (FAIL under CI=true).
-func chromium(t *testing.T) string {
-	t.Helper()
-	p, err := exec.LookPath("chromium")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("chromium is not installed (apt-get install chromium)")
-		}
-		t.Skip("chromium is not installed")
-	}
-	return p
-}
 
 // seedHistory adds days of hourly counters ending at the harness's clock
 // for the given sites (deterministic, varied by site and hour).
@@ -59,7 +45,6 @@ func seedHistory(t testing.TB, s store.Store, siteIDs []string, end time.Time, d
 // client with the page's button and the kick is queued for the gateway.
 // Screenshots go to $CW_SCREENSHOTS (or the test's temp dir).
 func TestChromiumDashboard(t *testing.T) {
-	bin := chromium(t)
 	h := newHarnessAt(t, time.Now().UTC())
 	sd := h.seed()
 	seedHistory(t, h.st, []string{"parco-pertini", "biblioteca-ricottiana", "palazzo-comunale"}, h.clk.Now(), 14)
@@ -68,59 +53,14 @@ func TestChromiumDashboard(t *testing.T) {
 	if shots == "" {
 		shots = t.TempDir()
 	}
-	dataDir := t.TempDir()
-	actx, acancel := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(bin), chromedp.UserDataDir(dataDir), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("ignore-certificate-errors", true), // httptest's own certificate
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-dev-shm-usage", true), chromedp.Flag("hide-scrollbars", true),
-		chromedp.Flag("disable-features", "Translate,MediaRouter,OptimizationHints"),
-		chromedp.WindowSize(1280, 900))
-	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx)
-	defer bcancel()
-	bctx, tcancel := context.WithTimeout(bctx, 90*time.Second)
-	defer tcancel()
-	fail := func(what string, err error) {
-		t.Helper()
-		loc, _ := chromedp.Run(bctx, chromedp.Location())
-		body, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`document.body ? document.body.innerText : ""`))
-		t.Fatalf("%s: %v (at %s: %.500s)", what, err, loc, body)
-	}
-	do := func(what string, acts ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		if err := chromedp.Do(bctx, acts...); err != nil {
-			fail(what, err)
-		}
-	}
-	text := func(sel string) string {
-		t.Helper()
-		v, err := chromedp.Run(bctx, chromedp.Text(sel))
-		if err != nil {
-			fail("text of "+sel, err)
-		}
-		return strings.TrimSpace(v)
-	}
-	location := func() string {
-		t.Helper()
-		v, err := chromedp.Run(bctx, chromedp.Location())
-		if err != nil {
-			fail("location", err)
-		}
-		return v
-	}
+	c := lab.NewChrome(t, lab.ChromeOptions{Shots: shots, Timeout: 90 * time.Second,
+		Flags: []chromedp.ExecAllocatorOption{chromedp.Flag("ignore-certificate-errors", true)}}) // httptest's own certificate
+	bctx := c.Context()
+	fail, do, text, location := c.Fail, c.Do, c.Text, c.Location
 	shot := func(name string) {
 		t.Helper()
-		png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
-		if err != nil {
-			fail("screenshot "+name, err)
-		}
-		if err := os.WriteFile(filepath.Join(shots, name), png, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if len(png) < 20000 {
-			t.Errorf("screenshot %s: only %d bytes", name, len(png))
+		if n := c.Shot(name); n < 20000 {
+			t.Errorf("screenshot %s: only %d bytes", name, n)
 		}
 	}
 	base := h.srv.URL

@@ -16,7 +16,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,31 +26,9 @@ import (
 	"github.com/civicwifi/civicwifi/portal/internal/control"
 )
 
-var (
-	ctlBuildOnce sync.Once
-	ctlBinPath   string
-	ctlBuildErr  error
-)
-
 // controllerBinary builds the controller once per test run.
 func controllerBinary(t *testing.T) string {
-	t.Helper()
-	ctlBuildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "cw-controller-bin-")
-		if err != nil {
-			ctlBuildErr = err
-			return
-		}
-		ctlBinPath = filepath.Join(dir, "controller")
-		out, err := exec.Command("go", "build", "-o", ctlBinPath, "github.com/civicwifi/civicwifi/controller/cmd/controller").CombinedOutput()
-		if err != nil {
-			ctlBuildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if ctlBuildErr != nil {
-		t.Fatal(ctlBuildErr)
-	}
-	return ctlBinPath
+	return lab.Binary(t, "github.com/civicwifi/civicwifi/controller/cmd/controller")
 }
 
 // controllerAddr is where both gateways reach the controller: on site A's

@@ -19,7 +19,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -296,77 +295,12 @@ scrape_configs:
 // upstream namespace, through the dashboard's sign-in, overview and site
 // page. Screenshots go to $CW_ARTIFACTS (or the test's temp dir).
 func testOpsDashboard(t *testing.T, l *lab.Lab, ca *lab.CA, base string, wantMACs []string) {
-	chromium, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ipBin, err := exec.LookPath("ip")
-	if err != nil {
-		t.Fatal(err)
-	}
-	shots := artifactsDir(t)
-	actx, acancel := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(chromium), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
-		// Trust exactly the lab CA (honoured with the user data dir chromedp makes).
-		chromedp.Flag("ignore-certificate-errors-spki-list", ca.SPKIHash()),
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-dev-shm-usage", true), chromedp.Flag("hide-scrollbars", true),
-		chromedp.Flag("disable-features", "Translate,MediaRouter,OptimizationHints"),
-		chromedp.WindowSize(1280, 900),
-		// Chromium runs inside the upstream namespace (`ip netns exec`
-		// execs it, keeping the DevTools pipe's descriptors).
-		chromedp.ModifyCmdFunc(func(cmd *exec.Cmd) {
-			cmd.Args = append([]string{"ip", "netns", "exec", l.Upstream.Name, cmd.Path}, cmd.Args[1:]...)
-			cmd.Path = ipBin
-			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		}))
-	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx)
-	defer bcancel()
-	bctx, tcancel := context.WithTimeout(bctx, 2*time.Minute)
-	defer tcancel()
-
-	fail := func(what string, err error) {
-		t.Helper()
-		loc, _ := chromedp.Run(bctx, chromedp.Location())
-		body, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`document.body ? document.body.innerText : ""`))
-		t.Fatalf("%s: %v (at %s: %.500s)", what, err, loc, body)
-	}
-	do := func(what string, acts ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		if err := chromedp.Do(bctx, acts...); err != nil {
-			fail(what, err)
-		}
-	}
-	text := func(sel string) string {
-		t.Helper()
-		v, err := chromedp.Run(bctx, chromedp.Text(sel))
-		if err != nil {
-			fail("text of "+sel, err)
-		}
-		return strings.TrimSpace(v)
-	}
-	location := func() string {
-		t.Helper()
-		v, err := chromedp.Run(bctx, chromedp.Location())
-		if err != nil {
-			fail("location", err)
-		}
-		return v
-	}
-	shot := func(name string) {
-		t.Helper()
-		png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
-		if err != nil {
-			fail("screenshot "+name, err)
-		}
-		p := filepath.Join(shots, name)
-		if err := os.WriteFile(p, png, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("screenshot: %s (%d bytes)", p, len(png))
-	}
+	// Trust exactly the lab CA (honoured with the user data dir).
+	c := lab.NewChrome(t, lab.ChromeOptions{NS: &l.Upstream, Shots: artifactsDir(t),
+		Flags: []chromedp.ExecAllocatorOption{chromedp.Flag("ignore-certificate-errors-spki-list", ca.SPKIHash())}})
+	bctx := c.Context()
+	fail, do, text, location, shots := c.Fail, c.Do, c.Text, c.Location, c.Shots()
+	shot := func(name string) { t.Helper(); c.Shot(name) }
 
 	t0 := time.Now()
 	do("open the overview", chromedp.Navigate(base+"/admin/overview"), chromedp.WaitVisible("#name"))

@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,40 +23,14 @@ import (
 	"github.com/civicwifi/civicwifi/portal/internal/control"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
 // portalBinary builds the portal once per test run.
 func portalBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "cw-portal-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "portal")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
+	return lab.Binary(t, "github.com/civicwifi/civicwifi/portal/cmd/portal")
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	for _, p := range []string{binPath, ctlBinPath} {
-		if p != "" {
-			os.RemoveAll(filepath.Dir(p))
-		}
-	}
+	lab.RemoveBinaries()
 	os.Exit(code)
 }
 

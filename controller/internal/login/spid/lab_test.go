@@ -31,10 +31,8 @@ import (
 	"math/big"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -43,41 +41,15 @@ import (
 	"github.com/civicwifi/civicwifi/internal/lab"
 )
 
-var (
-	binOnce  sync.Once
-	binDir   string
-	binErr   error
-	binNames = map[string]string{
-		"portal":     "github.com/civicwifi/civicwifi/portal/cmd/portal",
-		"controller": "github.com/civicwifi/civicwifi/controller/cmd/controller",
-	}
-)
-
 // labBinaries builds the gateway and the controller once per test binary.
 func labBinaries(t *testing.T) (portal, controller string) {
-	t.Helper()
-	binOnce.Do(func() {
-		if binDir, binErr = os.MkdirTemp("", "cw-spid-lab-bin-"); binErr != nil {
-			return
-		}
-		for name, pkg := range binNames {
-			if out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg).CombinedOutput(); err != nil {
-				binErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
-				return
-			}
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return filepath.Join(binDir, "portal"), filepath.Join(binDir, "controller")
+	return lab.Binary(t, "github.com/civicwifi/civicwifi/portal/cmd/portal"),
+		lab.Binary(t, "github.com/civicwifi/civicwifi/controller/cmd/controller")
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	lab.RemoveBinaries()
 	os.Exit(code)
 }
 
