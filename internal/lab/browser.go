@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"testing"
 )
 
@@ -42,12 +44,18 @@ func BrowserBinary(t testing.TB) string {
 	return Binary(t, "github.com/civicwifi/civicwifi/internal/lab/cmd/cwbrowse")
 }
 
-// Browse runs cwbrowse (bin) inside ns with flags (e.g. "-cacert", file,
+// Browse runs cwbrowse (bin) inside ns (the zero NS: in the caller's own) with flags (e.g. "-cacert", file,
 // "-lang", "en-GB,en") and steps ("navigate=http://...", "snapshot").
 // A failed step is an error; the result still says where the page was.
 func Browse(ctx context.Context, ns NS, bin string, flags []string, steps ...string) (BrowseResult, error) {
 	argv := append(append([]string{bin}, flags...), steps...)
-	cmd := ns.Command(ctx, argv...)
+	var cmd *exec.Cmd
+	if ns.Name == "" { // the caller's own namespace: a browser on loopback
+		cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
+		cmd.Env = append(os.Environ(), "LC_ALL=C")
+	} else {
+		cmd = ns.Command(ctx, argv...)
+	}
 	var stderr limitedBuffer
 	cmd.Stderr = &stderr
 	out, runErr := cmd.Output()

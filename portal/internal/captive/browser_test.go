@@ -2,13 +2,11 @@ package captive
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -57,28 +55,17 @@ func TestChromiumClickThrough(t *testing.T) {
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 
-	dir := t.TempDir()
-	wrapper := filepath.Join(dir, "chromium")
-	script := "#!/bin/sh\nexec /usr/bin/chromium --host-resolver-rules='MAP www.example.it 127.0.0.1' \"$@\"\n"
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	shots := os.Getenv("CW_SCREENSHOTS")
 	if shots == "" {
-		shots = dir
+		shots = t.TempDir()
 	}
 	browse := func(lang string, steps ...string) lab.BrowseResult {
 		t.Helper()
 		cctx, ccancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer ccancel()
-		args := append([]string{"-chromium", wrapper, "-lang", lang, "-timeout", "90s"}, steps...)
-		out, err := exec.CommandContext(cctx, bin, args...).Output()
-		var res lab.BrowseResult
-		if jerr := json.Unmarshal(out, &res); jerr != nil {
-			t.Fatalf("cwbrowse: %v / %v: %s", err, jerr, out)
-		}
-		if err != nil || res.Error != "" {
-			t.Fatalf("cwbrowse: %v %s (at %s)", err, res.Error, res.URL)
+		res, err := lab.Browse(cctx, lab.NS{}, bin, []string{"-host-rules", "MAP www.example.it 127.0.0.1", "-lang", lang, "-timeout", "90s"}, steps...)
+		if err != nil {
+			t.Fatal(err)
 		}
 		return res
 	}

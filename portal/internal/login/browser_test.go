@@ -3,14 +3,12 @@ package login
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -66,22 +64,16 @@ func TestChromiumSMSLogin(t *testing.T) {
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 
-	dir := t.TempDir()
-	wrapper := filepath.Join(dir, "chromium")
-	script := "#!/bin/sh\nexec /usr/bin/chromium --host-resolver-rules='MAP www.example.it 127.0.0.1' \"$@\"\n"
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	shots := os.Getenv("CW_SCREENSHOTS")
 	if shots == "" {
-		shots = dir
+		shots = t.TempDir()
 	} else if err := os.MkdirAll(shots, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	orig := "http://www.example.it:" + strconv.Itoa(port) + "/news?id=1"
 	cctx, ccancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer ccancel()
-	args := []string{"-chromium", wrapper, "-lang", "it-IT,it", "-timeout", "90s",
+	steps := []string{
 		"navigate=" + orig, "wait=input[type=tel]", "screenshot=" + filepath.Join(shots, "sms-phone-it.png"),
 		"type=input[type=tel][autocomplete=tel]=333 123 4567",
 		"click=#accept-sms",
@@ -91,13 +83,9 @@ func TestChromiumSMSLogin(t *testing.T) {
 		`click=form[action="/portal/sms/verify"] button[type=submit]`,
 		"wait_text=Pagina di destinazione", "snapshot",
 	}
-	out, err := exec.CommandContext(cctx, bin, args...).Output()
-	var res lab.BrowseResult
-	if jerr := json.Unmarshal(out, &res); jerr != nil {
-		t.Fatalf("cwbrowse: %v / %v: %s", err, jerr, out)
-	}
-	if err != nil || res.Error != "" {
-		t.Fatalf("cwbrowse: %v %s (at %s)\n%s", err, res.Error, res.URL, res.Text)
+	res, err := lab.Browse(cctx, lab.NS{}, bin, []string{"-host-rules", "MAP www.example.it 127.0.0.1", "-lang", "it-IT,it", "-timeout", "90s"}, steps...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, res.Text)
 	}
 	select {
 	case req := <-sent:

@@ -53,6 +53,7 @@ const defaultUA = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (
 type options struct {
 	chromium string
 	caFile   string
+	hosts    string // Chromium's --host-resolver-rules
 	lang     string
 	ua       string
 	width    int64
@@ -79,6 +80,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs.StringVar(&o.chromium, "chromium", "/usr/bin/chromium", "the Chromium binary")
 	fs.StringVar(&o.caFile, "cacert", "", "PEM CA certificate to trust (e.g. the lab CA); the server must present it in its chain")
+	fs.StringVar(&o.hosts, "host-rules", "", "Chromium --host-resolver-rules, e.g. \"MAP www.example.it 127.0.0.1\" (tests on loopback)")
 	fs.StringVar(&o.lang, "lang", "it-IT,it", "preferred languages, best first: Accept-Language (Chromium adds the q-values) and navigator.languages")
 	fs.StringVar(&o.ua, "ua", defaultUA, "user agent")
 	fs.Int64Var(&o.width, "width", 390, "viewport width, CSS pixels")
@@ -177,6 +179,9 @@ func browse(parent context.Context, o options, steps []Step) (Result, error) {
 	}
 	if len(tags) > 0 {
 		flags = append(flags, chromedp.Flag("lang", tags[0]))
+	}
+	if o.hosts != "" {
+		flags = append(flags, chromedp.Flag("host-resolver-rules", o.hosts))
 	}
 	if o.caFile != "" {
 		hashes, err := spkiHashes(o.caFile)
