@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/civicwifi/civicwifi/internal/groupcommit"
 	"github.com/civicwifi/civicwifi/internal/quantity"
 	"github.com/civicwifi/civicwifi/portal/internal/config"
 	"github.com/civicwifi/civicwifi/portal/internal/control"
@@ -61,8 +62,9 @@ type Options struct {
 	FullReconcileInterval time.Duration
 	FlushInterval         time.Duration // counters to the store (default 10s)
 	// Events, if set, receives session events (start, interim, stop), in
-	// order, with kmu held and mu not: it should be quick (the controller
-	// link writes them to its durable outbox). An error is logged.
+	// order, from the journal's writer (no lock of the gateway held), a
+	// whole burst at a time: it should be quick (the controller link
+	// writes them to its durable outbox). An error is logged.
 	Events func([]Event) error
 	// InterimInterval is how often an active session's totals are
 	// reported while they move (default 5m).
@@ -104,9 +106,9 @@ type Gateway struct {
 	schedule *Schedule
 	day      time.Time
 	daily    map[string]uint64
-	// outq holds events of an open until kmu's holder sends them (without
-	// mu). Guarded by kmu.
-	outq    []Event
+	// journal writes the store of record and the session events, in the
+	// order records are added (under kmu), grouping concurrent ones.
+	journal *groupcommit.Log[record]
 	started time.Time
 	lastRec time.Time
 	repairs uint64
@@ -135,7 +137,7 @@ func New(o Options) *Gateway {
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(nil)
 	}
-	return &Gateway{
+	g := &Gateway{
 		o: o, log: o.Log, now: o.Now,
 		sessions: map[string]*Session{},
 		byIP:     map[netip.Addr]*Session{},
@@ -144,6 +146,8 @@ func New(o Options) *Gateway {
 		limits:   o.Config.Limits,
 		daily:    map[string]uint64{},
 	}
+	g.journal = newJournal(g)
+	return g
 }
 
 // Start sets up the kernel and enforces the stored sessions again. It
@@ -186,8 +190,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 	for _, s := range ended {
 		g.revokeKernel(ctx, s)
 	}
-	g.emit(eventsOf(EventStop, ended)...) // before the store: see end
-	if err := g.o.Store.Put(ended...); err != nil {
+	if err := g.journal.Do(record{before: eventsOf(EventStop, ended), change: Change{Sessions: ended}}); err != nil {
 		return fmt.Errorf("recording expired sessions: %w", err)
 	}
 	// Gating first: residents with a session get through again as soon as
@@ -506,14 +509,9 @@ func (g *Gateway) end(ctx context.Context, ended []*Session) error {
 	if len(ended) == 0 {
 		return nil
 	}
-	// The stop events first: once the store has a session as ended,
-	// nothing would send its stop again after a crash, while a stop sent
-	// twice carries the same id and is recognised.
-	g.emit(eventsOf(EventStop, ended)...)
+	// Ended sessions are no longer in the maps: nothing changes them.
+	t := g.journal.Add(record{before: eventsOf(EventStop, ended), change: Change{Sessions: copies(ended)}})
 	var errs []error
-	if err := g.o.Store.Put(ended...); err != nil {
-		errs = append(errs, fmt.Errorf("recording ended sessions: %w", err))
-	}
 	for _, s := range ended {
 		if err := g.revokeKernel(ctx, s); err != nil {
 			errs = append(errs, err)
@@ -521,6 +519,9 @@ func (g *Gateway) end(ctx context.Context, ended []*Session) error {
 		g.o.Metrics.ended.WithLabelValues(s.EndReason).Inc()
 		g.log.Info("session ended", "session", s.ID, "mac", s.MAC.String(), "ip", s.IP, "reason", s.EndReason,
 			"bytes_down", s.BytesDown, "bytes_up", s.BytesUp)
+	}
+	if err := t.Wait(); err != nil {
+		errs = append(errs, fmt.Errorf("recording ended sessions: %w", err))
 	}
 	return errors.Join(errs...)
 }
@@ -556,18 +557,17 @@ func (g *Gateway) flush() error {
 		}
 	}
 	g.mu.Unlock()
-	if len(interim) > 0 {
-		// Under kmu, so that no stop of these sessions can overtake them.
-		g.kmu.Lock()
-		g.emit(eventsOf(EventInterim, interim)...)
-		g.kmu.Unlock()
-	}
-	if len(snap) == 0 {
+	if len(interim) == 0 && len(snap) == 0 {
 		return nil
 	}
 	// A session that ended after the snapshot must not be written back
-	// as active: UpdateActive skips sessions no longer in the active bucket.
-	return g.o.Store.UpdateActive(snap...)
+	// as active: IfActive skips sessions no longer in the active bucket.
+	// Added under kmu, so that no stop of these sessions can overtake the
+	// interims.
+	g.kmu.Lock()
+	t := g.journal.Add(record{before: eventsOf(EventInterim, interim), change: Change{Sessions: snap, IfActive: true}})
+	g.kmu.Unlock()
+	return t.Wait()
 }
 
 // Grant is a request to open a session, already parsed.
@@ -605,8 +605,9 @@ func checkLimits(l config.Limits) error {
 // Open authorises a client (the operator's or the controller's decision).
 // An existing session of the same client is updated in place (limits
 // replaced, counters kept); a session of another device on the same address
-// ends. If the kernel refuses, nothing is left behind: a new session is
-// ended and revoked, an updated one goes back to what it was.
+// ends. It returns once the session is in the kernel and in the store of
+// record. If the kernel or the store refuses, nothing is left behind: a new
+// session is revoked, an updated one goes back to what it was.
 func (g *Gateway) Open(ctx context.Context, req Grant) (*Session, error) {
 	if err := checkLimits(req.Limits); err != nil {
 		return nil, err
@@ -616,9 +617,12 @@ func (g *Gateway) Open(ctx context.Context, req Grant) (*Session, error) {
 		return nil, err
 	}
 	g.kmu.Lock()
-	defer g.kmu.Unlock()
-	defer g.sendQueued()
-	return g.open(ctx, mac, ip, req)
+	o, err := g.open(ctx, mac, ip, req)
+	g.kmu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return g.settle(ctx, o)
 }
 
 // ClickThrough lets a captive device in by itself, with the site's default
@@ -632,13 +636,26 @@ func (g *Gateway) ClickThrough(ctx context.Context, ip netip.Addr) (*Session, er
 		return nil, err
 	}
 	g.kmu.Lock()
-	defer g.kmu.Unlock()
+	o, err := g.clickThrough(ctx, mac, ip)
+	g.kmu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if o.already != nil {
+		return o.already, nil
+	}
+	return g.settle(ctx, o)
+}
+
+// clickThrough is ClickThrough's part under kmu. An opening with only
+// already set is a device already in.
+func (g *Gateway) clickThrough(ctx context.Context, mac net.HardwareAddr, ip netip.Addr) (*opening, error) {
 	g.mu.Lock()
 	if s := g.byIP[ip]; s != nil {
 		c := *s
 		g.mu.Unlock()
 		if sameMAC(s.MAC, mac) {
-			return &c, nil // already in
+			return &opening{already: &c}, nil
 		}
 		return nil, fmt.Errorf("%w: %s is in use by another device's session", ErrRefused, ip)
 	}
@@ -654,103 +671,167 @@ func (g *Gateway) ClickThrough(ctx context.Context, ip netip.Addr) (*Session, er
 	}
 	limits := g.limits
 	g.mu.Unlock()
-	defer g.sendQueued()
 	return g.open(ctx, mac, ip, Grant{Method: "click-through", Limits: limits})
 }
 
 // ErrRefused marks a login the site's rules refuse.
 var ErrRefused = errors.New("refused")
 
-// open does the work of Open; the caller holds kmu.
-func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, req Grant) (*Session, error) {
+// opening is an open in the kernel whose record the journal is writing.
+type opening struct {
+	s       *Session // the live session
+	c       Session  // as opened
+	prev    *Session // before an update; nil for a new session
+	gen     uint64   // s.gen as opened
+	t       groupcommit.Ticket[record]
+	t0      time.Time
+	already *Session // ClickThrough: the device was in already
+}
+
+// open does the work of Open under kmu: the decision (under mu), the kernel
+// (mu released: readers of the sessions need not wait for the kernel), and
+// the record handed to the journal. The caller releases kmu and settles.
+func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, req Grant) (*opening, error) {
 	t0 := time.Now()
 	now := g.now()
 	g.mu.Lock()
-	defer g.mu.Unlock()
-
-	s := g.byIP[ip]
-	var displaced *Session
-	if s != nil && !sameMAC(s.MAC, mac) {
+	s, prev, displaced, err := g.decide(mac, ip, req, now)
+	if err != nil {
+		g.mu.Unlock()
+		return nil, err
+	}
+	if displaced != nil {
 		// The address now belongs to another device: the old session ends.
+		displaced.Ended, displaced.EndReason = now, "replaced"
+		g.forget(displaced)
+	}
+	if prev == nil {
+		s.reported, s.reportedBytes = now, 0
+	}
+	s.gen = g.touch(ip)
+	g.sessions[s.ID] = s
+	g.byIP[ip] = s
+	o := &opening{s: s, c: *s, prev: prev, gen: s.gen, t0: t0}
+	g.mu.Unlock()
+
+	var dt *groupcommit.Ticket[record]
+	if displaced != nil {
+		// Its end stands whatever becomes of this open.
+		t := g.journal.Add(record{before: eventsOf(EventStop, []*Session{displaced}), change: Change{Sessions: copies([]*Session{displaced})}})
+		dt = &t
+		if err := g.revokeKernel(ctx, displaced); err != nil {
+			g.log.Error("revoking displaced session", "session", displaced.ID, "err", err)
+		}
+	}
+	if err := g.enforce(ctx, &o.c); err != nil {
+		g.o.Metrics.errors.WithLabelValues("allow").Inc()
+		g.undo(ctx, o, now)
+		if dt != nil {
+			if err := dt.Wait(); err != nil {
+				g.log.Error("recording displaced session", "session", displaced.ID, "err", err)
+			}
+		}
+		return nil, fmt.Errorf("authorising %s: %w", mac, err)
+	}
+	var after []Event
+	if prev == nil {
+		after = eventsOf(EventStart, []*Session{&o.c})
+	}
+	c := o.c
+	o.t = g.journal.Add(record{change: Change{Sessions: []*Session{&c}}, after: after})
+	return o, nil
+}
+
+// decide works out the session an open makes or updates. Caller holds mu;
+// nothing is changed yet.
+func (g *Gateway) decide(mac net.HardwareAddr, ip netip.Addr, req Grant, now time.Time) (s, prev, displaced *Session, err error) {
+	s = g.byIP[ip]
+	if s != nil && !sameMAC(s.MAC, mac) {
 		displaced, s = s, nil
 	}
-	var prev *Session // the session before this update, to roll back to
 	if req.Method != "ctl" && g.closed(now) {
 		next := g.schedule.NextOpen(now)
-		return nil, fmt.Errorf("%w: the site is closed now (it opens %s)", ErrRefused, next.In(g.schedule.loc()).Format("Mon 15:04"))
+		return nil, nil, nil, fmt.Errorf("%w: the site is closed now (it opens %s)", ErrRefused, next.In(g.schedule.loc()).Format("Mon 15:04"))
 	}
 	if s == nil {
 		if max := g.limits.MaxClients; max > 0 && len(g.sessions) >= max && displaced == nil {
-			return nil, fmt.Errorf("%w: %w: the site is full (%d clients)", control.ErrBadRequest, ErrRefused, max)
+			return nil, nil, nil, fmt.Errorf("%w: %w: the site is full (%d clients)", control.ErrBadRequest, ErrRefused, max)
 		}
 		s = &Session{ID: newID(), MAC: mac, IP: ip, Started: now, LastActive: now}
 	} else {
 		c := *s
 		prev = &c
 	}
-	s.Method, s.User = req.Method, req.User
 	l := req.Limits
-	s.Expires = time.Time{}
-	if l.Session > 0 {
-		s.Expires = now.Add(l.Session)
-	}
-	s.IdleTimeout, s.QuotaBytes = l.Idle, uint64(l.Quota)
-	s.DownRate, s.UpRate = uint64(l.Down), uint64(l.Up)
+	quota := uint64(l.Quota)
 	if l.DailyQuota && l.Quota > 0 {
 		// What is left of the device's day; this session's own counters
 		// carry on inside it.
 		used := g.usedToday(mac.String(), now)
 		if used >= uint64(l.Quota) {
-			if prev != nil {
-				*s = *prev
-			}
-			return nil, fmt.Errorf("%w: %s used its daily data allowance (%s)", ErrRefused, mac, l.Quota)
+			return nil, nil, nil, fmt.Errorf("%w: %s used its daily data allowance (%s)", ErrRefused, mac, l.Quota)
 		}
-		s.QuotaBytes = uint64(l.Quota) - used
+		quota = uint64(l.Quota) - used
 	}
+	s.Method, s.User = req.Method, req.User
+	s.Expires = time.Time{}
+	if l.Session > 0 {
+		s.Expires = now.Add(l.Session)
+	}
+	s.IdleTimeout, s.QuotaBytes = l.Idle, quota
+	s.DownRate, s.UpRate = uint64(l.Down), uint64(l.Up)
+	return s, prev, displaced, nil
+}
 
-	// The store of record first: a crash after this line is repaired by
-	// the next reconcile; a crash before it leaves nothing behind.
-	toPut := []*Session{s}
-	if displaced != nil {
-		displaced.Ended, displaced.EndReason = now, "replaced"
-		toPut = append(toPut, displaced)
-	}
-	if err := g.o.Store.Put(toPut...); err != nil {
-		if prev != nil {
-			*s = *prev
+// settle waits for the journal to write an opening's record. If the store
+// refused it, the open is taken back (unless a later change of the client
+// superseded it) and its error returned.
+func (g *Gateway) settle(ctx context.Context, o *opening) (*Session, error) {
+	if err := o.t.Wait(); err != nil {
+		g.o.Metrics.errors.WithLabelValues("store").Inc()
+		g.kmu.Lock()
+		g.mu.Lock()
+		current := g.sessions[o.s.ID] == o.s && o.s.gen == o.gen
+		g.mu.Unlock()
+		if current {
+			g.undo(ctx, o, g.now())
 		}
-		if displaced != nil {
-			displaced.Ended, displaced.EndReason = time.Time{}, ""
-		}
+		g.kmu.Unlock()
 		return nil, fmt.Errorf("recording session: %w", err)
 	}
-	if displaced != nil {
-		g.forget(displaced)
-		if err := g.revokeKernel(ctx, displaced); err != nil {
-			g.log.Error("revoking displaced session", "session", displaced.ID, "err", err)
-		}
-		g.outq = append(g.outq, eventsOf(EventStop, []*Session{displaced})...)
-	}
-	s.gen = g.touch(ip)
-	g.sessions[s.ID] = s
-	g.byIP[ip] = s
-
-	if err := g.enforce(ctx, s); err != nil {
-		g.o.Metrics.errors.WithLabelValues("allow").Inc()
-		g.rollback(ctx, s, prev, now)
-		return nil, fmt.Errorf("authorising %s: %w", mac, err)
-	}
-	if prev == nil {
-		s.reported, s.reportedBytes = now, 0
-		g.outq = append(g.outq, eventsOf(EventStart, []*Session{s})...)
-	}
+	s := &o.c
 	g.o.Metrics.authorisations.WithLabelValues(s.Method).Inc()
-	g.o.Metrics.allowSeconds.Observe(time.Since(t0).Seconds())
-	g.log.Info("session opened", "session", s.ID, "mac", mac.String(), "ip", ip, "method", s.Method,
+	g.o.Metrics.allowSeconds.Observe(time.Since(o.t0).Seconds())
+	g.log.Info("session opened", "session", s.ID, "mac", s.MAC.String(), "ip", s.IP, "method", s.Method,
 		"expires", s.Expires, "quota", s.QuotaBytes, "down", quantity.Rate(s.DownRate), "up", quantity.Rate(s.UpRate))
-	c := *s
-	return &c, nil
+	return s, nil
+}
+
+// undo takes back an opening the kernel or the store refused: an update
+// goes back to the limits the session had (counters kept), a new session
+// is dropped and revoked. Nothing of it is in the store. Caller holds kmu.
+func (g *Gateway) undo(ctx context.Context, o *opening, now time.Time) {
+	s := o.s
+	g.mu.Lock()
+	if o.prev != nil {
+		back := *o.prev
+		back.BytesDown, back.BytesUp, back.Packets, back.LastActive = s.BytesDown, s.BytesUp, s.Packets, s.LastActive
+		back.unsaved = s.unsaved
+		*s = back
+		s.gen = g.touch(s.IP)
+		c := *s
+		g.mu.Unlock()
+		if err := g.enforce(ctx, &c); err != nil {
+			g.log.Error("restoring session after a refused update; the next reconcile repairs it", "session", s.ID, "err", err)
+		}
+		return
+	}
+	s.Ended, s.EndReason = now, "failed"
+	g.forget(s)
+	g.mu.Unlock()
+	if err := g.revokeKernel(ctx, s); err != nil {
+		g.log.Error("revoking a refused session; the next reconcile repairs it", "session", s.ID, "err", err)
+	}
 }
 
 // enforce puts one session in the kernel: shaping first, so the first
@@ -766,29 +847,6 @@ func (g *Gateway) enforce(ctx context.Context, s *Session) error {
 		err = g.o.FW.Allow(ctx, grantOf(s))
 	}
 	return err
-}
-
-// rollback undoes an open the kernel refused. Caller holds kmu and mu.
-func (g *Gateway) rollback(ctx context.Context, s, prev *Session, now time.Time) {
-	if prev != nil {
-		// An update: back to the limits the session had.
-		*s = *prev
-		if err := g.o.Store.Put(s); err != nil {
-			g.log.Error("restoring session after a refused update", "session", s.ID, "err", err)
-		}
-		if err := g.enforce(ctx, s); err != nil {
-			g.log.Error("restoring session after a refused update", "session", s.ID, "err", err)
-		}
-		return
-	}
-	s.Ended, s.EndReason = now, "failed"
-	g.forget(s)
-	if err := g.o.Store.Put(s); err != nil {
-		g.log.Error("recording failed session", "session", s.ID, "err", err)
-	}
-	if err := g.revokeKernel(ctx, s); err != nil {
-		g.log.Error("revoking failed session", "session", s.ID, "err", err)
-	}
 }
 
 // Close ends the session of a client (by MAC or IP) with reason.

@@ -44,7 +44,8 @@ func eventsOf(kind EventKind, ss []*Session) []Event {
 	return out
 }
 
-// emit hands events to Options.Events. The caller holds kmu, not mu.
+// emit hands events to Options.Events. Only the journal's writer calls it,
+// one batch at a time, in order.
 func (g *Gateway) emit(evs ...Event) {
 	if len(evs) == 0 || g.o.Events == nil {
 		return
@@ -53,13 +54,6 @@ func (g *Gateway) emit(evs ...Event) {
 		g.o.Metrics.errors.WithLabelValues("events").Inc()
 		g.log.Error("recording session events", "events", len(evs), "err", err)
 	}
-}
-
-// sendQueued emits what an open queued. The caller holds kmu, not mu.
-func (g *Gateway) sendQueued() {
-	q := g.outq
-	g.outq = nil
-	g.emit(q...)
 }
 
 // Limits returns the site's default limits for new sessions now.
@@ -106,10 +100,8 @@ func (g *Gateway) SetPolicy(ctx context.Context, l config.Limits) error {
 	if len(moved) == 0 {
 		return nil
 	}
+	t := g.journal.Add(record{change: Change{Sessions: moved}})
 	var errs []error
-	if err := g.o.Store.Put(moved...); err != nil {
-		errs = append(errs, fmt.Errorf("recording new rates: %w", err))
-	}
 	for _, s := range moved {
 		var err error
 		if s.DownRate > 0 || s.UpRate > 0 {
@@ -120,6 +112,9 @@ func (g *Gateway) SetPolicy(ctx context.Context, l config.Limits) error {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("reshaping %s: %w", s.IP, err))
 		}
+	}
+	if err := t.Wait(); err != nil {
+		errs = append(errs, fmt.Errorf("recording new rates: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {
 		g.o.Metrics.errors.WithLabelValues("policy").Inc()
@@ -159,7 +154,8 @@ func (g *Gateway) Extend(ctx context.Context, mac net.HardwareAddr, d time.Durat
 	g.touch(s.IP)
 	c := *s
 	g.mu.Unlock()
-	err := g.o.Store.Put(&c)
+	rec := c
+	err := g.journal.Do(record{change: Change{Sessions: []*Session{&rec}}})
 	if err == nil {
 		// Allow on an existing client rewrites its timeout, keeping its
 		// counters.
@@ -171,7 +167,7 @@ func (g *Gateway) Extend(ctx context.Context, mac net.HardwareAddr, d time.Durat
 		g.touch(s.IP)
 		back := *s
 		g.mu.Unlock()
-		if perr := g.o.Store.Put(&back); perr != nil {
+		if perr := g.journal.Do(record{change: Change{Sessions: []*Session{&back}}}); perr != nil {
 			err = errors.Join(err, perr)
 		}
 		return nil, fmt.Errorf("extending %s: %w", mac, err)

@@ -118,50 +118,58 @@ func decode(b []byte) (*Session, error) {
 // Put writes sessions: active ones to the active bucket, ended ones moved to
 // the ended bucket. One transaction for all.
 func (s *Store) Put(sessions ...*Session) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		act, end := tx.Bucket(bucketActive), tx.Bucket(bucketEnded)
-		for _, sess := range sessions {
-			b, err := encode(sess)
-			if err != nil {
-				return fmt.Errorf("encoding session %s: %w", sess.ID, err)
-			}
-			key := []byte(sess.ID)
-			if sess.Active() {
-				err = act.Put(key, b)
-			} else {
-				if err = act.Delete(key); err == nil {
-					err = end.Put(key, b)
-				}
-			}
-			if err != nil {
-				return fmt.Errorf("writing session %s: %w", sess.ID, err)
-			}
-		}
-		return nil
-	})
+	return s.Write([]Change{{Sessions: sessions}})
 }
 
 // UpdateActive writes sessions that are still active in the store and skips
 // the others (ended since the caller took its copy), in one transaction.
 func (s *Store) UpdateActive(sessions ...*Session) error {
+	return s.Write([]Change{{Sessions: sessions, IfActive: true}})
+}
+
+// Change is one step of the store: Sessions written like Put, or, with
+// IfActive, like UpdateActive.
+type Change struct {
+	Sessions []*Session
+	IfActive bool
+}
+
+// Write applies changes in order in one transaction (one fsync for all).
+func (s *Store) Write(changes []Change) error {
 	// Encode outside the write transaction, which blocks every other writer.
-	encoded := make([][]byte, len(sessions))
-	for i, sess := range sessions {
-		b, err := encode(sess)
-		if err != nil {
-			return fmt.Errorf("encoding session %s: %w", sess.ID, err)
+	encoded := make([][][]byte, len(changes))
+	for i, c := range changes {
+		encoded[i] = make([][]byte, len(c.Sessions))
+		for j, sess := range c.Sessions {
+			b, err := encode(sess)
+			if err != nil {
+				return fmt.Errorf("encoding session %s: %w", sess.ID, err)
+			}
+			encoded[i][j] = b
 		}
-		encoded[i] = b
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
-		act := tx.Bucket(bucketActive)
-		for i, sess := range sessions {
-			key := []byte(sess.ID)
-			if !sess.Active() || act.Get(key) == nil {
-				continue
-			}
-			if err := act.Put(key, encoded[i]); err != nil {
-				return fmt.Errorf("writing session %s: %w", sess.ID, err)
+		act, end := tx.Bucket(bucketActive), tx.Bucket(bucketEnded)
+		for i, c := range changes {
+			for j, sess := range c.Sessions {
+				key, b := []byte(sess.ID), encoded[i][j]
+				var err error
+				switch {
+				case c.IfActive:
+					if !sess.Active() || act.Get(key) == nil {
+						continue
+					}
+					err = act.Put(key, b)
+				case sess.Active():
+					err = act.Put(key, b)
+				default:
+					if err = act.Delete(key); err == nil {
+						err = end.Put(key, b)
+					}
+				}
+				if err != nil {
+					return fmt.Errorf("writing session %s: %w", sess.ID, err)
+				}
 			}
 		}
 		return nil

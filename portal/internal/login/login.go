@@ -31,6 +31,7 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/internal/groupcommit"
 	"github.com/civicwifi/civicwifi/internal/quantity"
 	"github.com/civicwifi/civicwifi/portal/internal/captive"
 	"github.com/civicwifi/civicwifi/portal/internal/config"
@@ -70,14 +71,19 @@ type Config struct {
 
 // Service relays logins and opens sessions for valid grants.
 type Service struct {
-	cfg  Config
-	ctl  Controller
-	gw   Gateway
-	log  *slog.Logger
-	db   *bolt.DB
-	now  func() time.Time
-	mu   sync.Mutex // serialises grant use (bbolt does too; this keeps prune simple)
-	last time.Time  // last prune
+	cfg Config
+	ctl Controller
+	gw  Gateway
+	log *slog.Logger
+	db  *bolt.DB
+	now func() time.Time
+	// mu guards claimed: grant ids being recorded now, so that a grant
+	// presented twice at once is used once.
+	mu      sync.Mutex
+	claimed map[string]bool
+	// used records grant ids, grouping concurrent logins into one write.
+	used *groupcommit.Log[usedGrant]
+	last time.Time // last prune; only used's writer touches it
 
 	idpMu   sync.Mutex
 	idps    []captive.IdP
@@ -116,7 +122,9 @@ func New(cfg Config, ctl Controller, gw Gateway, log *slog.Logger) (*Service, er
 		db.Close()
 		return nil, fmt.Errorf("initialising %s: %w", path, err)
 	}
-	return &Service{cfg: cfg, ctl: ctl, gw: gw, log: log, db: db, now: cfg.Now, idpsTTL: 10 * time.Minute}, nil
+	s := &Service{cfg: cfg, ctl: ctl, gw: gw, log: log, db: db, now: cfg.Now, idpsTTL: 10 * time.Minute, claimed: map[string]bool{}}
+	s.used = groupcommit.New(s.writeUsed)
+	return s, nil
 }
 
 // Close closes the grants file.
@@ -288,11 +296,47 @@ func (s *Service) limits(g apiclient.Grant) config.Limits {
 	return l
 }
 
-// markUsed records g's id until it expires, refusing one already there.
-// Expired ids are pruned at most once a minute.
+// usedGrant is a grant id kept until its grant expires.
+type usedGrant struct {
+	id      string
+	expires time.Time
+}
+
+// markUsed records g's id until it expires, refusing one already there or
+// being recorded by a concurrent login. It returns once the id is on disk
+// (a restart must not let the grant in again).
 func (s *Service) markUsed(g apiclient.Grant, now time.Time) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	seen := s.claimed[g.ID]
+	if !seen {
+		if err := s.db.View(func(tx *bolt.Tx) error {
+			seen = tx.Bucket(bucketGrants).Get([]byte(g.ID)) != nil
+			return nil
+		}); err != nil {
+			s.mu.Unlock()
+			return fmt.Errorf("reading used grants: %w", err)
+		}
+	}
+	if seen {
+		s.mu.Unlock()
+		return fmt.Errorf("grant %q: %w", g.ID, ErrReplay)
+	}
+	s.claimed[g.ID] = true
+	s.mu.Unlock()
+	err := s.used.Do(usedGrant{id: g.ID, expires: g.ExpiresAt})
+	s.mu.Lock()
+	delete(s.claimed, g.ID) // on disk now, or free again after a failure
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("recording grant %s: %w", g.ID, err)
+	}
+	return nil
+}
+
+// writeUsed writes one batch of used grant ids in one transaction, pruning
+// expired ones at most once a minute.
+func (s *Service) writeUsed(gs []usedGrant) error {
+	now := s.now()
 	prune := now.Sub(s.last) > time.Minute
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketGrants)
@@ -306,23 +350,19 @@ func (s *Service) markUsed(g apiclient.Grant, now time.Time) error {
 				}
 			}
 		}
-		if b.Get([]byte(g.ID)) != nil {
-			return fmt.Errorf("grant %q: %w", g.ID, ErrReplay)
+		for _, g := range gs {
+			var v [8]byte
+			binary.BigEndian.PutUint64(v[:], uint64(g.expires.UnixNano()))
+			if err := b.Put([]byte(g.id), v[:]); err != nil {
+				return err
+			}
 		}
-		var v [8]byte
-		binary.BigEndian.PutUint64(v[:], uint64(g.ExpiresAt.UnixNano()))
-		return b.Put([]byte(g.ID), v[:])
+		return nil
 	})
-	if err != nil {
-		if errors.Is(err, ErrReplay) {
-			return err
-		}
-		return fmt.Errorf("recording grant %s: %w", g.ID, err)
-	}
-	if prune {
+	if err == nil && prune {
 		s.last = now
 	}
-	return nil
+	return err
 }
 
 // UsedGrants is the number of grant ids kept (for tests and status).

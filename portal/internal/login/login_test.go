@@ -618,3 +618,38 @@ func TestSPIDGarden(t *testing.T) {
 		t.Errorf("skipped (-want +got)\n%s", diff)
 	}
 }
+
+// The same grant presented many times at once (a replay racing the real
+// login) opens one session; the others are refused as replays.
+func TestConcurrentGrantUseOpensOnce(t *testing.T) {
+	h := newHarness(t)
+	g, err := h.ctl.grant("sms", phoneHW, phoneIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	errs := make(chan error, n)
+	for range n {
+		go func() { errs <- h.svc.Use(context.Background(), g, phoneHW, phoneIP) }()
+	}
+	ok, replays := 0, 0
+	for range n {
+		switch err := <-errs; {
+		case err == nil:
+			ok++
+		case errors.Is(err, ErrReplay):
+			replays++
+		default:
+			t.Errorf("unexpected error: %v", err)
+		}
+	}
+	if ok != 1 || replays != n-1 {
+		t.Errorf("%d uses succeeded and %d were refused as replays, want 1 and %d", ok, replays, n-1)
+	}
+	if got := len(h.gw.openedList()); got != 1 {
+		t.Errorf("%d sessions opened, want 1", got)
+	}
+	if used, err := h.svc.UsedGrants(); err != nil || used != 1 {
+		t.Errorf("used grants on disk: %d (%v), want 1", used, err)
+	}
+}
