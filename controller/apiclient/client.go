@@ -105,7 +105,9 @@ func New(cfg Config) (*Client, error) {
 	c := &Client{cfg: cfg, base: base, hc: cfg.HTTPClient, log: cfg.Log}
 	if c.hc == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.MaxIdleConnsPerHost = 4
+		// Logins relay through here: a burst of residents must reuse
+		// connections, not dial (and handshake) one each.
+		t.MaxIdleConnsPerHost = 64
 		t.ResponseHeaderTimeout = 0 // long polls; each request's context bounds it
 		c.hc = &http.Client{Transport: t}
 	}
