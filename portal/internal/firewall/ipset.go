@@ -363,3 +363,13 @@ func indexByIP(es []entry) map[netip.Addr]entry {
 	}
 	return m
 }
+
+// grantElems is grantLines as netlink elements, in the same order.
+func grantElems(g Grant, timeout int64, acctBytes, dlBytes *uint64) []setElem {
+	t := uint32(timeout)
+	return []setElem{
+		{Set: AcctSet, IP: g.IP, Timeout: t, Bytes: acctBytes, Comment: quotaComment(g.QuotaBytes)},
+		{Set: DownSet, IP: g.IP, Timeout: t, Bytes: dlBytes},
+		{Set: AuthSet, IP: g.IP, MAC: g.MAC, Timeout: t},
+	}
+}

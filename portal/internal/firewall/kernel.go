@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-iptables/iptables"
+	"golang.org/x/sys/unix"
 )
 
 // Config is what the firewall needs to know about the site.
@@ -113,13 +114,14 @@ type Kernel struct {
 	run  runner
 	ipt4 ipt
 	ipt6 ipt
-	nl   nlSets // nil: the hot paths use the ipset command too
+	nl   nlKernel // nil: the hot paths use the ipset and conntrack commands too
 	now  func() time.Time
 	// cuts, when set, queues the deletion of an allowed client's
 	// pre-login portal connections to one worker, off the allow's path:
-	// conntrack reads the whole table to find them (about 2 ms per 1,000
-	// entries), which a gateway with thousands of clients must not pay on
-	// every login. Nil (the unit tests' fake kernel): done inline.
+	// finding them means a walk over the whole conntrack table, which a
+	// gateway with thousands of clients must not pay on every login. The
+	// worker takes every queued client at once and walks the table once
+	// for all of them. Nil (the unit tests' fake kernel): done inline.
 	cuts     chan netip.Addr
 	cutsOnce sync.Once
 }
@@ -158,12 +160,12 @@ func New(cfg Config, log *slog.Logger) (*Kernel, error) {
 		return nil, fmt.Errorf("configuring the firewall: ip6tables: %w", err)
 	}
 	k := newKernel(cfg, log, r, i4, i6)
-	k.cuts = make(chan netip.Addr, 1024)
-	h, err := openNL(cfg.Netns)
+	k.cuts = make(chan netip.Addr, cutQueue)
+	c, err := openNL(cfg.Netns)
 	if err != nil {
 		return nil, fmt.Errorf("configuring the firewall: netlink: %w", err)
 	}
-	k.nl = h
+	k.nl = c
 	return k, nil
 }
 
@@ -538,6 +540,9 @@ func (k *Kernel) FlushGarden(ctx context.Context) error {
 // ErrExpired is returned by Allow for a grant whose Expires has passed.
 var ErrExpired = errors.New("grant already expired")
 
+// cutQueue is how many allowed clients may wait for the cut worker.
+const cutQueue = 4096
+
 // Allow authorises one client, or updates its grant keeping its counters.
 func (k *Kernel) Allow(ctx context.Context, g Grant) error {
 	if err := checkGrant(k.cfg, g); err != nil {
@@ -547,24 +552,16 @@ func (k *Kernel) Allow(ctx context.Context, g Grant) error {
 	if !ok {
 		return fmt.Errorf("allowing %s: %w", g.IP, ErrExpired)
 	}
-	// A new client (the usual case) is one restore, no read: cw-acct,
-	// cw-dl, then cw-auth, without -exist, so a client already counted
-	// fails on its first line and keeps its counters (read, then rewritten).
-	fresh, down := acctOffset(g.QuotaBytes)+g.UsedBytes, g.UsedDownBytes
-	lines := grantLines(g, timeout, &fresh, &down)
-	out, err := k.run.Run(ctx, strings.Join(lines, "\n")+"\n", "ipset", "restore")
-	switch {
-	case err == nil:
-	case strings.Contains(out, "already added"):
-		if err := k.updateCounters(ctx, g, timeout); err != nil {
+	if k.nl != nil {
+		if err := k.allowNL(ctx, g, timeout); err != nil {
 			return fmt.Errorf("allowing %s: %w", g.IP, err)
 		}
-	default:
+	} else if err := k.allowExec(ctx, g, timeout); err != nil {
 		return fmt.Errorf("allowing %s: %w", g.IP, err)
 	}
 	k.log.Info("client allowed", "ip", g.IP, "mac", g.MAC.String(), "timeout_s", timeout, "quota", g.QuotaBytes)
 	if k.cuts == nil {
-		k.cutPortalConnections(ctx, g.IP)
+		k.cutPortalConnections(ctx, []netip.Addr{g.IP})
 		return nil
 	}
 	k.cutsOnce.Do(func() { go k.cutWorker() })
@@ -578,29 +575,136 @@ func (k *Kernel) Allow(ctx context.Context, g Grant) error {
 	return nil
 }
 
-// cutWorker runs the queued cuts, one at a time, for the process's life.
+// allowExec writes the grant with the ipset command. A new client (the
+// usual case) is one restore, no read: cw-acct, cw-dl, then cw-auth,
+// without -exist, so a client already counted fails on its first line and
+// keeps its counters (read, then rewritten).
+func (k *Kernel) allowExec(ctx context.Context, g Grant, timeout int64) error {
+	fresh, down := acctOffset(g.QuotaBytes)+g.UsedBytes, g.UsedDownBytes
+	lines := grantLines(g, timeout, &fresh, &down)
+	out, err := k.run.Run(ctx, strings.Join(lines, "\n")+"\n", "ipset", "restore")
+	switch {
+	case err == nil:
+		return nil
+	case strings.Contains(out, "already added"):
+		return k.updateCounters(ctx, g, timeout)
+	default:
+		return err
+	}
+}
+
+// allowNL writes the grant through netlink, as allowExec does with the
+// command: exclusive adds of cw-acct, cw-dl, then cw-auth (a client is
+// authorised only once it is counted). An element already there stops
+// them; the client's counters are read and its three elements rewritten
+// keeping them. Any other refusal removes what this call added, so a new
+// client is left as it was, and says which element failed and why.
+func (k *Kernel) allowNL(ctx context.Context, g Grant, timeout int64) error {
+	fresh, down := acctOffset(g.QuotaBytes)+g.UsedBytes, g.UsedDownBytes
+	var added []setElem
+	for _, e := range grantElems(g, timeout, &fresh, &down) {
+		err := k.nl.IpsetAdd(e, true)
+		if err == nil {
+			added = append(added, e)
+			continue
+		}
+		if errors.Is(err, errElemExists) {
+			return k.updateCountersNL(ctx, g, timeout)
+		}
+		err = fmt.Errorf("adding %s to %s: %w", e.IP, e.Set, err)
+		for _, a := range slices.Backward(added) {
+			if derr := k.nl.IpsetDel(a.Set, a.IP); derr != nil {
+				err = errors.Join(err, fmt.Errorf("undoing the add to %s: %w", a.Set, derr))
+			}
+		}
+		return err
+	}
+	return nil
+}
+
+// updateCountersNL is updateCounters through netlink.
+func (k *Kernel) updateCountersNL(ctx context.Context, g Grant, timeout int64) error {
+	sets, err := k.list(ctx, AcctSet, DownSet)
+	if err != nil {
+		return err
+	}
+	acct, haveAcct := indexByIP(sets[AcctSet])[g.IP]
+	dl, haveDl := indexByIP(sets[DownSet])[g.IP]
+	acctBytes, dlBytes := initialCounters(g, acct, haveAcct, dl, haveDl)
+	for _, e := range grantElems(g, timeout, acctBytes, dlBytes) {
+		if err := k.nl.IpsetAdd(e, false); err != nil {
+			return fmt.Errorf("rewriting %s in %s: %w", e.IP, e.Set, err)
+		}
+	}
+	return nil
+}
+
+// cutWorker runs the queued cuts for the process's life: every client
+// queued meanwhile in one batch.
 func (k *Kernel) cutWorker() {
 	for ip := range k.cuts {
+		batch := []netip.Addr{ip}
+	drain:
+		for len(batch) < cutQueue {
+			select {
+			case ip := <-k.cuts:
+				batch = append(batch, ip)
+			default:
+				break drain
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		k.cutPortalConnections(ctx, ip)
+		k.cutPortalConnections(ctx, batch)
 		cancel()
 	}
 }
 
-// cutPortalConnections deletes the client's conntrack entries of HTTP
+// cutPortalConnections deletes the clients' conntrack entries of HTTP
 // connections that were DNATed to the portal before login. A browser keeps
 // such connections open (keep-alive, preconnected spares) and would send
 // its first request after login over one, to the portal again instead of
 // the site. Without the entry, the next segment of that connection is no
 // longer translated: the real server resets it, and the browser retries on
-// a new connection that goes out. Best effort: the client is allowed
+// a new connection that goes out. Best effort: the clients are allowed
 // already, so a failure is only logged.
-func (k *Kernel) cutPortalConnections(ctx context.Context, ip netip.Addr) {
-	out, err := k.run.Run(ctx, "", "conntrack", "-D", "-p", "tcp", "-s", ip.String(), "--dport", "80",
-		"--reply-src", k.cfg.GatewayIP.String(), "--reply-port-src", strconv.Itoa(int(k.cfg.PortalHTTPPort)))
-	if err != nil && !strings.Contains(out, "0 flow entries") {
-		k.log.Warn("cutting the client's connections to the portal", "ip", ip, "err", err)
+//
+// Through netlink, one walk of the table serves the whole batch: the
+// kernel hands over only the portal's translated connections (tcp to port
+// 80 answered by GatewayIP:PortalHTTPPort), those of the batch's clients
+// are deleted one by one.
+func (k *Kernel) cutPortalConnections(ctx context.Context, ips []netip.Addr) {
+	if k.nl == nil {
+		for _, ip := range ips {
+			out, err := k.run.Run(ctx, "", "conntrack", "-D", "-p", "tcp", "-s", ip.String(), "--dport", "80",
+				"--reply-src", k.cfg.GatewayIP.String(), "--reply-port-src", strconv.Itoa(int(k.cfg.PortalHTTPPort)))
+			if err != nil && !strings.Contains(out, "0 flow entries") {
+				k.log.Warn("cutting the client's connections to the portal", "ip", ip, "err", err)
+			}
+		}
+		return
 	}
+	batch := make(map[netip.Addr]bool, len(ips))
+	for _, ip := range ips {
+		batch[ip] = true
+	}
+	flows, err := k.nl.ConntrackList(ctFilter{Proto: unix.IPPROTO_TCP, OrigDport: 80,
+		ReplySrc: k.cfg.GatewayIP, ReplySport: k.cfg.PortalHTTPPort})
+	if err != nil {
+		k.log.Warn("cutting the clients' connections to the portal", "clients", len(ips), "err", err)
+		return
+	}
+	cut := 0
+	for _, fl := range flows {
+		if !batch[fl.OrigSrc] {
+			continue
+		}
+		if err := k.nl.ConntrackDelete(fl); err != nil {
+			k.log.Warn("cutting a client's connection to the portal", "ip", fl.OrigSrc, "flow", fl.String(), "err", err)
+			continue
+		}
+		cut++
+	}
+	k.log.Debug("cut pre-login portal connections", "clients", len(ips), "portal_flows", len(flows), "cut", cut)
 }
 
 // updateCounters rewrites the elements of a client already (partly) there:
@@ -659,14 +763,26 @@ func (k *Kernel) Revoke(ctx context.Context, c Client) error {
 	if !c.IP.Is4() || !k.cfg.Subnet.Contains(c.IP) {
 		return fmt.Errorf("revoking %s: address is not in the client subnet %s", c.IP, k.cfg.Subnet)
 	}
-	ip := c.IP.String()
-	lines := []string{
-		fmt.Sprintf("del %s %s", AuthSet, ip),
-		fmt.Sprintf("del %s %s", AcctSet, ip),
-		fmt.Sprintf("del %s %s", DownSet, ip),
-	}
-	if err := k.restoreSets(ctx, lines); err != nil {
-		return fmt.Errorf("revoking %s: %w", c.IP, err)
+	// cw-auth first, so the client never passes uncounted.
+	sets := []string{AuthSet, AcctSet, DownSet}
+	if k.nl != nil {
+		var errs []error
+		for _, s := range sets {
+			if err := k.nl.IpsetDel(s, c.IP); err != nil {
+				errs = append(errs, fmt.Errorf("deleting %s from %s: %w", c.IP, s, err))
+			}
+		}
+		if err := errors.Join(errs...); err != nil {
+			return fmt.Errorf("revoking %s: %w", c.IP, err)
+		}
+	} else {
+		lines := make([]string, 0, len(sets))
+		for _, s := range sets {
+			lines = append(lines, fmt.Sprintf("del %s %s", s, c.IP))
+		}
+		if err := k.restoreSets(ctx, lines); err != nil {
+			return fmt.Errorf("revoking %s: %w", c.IP, err)
+		}
 	}
 	if err := k.flushConntrack(ctx, c.IP); err != nil {
 		return fmt.Errorf("revoking %s: %w", c.IP, err)
@@ -675,21 +791,44 @@ func (k *Kernel) Revoke(ctx context.Context, c Client) error {
 	return nil
 }
 
-// flushConntrack deletes the client's UDP and ICMP flows. TCP flows stay:
-// deleting them would drop the NAT mapping, so the server's next segment
-// would never reach the client and its connection would hang instead of
-// dying; kept, that segment trickles through (see the kick rule) and the
-// client's ACK meets the captive chain's reset.
+// flushConntrack deletes the client's UDP and ICMP flows, both directions
+// (the client's address as original source or destination). TCP flows
+// stay: deleting them would drop the NAT mapping, so the server's next
+// segment would never reach the client and its connection would hang
+// instead of dying; kept, that segment trickles through (see the kick
+// rule) and the client's ACK meets the captive chain's reset.
+//
+// Through netlink that is two filtered walks of the table (the kernel
+// hands over only the client's flows) and one delete per UDP or ICMP flow.
 func (k *Kernel) flushConntrack(ctx context.Context, ip netip.Addr) error {
-	for _, proto := range []string{"udp", "icmp"} {
-		for _, dir := range []string{"-s", "-d"} {
-			out, err := k.run.Run(ctx, "", "conntrack", "-D", dir, ip.String(), "-p", proto)
-			if err != nil && !strings.Contains(out, "0 flow entries") {
-				return fmt.Errorf("flushing %s flows: %w", proto, err)
+	if k.nl == nil {
+		for _, proto := range []string{"udp", "icmp"} {
+			for _, dir := range []string{"-s", "-d"} {
+				out, err := k.run.Run(ctx, "", "conntrack", "-D", dir, ip.String(), "-p", proto)
+				if err != nil && !strings.Contains(out, "0 flow entries") {
+					return fmt.Errorf("flushing %s flows: %w", proto, err)
+				}
+			}
+		}
+		return nil
+	}
+	var errs []error
+	for _, f := range []ctFilter{{OrigSrc: ip}, {OrigDst: ip}} {
+		flows, err := k.nl.ConntrackList(f)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("flushing UDP and ICMP flows: %w", err))
+			continue
+		}
+		for _, fl := range flows {
+			if fl.Proto != unix.IPPROTO_UDP && fl.Proto != unix.IPPROTO_ICMP {
+				continue
+			}
+			if err := k.nl.ConntrackDelete(fl); err != nil {
+				errs = append(errs, fmt.Errorf("flushing flow %s: %w", fl, err))
 			}
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Reconcile repairs drift so the kernel matches want: sets, chains, jumps,

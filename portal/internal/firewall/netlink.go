@@ -1,39 +1,456 @@
 package firewall
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
-// nlSets is the netlink side of ipset, used on the hot path: reading the
-// clients' sets (the counters poll every second and the reconcile every
-// two, with thousands of elements). An `ipset list` exec forks and prints
-// and parses about 100 bytes of text per element; netlink hands over the
-// elements for a fraction of the CPU and garbage. Writes stay with the
-// ipset command (the netlink library cannot set an element's counters,
-// which a grant's quota offset needs), and so does everything when nlSets
-// is nil (the unit tests' fake kernel).
-type nlSets interface {
+// nlKernel is the netlink side of ipset and conntrack: the calls the hot
+// paths make, so that a fake can stand in for them in unit tests.
+//
+// Reading the clients' sets (the counters poll every second and the
+// reconcile every two, with thousands of elements), writing one client's
+// elements (Allow, Revoke) and deleting its conntrack entries go through
+// one NETLINK_NETFILTER socket in the gateway's namespace: no fork/exec,
+// no text to print and parse. Everything else (set creation, the walled
+// garden, batched repairs) stays with the ipset command, and so does
+// everything when nl is nil.
+type nlKernel interface {
+	// IpsetList reads one set with its elements.
 	IpsetList(name string) (*netlink.IPSetResult, error)
+	// IpsetAdd adds one element (IPSET_CMD_ADD). With excl an element
+	// already there is refused with errElemExists and left as it is;
+	// without, it is rewritten (ipset's -exist): given counters and
+	// comment replace the kernel's, omitted counters are kept.
+	IpsetAdd(e setElem, excl bool) error
+	// IpsetDel removes one element (IPSET_CMD_DEL); a missing one is fine.
+	IpsetDel(set string, ip netip.Addr) error
+	// ConntrackList returns the IPv4 flows f matches. The kernel filters
+	// (CTA_FILTER, Linux 5.8+), so only those cross to user space; f is
+	// applied again here, so a kernel that ignores the filter only costs
+	// time, never a wrong flow.
+	ConntrackList(f ctFilter) ([]ctFlow, error)
+	// ConntrackDelete deletes one listed flow (by its original tuple and
+	// id, so a new flow reusing the tuple is not hit); a flow already gone
+	// is fine.
+	ConntrackDelete(fl ctFlow) error
 }
 
-// openNL opens a netfilter netlink handle in the named network namespace
-// ("" is the caller's own).
-func openNL(netnsName string) (*netlink.Handle, error) {
-	if netnsName == "" {
-		return netlink.NewHandle(unix.NETLINK_NETFILTER)
+// errElemExists is IPSET_ERR_EXIST on an exclusive add: the element is
+// already in the set.
+var errElemExists = errors.New("element cannot be added to the set: it's already added")
+
+// setElem is one element of cw-auth, cw-acct or cw-dl as Allow writes it.
+type setElem struct {
+	Set     string
+	IP      netip.Addr
+	MAC     net.HardwareAddr // cw-auth only
+	Timeout uint32           // seconds; 0: none (the set's default, 0 = permanent)
+	// Bytes, when set, is the initial byte counter (packets 0); nil keeps
+	// the kernel's counters (a new element starts at 0).
+	Bytes   *uint64
+	Comment string // cw-acct only; "" none
+}
+
+// String renders e as the ipset restore line that would write it.
+func (e setElem) String() string {
+	s := "add " + e.Set + " " + e.IP.String()
+	if e.MAC != nil {
+		s += "," + e.MAC.String()
 	}
-	ns, err := netns.GetFromName(netnsName)
+	s += " timeout " + strconv.FormatUint(uint64(e.Timeout), 10)
+	if e.Bytes != nil {
+		s += " packets 0 bytes " + strconv.FormatUint(*e.Bytes, 10)
+	}
+	if e.Comment != "" {
+		s += " comment " + strconv.Quote(e.Comment)
+	}
+	return s
+}
+
+// ctFilter selects IPv4 conntrack flows; zero fields match anything. At
+// least one field must be set.
+type ctFilter struct {
+	Proto      uint8 // unix.IPPROTO_TCP, ...
+	OrigSrc    netip.Addr
+	OrigDst    netip.Addr
+	OrigDport  uint16
+	ReplySrc   netip.Addr
+	ReplySport uint16
+}
+
+func (f ctFilter) empty() bool { return f == ctFilter{} }
+
+func (f ctFilter) match(fl ctFlow) bool {
+	return (f.Proto == 0 || f.Proto == fl.Proto) &&
+		(!f.OrigSrc.IsValid() || f.OrigSrc == fl.OrigSrc) &&
+		(!f.OrigDst.IsValid() || f.OrigDst == fl.OrigDst) &&
+		(f.OrigDport == 0 || f.OrigDport == fl.OrigDport) &&
+		(!f.ReplySrc.IsValid() || f.ReplySrc == fl.ReplySrc) &&
+		(f.ReplySport == 0 || f.ReplySport == fl.ReplySport)
+}
+
+// ctFlow is one conntrack entry, as much of it as the firewall looks at.
+type ctFlow struct {
+	Proto                uint8
+	OrigSrc, OrigDst     netip.Addr
+	OrigSport, OrigDport uint16
+	ReplySrc, ReplyDst   netip.Addr
+	ReplySport           uint16
+	ReplyDport           uint16
+	// del holds the attributes that delete exactly this flow: its
+	// original tuple, zone and id as the kernel listed them.
+	del []byte
+}
+
+func (fl ctFlow) String() string {
+	return fmt.Sprintf("proto %d %s:%d -> %s:%d reply %s:%d -> %s:%d", fl.Proto,
+		fl.OrigSrc, fl.OrigSport, fl.OrigDst, fl.OrigDport, fl.ReplySrc, fl.ReplySport, fl.ReplyDst, fl.ReplyDport)
+}
+
+// nlConn is nlKernel on the real kernel. Listing sets uses the netlink
+// library's handle; writes and conntrack build their messages with its nl
+// package (the library cannot set an element's counters, which a grant's
+// quota offset needs, nor ask the kernel to filter conntrack flows) and
+// send them on a socket opened in the same namespace. Both are safe for
+// concurrent use (the library locks a socket for each request).
+type nlConn struct {
+	h     *netlink.Handle
+	socks map[int]*nl.SocketHandle
+}
+
+// nlTimeout bounds every netlink request: a dump of a large conntrack
+// table takes tens of milliseconds, nothing takes seconds.
+const nlTimeout = 10
+
+// openNL opens the netfilter netlink handle and socket in the named network
+// namespace ("" is the caller's own): from the daemon's start on, every
+// request runs there whatever thread sends it.
+func openNL(netnsName string) (*nlConn, error) {
+	ns := netns.None()
+	if netnsName != "" {
+		var err error
+		if ns, err = netns.GetFromName(netnsName); err != nil {
+			return nil, fmt.Errorf("opening namespace %s: %w", netnsName, err)
+		}
+		defer ns.Close()
+	}
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
 	if err != nil {
-		return nil, fmt.Errorf("opening namespace %s: %w", netnsName, err)
+		return nil, err
 	}
-	defer ns.Close()
-	return netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_NETFILTER)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	tv := unix.Timeval{Sec: nlTimeout}
+	if err := errors.Join(s.SetSendTimeout(&tv), s.SetReceiveTimeout(&tv), s.SetExtAck(true)); err != nil {
+		s.Close()
+		h.Close()
+		return nil, err
+	}
+	return &nlConn{h: h, socks: map[int]*nl.SocketHandle{unix.NETLINK_NETFILTER: {Socket: s}}}, nil
+}
+
+func (c *nlConn) IpsetList(name string) (*netlink.IPSetResult, error) { return c.h.IpsetList(name) }
+
+// execute sends req on the socket and calls f (if not nil) with each
+// answer's payload.
+func (c *nlConn) execute(req *nl.NetlinkRequest, f func(msg []byte) bool) error {
+	req.Sockets = c.socks
+	if f == nil {
+		f = func([]byte) bool { return true }
+	}
+	return req.ExecuteIter(unix.NETLINK_NETFILTER, 0, f)
+}
+
+func nfgen() *nl.Nfgenmsg {
+	return &nl.Nfgenmsg{NfgenFamily: unix.AF_INET, Version: nl.NFNETLINK_V0}
+}
+
+func (c *nlConn) ipsetRequest(cmd, flags int, set string) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(cmd|unix.NFNL_SUBSYS_IPSET<<8, unix.NLM_F_ACK|flags)
+	req.AddData(nfgen())
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(set)))
+	return req
+}
+
+// ipsetData is the IPSET_ATTR_DATA of an element with this address.
+func ipsetData(ip netip.Addr) *nl.RtAttr {
+	data := nl.NewRtAttr(nl.IPSET_ATTR_DATA|unix.NLA_F_NESTED, nil)
+	a4 := ip.As4()
+	data.AddRtAttr(nl.IPSET_ATTR_IP|unix.NLA_F_NESTED, nil).
+		AddRtAttr(nl.IPSET_ATTR_IPADDR_IPV4|unix.NLA_F_NET_BYTEORDER, a4[:])
+	return data
+}
+
+func (c *nlConn) IpsetAdd(e setElem, excl bool) error {
+	if !e.IP.Is4() {
+		return fmt.Errorf("address %s is not IPv4", e.IP)
+	}
+	flags := 0
+	if excl {
+		flags = unix.NLM_F_EXCL
+	}
+	req := c.ipsetRequest(nl.IPSET_CMD_ADD, flags, e.Set)
+	data := ipsetData(e.IP)
+	if e.MAC != nil {
+		data.AddRtAttr(nl.IPSET_ATTR_ETHER, e.MAC)
+	}
+	data.AddRtAttr(nl.IPSET_ATTR_TIMEOUT|unix.NLA_F_NET_BYTEORDER, nl.BEUint32Attr(e.Timeout))
+	if e.Bytes != nil {
+		data.AddRtAttr(nl.IPSET_ATTR_PACKETS|unix.NLA_F_NET_BYTEORDER, nl.BEUint64Attr(0))
+		data.AddRtAttr(nl.IPSET_ATTR_BYTES|unix.NLA_F_NET_BYTEORDER, nl.BEUint64Attr(*e.Bytes))
+	}
+	if e.Comment != "" {
+		data.AddRtAttr(nl.IPSET_ATTR_COMMENT, nl.ZeroTerminated(e.Comment))
+	}
+	req.AddData(data)
+	return ipsetError(c.execute(req, nil))
+}
+
+func (c *nlConn) IpsetDel(set string, ip netip.Addr) error {
+	if !ip.Is4() {
+		return fmt.Errorf("address %s is not IPv4", ip)
+	}
+	// Without NLM_F_EXCL the kernel ignores a missing element (-exist).
+	req := c.ipsetRequest(nl.IPSET_CMD_DEL, 0, set)
+	req.AddData(ipsetData(ip))
+	return ipsetError(c.execute(req, nil))
+}
+
+// ipsetError words the kernel's ipset errors as the ipset command does.
+func ipsetError(err error) error {
+	var errno syscall.Errno
+	if err == nil || !errors.As(err, &errno) {
+		return err
+	}
+	switch int(errno) {
+	case nl.IPSET_ERR_EXIST:
+		return errElemExists
+	case int(unix.ENOENT):
+		return errors.New("the set with the given name does not exist")
+	case nl.IPSET_ERR_TYPE_SPECIFIC: // bitmap types: IPSET_ERR_BITMAP_RANGE
+		return errors.New("element is out of the range of the set")
+	case nl.IPSET_ERR_TIMEOUT:
+		return errors.New("timeout cannot be used: set was created without timeout support")
+	case nl.IPSET_ERR_COUNTER:
+		return errors.New("packet/byte counters cannot be used: set was created without counter support")
+	case nl.IPSET_ERR_COMMENT:
+		return errors.New("comment cannot be used: set was created without comment support")
+	}
+	if int(errno) >= nl.IPSET_ERR_PRIVATE {
+		return fmt.Errorf("ipset: %w", nl.IPSetError(errno))
+	}
+	return err
+}
+
+// The conntrack netlink attributes the nl package does not name
+// (include/uapi/linux/netfilter/nfnetlink_conntrack.h) and the tuple
+// filter flags (net/netfilter/nf_internals.h).
+const (
+	ctaFilter          = 25 // CTA_FILTER
+	ctaFilterOrigFlags = 1  // CTA_FILTER_ORIG_FLAGS
+	ctaFilterReplyFlag = 2  // CTA_FILTER_REPLY_FLAGS
+
+	ctaProtoSrcPort = 2 // CTA_PROTO_SRC_PORT
+	ctaProtoDstPort = 3 // CTA_PROTO_DST_PORT
+
+	ctFilterIPSrc   = 1 << 0
+	ctFilterIPDst   = 1 << 1
+	ctFilterProto   = 1 << 3
+	ctFilterSrcPort = 1 << 4
+	ctFilterDstPort = 1 << 5
+)
+
+// ctTuple renders one direction of a filter as a CTA_TUPLE_* attribute
+// and its filter flags (0: nothing to filter in that direction).
+func ctTuple(typ int, proto uint8, src, dst netip.Addr, sport, dport uint16) (*nl.RtAttr, uint32) {
+	var flags uint32
+	t := nl.NewRtAttr(typ|unix.NLA_F_NESTED, nil)
+	ip := t.AddRtAttr(nl.CTA_TUPLE_IP|unix.NLA_F_NESTED, nil)
+	if src.IsValid() {
+		a := src.As4()
+		ip.AddRtAttr(nl.CTA_IP_V4_SRC, a[:])
+		flags |= ctFilterIPSrc
+	}
+	if dst.IsValid() {
+		a := dst.As4()
+		ip.AddRtAttr(nl.CTA_IP_V4_DST, a[:])
+		flags |= ctFilterIPDst
+	}
+	if proto != 0 {
+		p := t.AddRtAttr(nl.CTA_TUPLE_PROTO|unix.NLA_F_NESTED, nil)
+		p.AddRtAttr(nl.CTA_PROTO_NUM, []byte{proto})
+		flags |= ctFilterProto
+		if sport != 0 {
+			p.AddRtAttr(ctaProtoSrcPort, nl.BEUint16Attr(sport))
+			flags |= ctFilterSrcPort
+		}
+		if dport != 0 {
+			p.AddRtAttr(ctaProtoDstPort, nl.BEUint16Attr(dport))
+			flags |= ctFilterDstPort
+		}
+	}
+	return t, flags
+}
+
+func ctRequest(msg, flags int) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(msg|unix.NFNL_SUBSYS_CTNETLINK<<8, flags)
+	req.AddData(nfgen())
+	return req
+}
+
+func (c *nlConn) ConntrackList(f ctFilter) ([]ctFlow, error) {
+	if f.empty() {
+		return nil, errors.New("listing conntrack flows: empty filter")
+	}
+	if (f.OrigDport != 0 || f.ReplySport != 0) && f.Proto == 0 {
+		return nil, errors.New("listing conntrack flows: a port filter needs a protocol")
+	}
+	req := ctRequest(nl.IPCTNL_MSG_CT_GET, unix.NLM_F_DUMP)
+	var replyProto uint8
+	if f.ReplySport != 0 {
+		replyProto = f.Proto
+	}
+	orig, origFlags := ctTuple(nl.CTA_TUPLE_ORIG, f.Proto, f.OrigSrc, f.OrigDst, 0, f.OrigDport)
+	reply, replyFlags := ctTuple(nl.CTA_TUPLE_REPLY, replyProto, f.ReplySrc, netip.Addr{}, f.ReplySport, 0)
+	filter := nl.NewRtAttr(ctaFilter|unix.NLA_F_NESTED, nil)
+	if origFlags != 0 {
+		req.AddData(orig)
+		filter.AddRtAttr(ctaFilterOrigFlags, nl.Uint32Attr(origFlags))
+	}
+	if replyFlags != 0 {
+		req.AddData(reply)
+		filter.AddRtAttr(ctaFilterReplyFlag, nl.Uint32Attr(replyFlags))
+	}
+	req.AddData(filter)
+	var flows []ctFlow
+	var perr error
+	err := c.execute(req, func(msg []byte) bool {
+		fl, err := parseFlow(msg)
+		if err != nil {
+			perr = err
+			return false
+		}
+		if f.match(fl) {
+			flows = append(flows, fl)
+		}
+		return true
+	})
+	if errors.Is(err, nl.ErrDumpInterrupted) {
+		// The table changed during the dump: what was read is still
+		// true, a flow missed is one that came or went meanwhile.
+		err = nil
+	}
+	if err = errors.Join(err, perr); err != nil {
+		return nil, fmt.Errorf("listing conntrack flows: %w", err)
+	}
+	return flows, nil
+}
+
+func (c *nlConn) ConntrackDelete(fl ctFlow) error {
+	req := ctRequest(nl.IPCTNL_MSG_CT_DELETE, unix.NLM_F_ACK)
+	req.AddRawData(fl.del)
+	err := c.execute(req, nil)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	return err
+}
+
+// parseFlow decodes one conntrack message (nfgenmsg, then attributes).
+func parseFlow(msg []byte) (ctFlow, error) {
+	var fl ctFlow
+	if len(msg) < nl.SizeofNfgenmsg {
+		return fl, errors.New("short conntrack message")
+	}
+	attrs, err := nl.ParseRouteAttr(msg[nl.SizeofNfgenmsg:])
+	if err != nil {
+		return fl, fmt.Errorf("parsing a conntrack message: %w", err)
+	}
+	for _, a := range attrs {
+		switch a.Attr.Type & nl.NLA_TYPE_MASK {
+		case nl.CTA_TUPLE_ORIG:
+			if err := parseTuple(a.Value, &fl.Proto, &fl.OrigSrc, &fl.OrigDst, &fl.OrigSport, &fl.OrigDport); err != nil {
+				return fl, err
+			}
+			fl.del = append(fl.del, nl.NewRtAttr(int(a.Attr.Type), a.Value).Serialize()...)
+		case nl.CTA_TUPLE_REPLY:
+			var p uint8
+			if err := parseTuple(a.Value, &p, &fl.ReplySrc, &fl.ReplyDst, &fl.ReplySport, &fl.ReplyDport); err != nil {
+				return fl, err
+			}
+		case nl.CTA_ID, nl.CTA_ZONE:
+			fl.del = append(fl.del, nl.NewRtAttr(int(a.Attr.Type), a.Value).Serialize()...)
+		}
+	}
+	if !fl.OrigSrc.IsValid() {
+		return fl, errors.New("conntrack message without an IPv4 original tuple")
+	}
+	return fl, nil
+}
+
+func parseTuple(b []byte, proto *uint8, src, dst *netip.Addr, sport, dport *uint16) error {
+	attrs, err := nl.ParseRouteAttr(b)
+	if err != nil {
+		return fmt.Errorf("parsing a conntrack tuple: %w", err)
+	}
+	for _, a := range attrs {
+		switch a.Attr.Type & nl.NLA_TYPE_MASK {
+		case nl.CTA_TUPLE_IP:
+			ips, err := nl.ParseRouteAttr(a.Value)
+			if err != nil {
+				return fmt.Errorf("parsing a conntrack tuple: %w", err)
+			}
+			for _, ip := range ips {
+				addr, ok := netip.AddrFromSlice(ip.Value)
+				if !ok || !addr.Is4() {
+					continue
+				}
+				switch ip.Attr.Type & nl.NLA_TYPE_MASK {
+				case nl.CTA_IP_V4_SRC:
+					*src = addr
+				case nl.CTA_IP_V4_DST:
+					*dst = addr
+				}
+			}
+		case nl.CTA_TUPLE_PROTO:
+			ps, err := nl.ParseRouteAttr(a.Value)
+			if err != nil {
+				return fmt.Errorf("parsing a conntrack tuple: %w", err)
+			}
+			for _, p := range ps {
+				switch p.Attr.Type & nl.NLA_TYPE_MASK {
+				case nl.CTA_PROTO_NUM:
+					if len(p.Value) >= 1 {
+						*proto = p.Value[0]
+					}
+				case ctaProtoSrcPort:
+					if len(p.Value) >= 2 {
+						*sport = binary.BigEndian.Uint16(p.Value)
+					}
+				case ctaProtoDstPort:
+					if len(p.Value) >= 2 {
+						*dport = binary.BigEndian.Uint16(p.Value)
+					}
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // listNL reads sets through netlink into the same entries parseSave makes
