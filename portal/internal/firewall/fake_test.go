@@ -2,11 +2,17 @@ package firewall
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
 )
 
 // fakeKernel stands in for iptables (both families), ipset and conntrack:
@@ -385,4 +391,107 @@ func (f *fakeKernel) listTable(fam family, argv []string) (string, error) {
 		}
 	}
 	return strings.Join(append(heads, rules...), "\n") + "\n", nil
+}
+
+// fakeNL stands in for the netlink side (nlKernel): set elements live in the
+// fake kernel's sets (so both paths render the same state), conntrack
+// flows in a list. Every call is recorded in the fake's command log with a
+// "netlink " prefix; fail works on that line too.
+type fakeNL struct {
+	f     *fakeKernel
+	flows []ctFlow
+}
+
+func (n *fakeNL) record(line string) error {
+	line = "netlink " + line
+	n.f.cmds = append(n.f.cmds, line)
+	for prefix, out := range n.f.fail {
+		if strings.HasPrefix(line, prefix) {
+			return errors.New(out)
+		}
+	}
+	return nil
+}
+
+func (n *fakeNL) IpsetList(name string) (*netlink.IPSetResult, error) {
+	if err := n.record("list " + name); err != nil {
+		return nil, err
+	}
+	s, ok := n.f.sets[name]
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	keys := []string{}
+	for k := range s.elems {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	res := &netlink.IPSetResult{SetName: name}
+	for _, k := range keys {
+		e := s.elems[k]
+		ie := netlink.IPSetEntry{IP: net.ParseIP(e.Key).To4(), Comment: e.Comment}
+		if e.MAC != "" {
+			ie.MAC = mac(e.MAC)
+		}
+		if strings.Contains(s.create, "timeout") {
+			t := uint32(e.Timeout)
+			ie.Timeout = &t
+		}
+		if strings.Contains(s.create, "counters") {
+			p, b := e.Packets, e.Bytes
+			ie.Packets, ie.Bytes = &p, &b
+		}
+		res.Entries = append(res.Entries, ie)
+	}
+	return res, nil
+}
+
+func (n *fakeNL) IpsetAdd(e setElem, excl bool) error {
+	line := e.String()
+	if excl {
+		line += " (excl)"
+	}
+	if err := n.record(line); err != nil {
+		return err
+	}
+	fl, err := splitQuoted(e.String())
+	if err != nil {
+		return err
+	}
+	if err := n.f.element(fl, !excl); err != nil {
+		if strings.Contains(err.Error(), "already added") {
+			return errElemExists
+		}
+		return err
+	}
+	return nil
+}
+
+func (n *fakeNL) IpsetDel(set string, ip netip.Addr) error {
+	line := "del " + set + " " + ip.String()
+	if err := n.record(line); err != nil {
+		return err
+	}
+	return n.f.element(strings.Fields(line), true)
+}
+
+func (n *fakeNL) ConntrackList(f ctFilter) ([]ctFlow, error) {
+	if err := n.record(fmt.Sprintf("conntrack list %+v", f)); err != nil {
+		return nil, err
+	}
+	var out []ctFlow
+	for _, fl := range n.flows {
+		if f.match(fl) {
+			out = append(out, fl)
+		}
+	}
+	return out, nil
+}
+
+func (n *fakeNL) ConntrackDelete(fl ctFlow) error {
+	if err := n.record("conntrack delete " + fl.String()); err != nil {
+		return err
+	}
+	n.flows = slices.DeleteFunc(n.flows, func(g ctFlow) bool { return g.String() == fl.String() })
+	return nil
 }

@@ -647,7 +647,10 @@ func (k *Kernel) cutWorker() {
 	drain:
 		for len(batch) < cutQueue {
 			select {
-			case ip := <-k.cuts:
+			case ip, ok := <-k.cuts:
+				if !ok {
+					break drain
+				}
 				batch = append(batch, ip)
 			default:
 				break drain

@@ -377,24 +377,24 @@ func parseFlow(msg []byte) (ctFlow, error) {
 	if len(msg) < nl.SizeofNfgenmsg {
 		return fl, errors.New("short conntrack message")
 	}
-	attrs, err := nl.ParseRouteAttr(msg[nl.SizeofNfgenmsg:])
+	attrs, err := parseAttrs(msg[nl.SizeofNfgenmsg:])
 	if err != nil {
 		return fl, fmt.Errorf("parsing a conntrack message: %w", err)
 	}
 	for _, a := range attrs {
-		switch a.Attr.Type & nl.NLA_TYPE_MASK {
+		switch a.typ {
 		case nl.CTA_TUPLE_ORIG:
-			if err := parseTuple(a.Value, &fl.Proto, &fl.OrigSrc, &fl.OrigDst, &fl.OrigSport, &fl.OrigDport); err != nil {
+			if err := parseTuple(a.val, &fl.Proto, &fl.OrigSrc, &fl.OrigDst, &fl.OrigSport, &fl.OrigDport); err != nil {
 				return fl, err
 			}
-			fl.del = append(fl.del, nl.NewRtAttr(int(a.Attr.Type), a.Value).Serialize()...)
+			fl.del = append(fl.del, a.raw...)
 		case nl.CTA_TUPLE_REPLY:
 			var p uint8
-			if err := parseTuple(a.Value, &p, &fl.ReplySrc, &fl.ReplyDst, &fl.ReplySport, &fl.ReplyDport); err != nil {
+			if err := parseTuple(a.val, &p, &fl.ReplySrc, &fl.ReplyDst, &fl.ReplySport, &fl.ReplyDport); err != nil {
 				return fl, err
 			}
 		case nl.CTA_ID, nl.CTA_ZONE:
-			fl.del = append(fl.del, nl.NewRtAttr(int(a.Attr.Type), a.Value).Serialize()...)
+			fl.del = append(fl.del, a.raw...)
 		}
 	}
 	if !fl.OrigSrc.IsValid() {
@@ -404,23 +404,23 @@ func parseFlow(msg []byte) (ctFlow, error) {
 }
 
 func parseTuple(b []byte, proto *uint8, src, dst *netip.Addr, sport, dport *uint16) error {
-	attrs, err := nl.ParseRouteAttr(b)
+	attrs, err := parseAttrs(b)
 	if err != nil {
 		return fmt.Errorf("parsing a conntrack tuple: %w", err)
 	}
 	for _, a := range attrs {
-		switch a.Attr.Type & nl.NLA_TYPE_MASK {
+		switch a.typ {
 		case nl.CTA_TUPLE_IP:
-			ips, err := nl.ParseRouteAttr(a.Value)
+			ips, err := parseAttrs(a.val)
 			if err != nil {
 				return fmt.Errorf("parsing a conntrack tuple: %w", err)
 			}
 			for _, ip := range ips {
-				addr, ok := netip.AddrFromSlice(ip.Value)
+				addr, ok := netip.AddrFromSlice(ip.val)
 				if !ok || !addr.Is4() {
 					continue
 				}
-				switch ip.Attr.Type & nl.NLA_TYPE_MASK {
+				switch ip.typ {
 				case nl.CTA_IP_V4_SRC:
 					*src = addr
 				case nl.CTA_IP_V4_DST:
@@ -428,29 +428,49 @@ func parseTuple(b []byte, proto *uint8, src, dst *netip.Addr, sport, dport *uint
 				}
 			}
 		case nl.CTA_TUPLE_PROTO:
-			ps, err := nl.ParseRouteAttr(a.Value)
+			ps, err := parseAttrs(a.val)
 			if err != nil {
 				return fmt.Errorf("parsing a conntrack tuple: %w", err)
 			}
 			for _, p := range ps {
-				switch p.Attr.Type & nl.NLA_TYPE_MASK {
-				case nl.CTA_PROTO_NUM:
-					if len(p.Value) >= 1 {
-						*proto = p.Value[0]
-					}
-				case ctaProtoSrcPort:
-					if len(p.Value) >= 2 {
-						*sport = binary.BigEndian.Uint16(p.Value)
-					}
-				case ctaProtoDstPort:
-					if len(p.Value) >= 2 {
-						*dport = binary.BigEndian.Uint16(p.Value)
-					}
+				switch {
+				case p.typ == nl.CTA_PROTO_NUM && len(p.val) >= 1:
+					*proto = p.val[0]
+				case p.typ == ctaProtoSrcPort && len(p.val) >= 2:
+					*sport = binary.BigEndian.Uint16(p.val)
+				case p.typ == ctaProtoDstPort && len(p.val) >= 2:
+					*dport = binary.BigEndian.Uint16(p.val)
 				}
 			}
 		}
 	}
 	return nil
+}
+
+// nlAttr is one netlink attribute: its type without the nested and
+// byte-order flags, its payload, and its whole encoding (padded).
+type nlAttr struct {
+	typ      uint16
+	val, raw []byte
+}
+
+// parseAttrs splits b into attributes, refusing any that does not fit.
+// (The netlink library's ParseRouteAttr panics on some malformed input.)
+func parseAttrs(b []byte) ([]nlAttr, error) {
+	var out []nlAttr
+	for len(b) > 0 {
+		if len(b) < unix.SizeofRtAttr {
+			return nil, fmt.Errorf("%d stray bytes after the attributes", len(b))
+		}
+		n := int(nl.NativeEndian().Uint16(b[0:2]))
+		if n < unix.SizeofRtAttr || n > len(b) {
+			return nil, fmt.Errorf("attribute of length %d in %d bytes", n, len(b))
+		}
+		padded := min((n+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1), len(b))
+		out = append(out, nlAttr{typ: nl.NativeEndian().Uint16(b[2:4]) & nl.NLA_TYPE_MASK, val: b[unix.SizeofRtAttr:n], raw: b[:padded]})
+		b = b[padded:]
+	}
+	return out, nil
 }
 
 // listNL reads sets through netlink into the same entries parseSave makes
