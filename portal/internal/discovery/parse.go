@@ -1,20 +1,47 @@
 package discovery
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
-
-	"github.com/google/gopacket"
-	"github.com/google/gopacket/layers"
 )
 
 // maxHostname bounds a DHCP hostname kept in the table.
 const maxHostname = 64
+
+// Wire constants of the few headers Parse reads.
+const (
+	etherHeaderLen = 14
+	etherTypeIPv4  = 0x0800
+	etherTypeARP   = 0x0806
+
+	arpLen          = 8 + 2*6 + 2*4 // fixed part + Ethernet/IPv4 addresses
+	arpHTypeEther   = 1
+	ipv4HeaderMin   = 20
+	ipProtoUDP      = 17
+	ipFragmentMask  = 0x3fff // More Fragments flag + fragment offset
+	udpHeaderLen    = 8
+	portDHCPServer  = 67
+	portDHCPClient  = 68
+	dhcpFixedLen    = 240 // BOOTP header + magic cookie
+	dhcpMagic       = 0x63825363
+	dhcpOpRequest   = 1
+	dhcpOpReply     = 2
+	dhcpHTypeEther  = 1
+	dhcpOptPad      = 0
+	dhcpOptEnd      = 255
+	dhcpOptHostname = 12
+	dhcpOptReqIP    = 50
+	dhcpOptMsgType  = 53
+	dhcpDiscover    = 1
+	dhcpRequest     = 3
+	dhcpAck         = 5
+	dhcpInform      = 8
+)
 
 // Parse extracts the hosts one Ethernet frame reveals about the client
 // network subnet:
@@ -27,141 +54,218 @@ const maxHostname = 64
 //   - any other IPv4 packet: the source MAC and IP when the IP is in subnet.
 //
 // Frames may be truncated after the IPv4 header (the Sniffer captures only
-// that much of ordinary packets). Parse is pure and never panics.
-func Parse(frame []byte, subnet netip.Prefix, now time.Time) (hosts []Host) {
-	defer func() {
-		if recover() != nil { // gopacket's decoders have panicked on hostile input before
-			hosts = nil
-		}
-	}()
-	d := decoders.Get().(*decoder)
-	defer decoders.Put(d) // also after a recovered panic: each decode overwrites all state
-	d.decoded = d.decoded[:0]
-	d.p.DecodeLayers(frame, &d.decoded) // an error after a useful layer (e.g. truncated UDP) is fine
-	eth, arp, ip4, dhcp, decoded := &d.eth, &d.arp, &d.ip4, &d.dhcp, d.decoded
-
-	has := func(lt gopacket.LayerType) bool {
-		for _, d := range decoded {
-			if d == lt {
-				return true
-			}
-		}
-		return false
-	}
-	if !has(layers.LayerTypeEthernet) {
+// that much of ordinary packets). An IPv4 packet whose UDP or DHCP part is
+// malformed or cut short still counts as an ordinary IPv4 packet. Parse is
+// pure, allocates only the result and never panics: every read below is
+// preceded by a length check.
+func Parse(frame []byte, subnet netip.Prefix, now time.Time) []Host {
+	if len(frame) <= etherHeaderLen {
 		return nil
 	}
-	host := func(mac []byte, ip netip.Addr, name, source string) Host {
-		return Host{MAC: net.HardwareAddr(append([]byte(nil), mac...)), IP: ip, Hostname: name,
-			FirstSeen: now, LastSeen: now, Source: source}
+	p := parser{subnet: subnet, now: now}
+	payload := frame[etherHeaderLen:]
+	switch binary.BigEndian.Uint16(frame[12:14]) {
+	case etherTypeARP:
+		return p.arp(payload)
+	case etherTypeIPv4:
+		return p.ipv4(frame[6:12], payload)
 	}
-	inSubnet := func(a netip.Addr) bool {
-		return a.IsValid() && subnet.Contains(a) && a != subnet.Masked().Addr() && a != broadcast(subnet)
-	}
+	return nil // 802.1Q-tagged, IPv6, LLC...: the client bridge carries untagged IPv4
+}
 
+type parser struct {
+	subnet netip.Prefix
+	now    time.Time
+}
+
+func (p parser) host(mac []byte, ip netip.Addr, name, source string) []Host {
+	return []Host{{MAC: net.HardwareAddr(append([]byte(nil), mac...)), IP: ip, Hostname: name,
+		FirstSeen: p.now, LastSeen: p.now, Source: source}}
+}
+
+// inSubnet says whether a is a host address of the client subnet (not its
+// network or broadcast address).
+func (p parser) inSubnet(a netip.Addr) bool {
+	return a.IsValid() && p.subnet.Contains(a) && a != p.subnet.Masked().Addr() && a != broadcast(p.subnet)
+}
+
+// arp handles an ARP packet (RFC 826) for Ethernet and IPv4 addresses,
+// request or reply alike.
+func (p parser) arp(b []byte) []Host {
+	if len(b) < arpLen || binary.BigEndian.Uint16(b[0:2]) != arpHTypeEther ||
+		binary.BigEndian.Uint16(b[2:4]) != etherTypeIPv4 || b[4] != 6 || b[5] != 4 {
+		return nil
+	}
+	sha, spa := b[8:14], netip.AddrFrom4([4]byte(b[14:18]))
+	if !unicastMAC(sha) || !p.inSubnet(spa) { // includes ARP probes from 0.0.0.0
+		return nil
+	}
+	return p.host(sha, spa, "", SourceARP)
+}
+
+// ipv4 handles an IPv4 packet sent by srcMAC: a DHCP message when it is
+// one, else the packet's source address.
+func (p parser) ipv4(srcMAC, b []byte) []Host {
+	payload, ok := ipv4Payload(b)
+	if !ok {
+		return nil
+	}
+	frag := binary.BigEndian.Uint16(b[6:8])&ipFragmentMask != 0
+	if !frag && b[9] == ipProtoUDP {
+		if m, ok := parseDHCP(udpDHCPPayload(payload)); ok {
+			return p.dhcp(&m)
+		}
+	}
+	src := netip.AddrFrom4([4]byte(b[12:16]))
+	if b[0]>>4 != 4 || !unicastMAC(srcMAC) || !p.inSubnet(src) {
+		return nil
+	}
+	return p.host(srcMAC, src, "", SourceIPv4)
+}
+
+// ipv4Payload checks an IPv4 header (RFC 791) and returns what follows it,
+// up to the total length. The header, options included, must be complete;
+// the payload may be cut short. Rejected: IHL < 5, a total length shorter
+// than the header, malformed options. A total length of 0 (TCP
+// segmentation offload) means the whole buffer.
+func ipv4Payload(b []byte) ([]byte, bool) {
+	if len(b) < ipv4HeaderMin {
+		return nil, false
+	}
+	total := int(binary.BigEndian.Uint16(b[2:4]))
+	if total == 0 {
+		total = int(uint16(len(b)))
+	}
+	hlen := int(b[0]&0x0f) * 4
+	if hlen < ipv4HeaderMin || total < hlen || len(b) < hlen {
+		return nil, false
+	}
+	if len(b) > total {
+		b = b[:total]
+	}
+	for opts := b[ipv4HeaderMin:hlen]; len(opts) > 0; {
+		switch opts[0] {
+		case 0: // end of options list
+			opts = nil
+		case 1: // no operation
+			opts = opts[1:]
+		default:
+			if len(opts) < 2 || int(opts[1]) <= 2 || int(opts[1]) > len(opts) {
+				return nil, false
+			}
+			opts = opts[opts[1]:]
+		}
+	}
+	return b[hlen:], true
+}
+
+// udpDHCPPayload returns the payload of a UDP datagram (RFC 768) from or
+// to a DHCP port, up to the datagram's length (0: all of b), or nil.
+func udpDHCPPayload(b []byte) []byte {
+	if len(b) < udpHeaderLen {
+		return nil
+	}
+	sport, dport := binary.BigEndian.Uint16(b[0:2]), binary.BigEndian.Uint16(b[2:4])
+	if sport != portDHCPServer && sport != portDHCPClient && dport != portDHCPServer && dport != portDHCPClient {
+		return nil
+	}
+	switch n := int(binary.BigEndian.Uint16(b[4:6])); {
+	case n == 0:
+		return b[udpHeaderLen:]
+	case n < udpHeaderLen:
+		return nil
+	case n < len(b):
+		return b[udpHeaderLen:n]
+	}
+	return b[udpHeaderLen:]
+}
+
+// dhcpMessage is what Parse needs of a DHCPv4 message (RFC 2131, 2132).
+type dhcpMessage struct {
+	op, htype, hlen byte
+	ciaddr, yiaddr  netip.Addr
+	chaddr          []byte // 16 bytes; the address is the first hlen
+	msgType         byte   // option 53; 0 when absent
+	hostname        []byte // option 12
+	reqIP           netip.Addr
+}
+
+// parseDHCP decodes the fixed header and walks the options up to the end
+// option (or the end of b; pad options are skipped). An option running
+// past the end of b, a bad magic cookie or a message shorter than 240
+// bytes make it no DHCP message. Of repeated options the last well-formed
+// one counts.
+func parseDHCP(b []byte) (m dhcpMessage, ok bool) {
+	if len(b) < dhcpFixedLen || binary.BigEndian.Uint32(b[236:240]) != dhcpMagic {
+		return m, false
+	}
+	m.op, m.htype, m.hlen = b[0], b[1], b[2]
+	m.ciaddr = netip.AddrFrom4([4]byte(b[12:16]))
+	m.yiaddr = netip.AddrFrom4([4]byte(b[16:20]))
+	m.chaddr = b[28:44]
+	for opts := b[dhcpFixedLen:]; len(opts) > 0; {
+		code := opts[0]
+		if code == dhcpOptEnd {
+			break
+		}
+		if code == dhcpOptPad {
+			opts = opts[1:]
+			continue
+		}
+		if len(opts) < 2 || int(opts[1]) > len(opts)-2 {
+			return m, false
+		}
+		data := opts[2 : 2+int(opts[1])]
+		opts = opts[2+len(data):]
+		switch code {
+		case dhcpOptMsgType:
+			if len(data) == 1 {
+				m.msgType = data[0]
+			}
+		case dhcpOptHostname:
+			m.hostname = data
+		case dhcpOptReqIP:
+			if len(data) == 4 {
+				m.reqIP = netip.AddrFrom4([4]byte(data))
+			}
+		}
+	}
+	return m, true
+}
+
+func (p parser) dhcp(m *dhcpMessage) []Host {
+	if m.htype != dhcpHTypeEther || m.hlen != 6 || m.msgType == 0 {
+		return nil
+	}
+	mac := m.chaddr[:6]
+	if !unicastMAC(mac) {
+		return nil
+	}
+	name := cleanHostname(m.hostname)
 	switch {
-	case has(layers.LayerTypeARP):
-		if arp.AddrType != layers.LinkTypeEthernet || arp.Protocol != layers.EthernetTypeIPv4 ||
-			len(arp.SourceHwAddress) != 6 || len(arp.SourceProtAddress) != 4 || !unicastMAC(arp.SourceHwAddress) {
+	case m.op == dhcpOpRequest && (m.msgType == dhcpDiscover || m.msgType == dhcpRequest || m.msgType == dhcpInform):
+		ip := m.reqIP
+		if !p.inSubnet(ip) {
+			ip = m.ciaddr
+		}
+		if !p.inSubnet(ip) {
+			ip = netip.Addr{}
+		}
+		if !ip.IsValid() && name == "" {
 			return nil
 		}
-		ip := netip.AddrFrom4([4]byte(arp.SourceProtAddress))
-		if !inSubnet(ip) { // includes ARP probes from 0.0.0.0
+		return p.host(mac, ip, name, SourceDHCPRequest)
+	case m.op == dhcpOpReply && m.msgType == dhcpAck:
+		ip := m.yiaddr
+		if !p.inSubnet(ip) {
+			ip = m.ciaddr // an ACK to an INFORM has yiaddr 0
+		}
+		if !p.inSubnet(ip) {
 			return nil
 		}
-		return []Host{host(arp.SourceHwAddress, ip, "", SourceARP)}
-
-	case has(layers.LayerTypeDHCPv4):
-		if dhcp.HardwareType != layers.LinkTypeEthernet || len(dhcp.ClientHWAddr) != 6 || !unicastMAC(dhcp.ClientHWAddr) {
-			return nil
-		}
-		var (
-			msgType  layers.DHCPMsgType
-			name     string
-			reqIP    netip.Addr
-			haveType bool
-		)
-		for _, o := range dhcp.Options {
-			switch o.Type {
-			case layers.DHCPOptMessageType:
-				if len(o.Data) == 1 {
-					msgType, haveType = layers.DHCPMsgType(o.Data[0]), true
-				}
-			case layers.DHCPOptHostname:
-				name = cleanHostname(o.Data)
-			case layers.DHCPOptRequestIP:
-				if len(o.Data) == 4 {
-					reqIP = netip.AddrFrom4([4]byte(o.Data))
-				}
-			}
-		}
-		if !haveType {
-			return nil
-		}
-		switch {
-		case dhcp.Operation == layers.DHCPOpRequest &&
-			(msgType == layers.DHCPMsgTypeDiscover || msgType == layers.DHCPMsgTypeRequest || msgType == layers.DHCPMsgTypeInform):
-			ip := reqIP
-			if !inSubnet(ip) {
-				ip = addr4(dhcp.ClientIP)
-			}
-			if !inSubnet(ip) {
-				ip = netip.Addr{}
-			}
-			if !ip.IsValid() && name == "" {
-				return nil
-			}
-			return []Host{host(dhcp.ClientHWAddr, ip, name, SourceDHCPRequest)}
-		case dhcp.Operation == layers.DHCPOpReply && msgType == layers.DHCPMsgTypeAck:
-			ip := addr4(dhcp.YourClientIP)
-			if !inSubnet(ip) {
-				ip = addr4(dhcp.ClientIP) // an ACK to an INFORM has yiaddr 0
-			}
-			if !inSubnet(ip) {
-				return nil
-			}
-			return []Host{host(dhcp.ClientHWAddr, ip, name, SourceDHCPAck)}
-		}
-		return nil
-
-	case has(layers.LayerTypeIPv4):
-		if ip4.Version != 4 || !unicastMAC(eth.SrcMAC) {
-			return nil
-		}
-		ip := addr4(ip4.SrcIP)
-		if !inSubnet(ip) {
-			return nil
-		}
-		return []Host{host(eth.SrcMAC, ip, "", SourceIPv4)}
+		return p.host(mac, ip, name, SourceDHCPAck)
 	}
 	return nil
-}
-
-// decoder is a reusable gopacket parser: building one costs more than
-// decoding a frame.
-type decoder struct {
-	eth     layers.Ethernet
-	arp     layers.ARP
-	ip4     layers.IPv4
-	udp     layers.UDP
-	dhcp    layers.DHCPv4
-	p       *gopacket.DecodingLayerParser
-	decoded []gopacket.LayerType
-}
-
-var decoders = sync.Pool{New: func() any {
-	d := &decoder{decoded: make([]gopacket.LayerType, 0, 5)}
-	d.p = gopacket.NewDecodingLayerParser(layers.LayerTypeEthernet, &d.eth, &d.arp, &d.ip4, &d.udp, &d.dhcp)
-	d.p.IgnoreUnsupported = true
-	return d
-}}
-
-func addr4(ip net.IP) netip.Addr {
-	a, ok := netip.AddrFromSlice(ip)
-	if !ok {
-		return netip.Addr{}
-	}
-	return a.Unmap()
 }
 
 // unicastMAC rejects multicast/broadcast and all-zero addresses.
@@ -190,6 +294,9 @@ func broadcast(p netip.Prefix) netip.Addr {
 // cleanHostname keeps a printable, valid UTF-8 name of at most maxHostname
 // bytes; control characters and surrounding spaces and NULs are dropped.
 func cleanHostname(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
 	s := strings.ToValidUTF8(string(b), "")
 	s = strings.Map(func(r rune) rune {
 		if !unicode.IsPrint(r) {

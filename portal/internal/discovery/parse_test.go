@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"testing"
@@ -92,12 +93,73 @@ func h(mac net.HardwareAddr, ip, name, src string) Host {
 	return Host{MAC: mac, IP: a, Hostname: name, FirstSeen: now, LastSeen: now, Source: src}
 }
 
-func TestParse(t *testing.T) {
-	tests := []struct {
-		name  string
-		frame func(testing.TB) []byte
-		want  []Host
-	}{
+// udpFrame builds an Ethernet/IPv4/UDP frame around payload.
+func udpFrame(t testing.TB, mac net.HardwareAddr, src, dst string, sport, dport uint16, payload []byte) []byte {
+	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: ip4(src), DstIP: ip4(dst)}
+	u := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
+	u.SetNetworkLayerForChecksum(ip)
+	return serialize(t, &layers.Ethernet{SrcMAC: mac, DstMAC: bcastMAC, EthernetType: layers.EthernetTypeIPv4}, ip, u, gopacket.Payload(payload))
+}
+
+// dhcpRaw builds a DHCP message by hand: the fixed header (htype 1, hlen 6)
+// and the magic cookie, then options exactly as given.
+func dhcpRaw(op byte, chaddr net.HardwareAddr, ciaddr, yiaddr string, options ...byte) []byte {
+	b := make([]byte, 240, 240+len(options))
+	b[0], b[1], b[2] = op, 1, 6
+	copy(b[12:16], ip4(ciaddr))
+	copy(b[16:20], ip4(yiaddr))
+	copy(b[28:44], chaddr)
+	binary.BigEndian.PutUint32(b[236:240], 0x63825363)
+	return append(b, options...)
+}
+
+// patch returns a copy of f with b written at off.
+func patch(f []byte, off int, b ...byte) []byte {
+	f = append([]byte(nil), f...)
+	copy(f[off:], b)
+	return f
+}
+
+// withIPOptions inserts opts (a multiple of 4 bytes) after the 20-byte IPv4
+// header of f and fixes the header and total lengths.
+func withIPOptions(f []byte, opts ...byte) []byte {
+	out := append(append(append([]byte(nil), f[:14+20]...), opts...), f[14+20:]...)
+	out[14] = 0x40 | byte(5+len(opts)/4)
+	binary.BigEndian.PutUint16(out[16:18], binary.BigEndian.Uint16(f[16:18])+uint16(len(opts)))
+	return out
+}
+
+func bytesOf(c byte, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = c
+	}
+	return b
+}
+
+type parseCase struct {
+	name  string
+	frame func(testing.TB) []byte
+	want  []Host
+}
+
+// parseCases are the frames TestParse checks, TestParseMatchesLayers
+// compares with the old gopacket/layers decoder and FuzzParse starts from.
+func parseCases() []parseCase {
+	renew := func(t testing.TB) []byte {
+		return dhcpFrame(t, dhcpMsg{op: layers.DHCPOpRequest, typ: layers.DHCPMsgTypeRequest, chaddr: clientMAC,
+			ciaddr: "10.20.1.5", src: "10.20.1.5", dst: "10.20.0.1"})
+	}
+	ping := func(t testing.TB) []byte { return ipFrame(t, clientMAC, "10.20.2.9", "198.51.100.1", []byte("hello")) }
+	// fromClient wraps a hand-made DHCP message as the renewing client sends it.
+	fromClient := func(msg []byte) func(testing.TB) []byte {
+		return func(t testing.TB) []byte { return udpFrame(t, clientMAC, "10.20.1.5", "10.20.0.1", 68, 67, msg) }
+	}
+	fromServer := func(msg []byte) func(testing.TB) []byte {
+		return func(t testing.TB) []byte { return udpFrame(t, gwMAC, "10.20.0.1", "10.20.1.5", 67, 68, msg) }
+	}
+	const udp, dhcp, opts = 14 + 20, 14 + 20 + 8, 14 + 20 + 8 + 240 // offsets in a frame
+	return []parseCase{
 		{"arp request", func(t testing.TB) []byte { return arpFrame(t, layers.ARPRequest, clientMAC, "10.20.0.11") },
 			[]Host{h(clientMAC, "10.20.0.11", "", SourceARP)}},
 		{"arp reply", func(t testing.TB) []byte { return arpFrame(t, layers.ARPReply, clientMAC, "10.20.1.7") },
@@ -152,8 +214,145 @@ func TestParse(t *testing.T) {
 		{"ipv4 from outside", func(t testing.TB) []byte { return ipFrame(t, clientMAC, "198.51.100.1", "10.20.2.9", nil) }, nil},
 		{"garbage", func(testing.TB) []byte { return []byte{1, 2, 3} }, nil},
 		{"empty", func(testing.TB) []byte { return nil }, nil},
+
+		// Hostile and unusual frames. The want values are what the old
+		// gopacket/layers decoder gave (TestParseMatchesLayers checks).
+		{"ethernet llc length", func(t testing.TB) []byte { return patch(ping(t), 12, 0, 0x40) }, nil},
+		{"ethernet header only", func(t testing.TB) []byte { return ping(t)[:14] }, nil},
+		{"vlan tagged arp", func(t testing.TB) []byte {
+			f := arpFrame(t, layers.ARPRequest, clientMAC, "10.20.0.11")
+			return append(append(append([]byte(nil), f[:12]...), 0x81, 0, 0, 5), f[12:]...)
+		}, nil},
+		{"arp truncated", func(t testing.TB) []byte { return arpFrame(t, layers.ARPRequest, clientMAC, "10.20.0.11")[:14+27] }, nil},
+		{"arp exactly 28 bytes", func(t testing.TB) []byte { return arpFrame(t, layers.ARPRequest, clientMAC, "10.20.0.11")[:14+28] },
+			[]Host{h(clientMAC, "10.20.0.11", "", SourceARP)}},
+		{"arp hardware type not ethernet", func(t testing.TB) []byte {
+			return patch(arpFrame(t, layers.ARPRequest, clientMAC, "10.20.0.11"), 14, 0, 6)
+		}, nil},
+		{"arp protocol not ipv4", func(t testing.TB) []byte {
+			return patch(arpFrame(t, layers.ARPRequest, clientMAC, "10.20.0.11"), 16, 0x86, 0xdd)
+		}, nil},
+		{"arp hardware size 8", func(t testing.TB) []byte {
+			return patch(arpFrame(t, layers.ARPRequest, clientMAC, "10.20.0.11"), 18, 8)
+		}, nil},
+		{"arp hardware size 250", func(t testing.TB) []byte {
+			return patch(arpFrame(t, layers.ARPRequest, clientMAC, "10.20.0.11"), 18, 250, 4)
+		}, nil},
+		{"arp unknown operation", func(t testing.TB) []byte {
+			return patch(arpFrame(t, layers.ARPRequest, clientMAC, "10.20.0.11"), 20, 0, 9)
+		}, []Host{h(clientMAC, "10.20.0.11", "", SourceARP)}},
+		{"ipv4 ihl below 5", func(t testing.TB) []byte { return patch(ping(t), 14, 0x44) }, nil},
+		{"ipv4 ihl 0", func(t testing.TB) []byte { return patch(ping(t), 14, 0x40) }, nil},
+		{"ipv4 version 6", func(t testing.TB) []byte { return patch(ping(t), 14, 0x65) }, nil},
+		{"ipv4 header cut short", func(t testing.TB) []byte { return ping(t)[:14+19] }, nil},
+		{"ipv4 header only", func(t testing.TB) []byte { return ping(t)[:14+20] },
+			[]Host{h(clientMAC, "10.20.2.9", "", SourceIPv4)}},
+		{"ipv4 total length below header", func(t testing.TB) []byte { return patch(ping(t), 16, 0, 19) }, nil},
+		{"ipv4 total length 0 (segmentation offload)", func(t testing.TB) []byte { return patch(ping(t), 16, 0, 0) },
+			[]Host{h(clientMAC, "10.20.2.9", "", SourceIPv4)}},
+		{"ipv4 header longer than total length", func(t testing.TB) []byte { return patch(ping(t), 14, 0x4f) }, nil},
+		{"ipv4 header longer than frame", func(t testing.TB) []byte {
+			return patch(ping(t)[:14+40], 14, 0x4f, 0, 0xff, 0xff)
+		}, nil},
+		{"ipv4 options", func(t testing.TB) []byte { return withIPOptions(ping(t), 1, 0x44, 3, 0, 0) },
+			[]Host{h(clientMAC, "10.20.2.9", "", SourceIPv4)}},
+		{"ipv4 option past header", func(t testing.TB) []byte { return withIPOptions(ping(t), 1, 7, 9, 0) }, nil},
+		{"ipv4 option length 2", func(t testing.TB) []byte { return withIPOptions(ping(t), 0x44, 2, 1, 0) }, nil},
+		{"ipv4 option length byte missing", func(t testing.TB) []byte { return withIPOptions(ping(t), 1, 1, 1, 7) }, nil},
+		{"ipv4 padding after end of options", func(t testing.TB) []byte { return withIPOptions(ping(t), 0, 7, 9, 9) },
+			[]Host{h(clientMAC, "10.20.2.9", "", SourceIPv4)}},
+		{"ipv4 multicast source mac", func(t testing.TB) []byte {
+			return ipFrame(t, net.HardwareAddr{1, 0, 0x5e, 0, 0, 1}, "10.20.2.9", "198.51.100.1", nil)
+		}, nil},
+		{"ipv4 zero source mac", func(t testing.TB) []byte { return ipFrame(t, make(net.HardwareAddr, 6), "10.20.2.9", "10.20.0.1", nil) }, nil},
+		{"ipv4 from network address", func(t testing.TB) []byte { return ipFrame(t, clientMAC, "10.20.0.0", "10.20.0.1", nil) }, nil},
+		{"ipv4 from broadcast address", func(t testing.TB) []byte { return ipFrame(t, clientMAC, "10.20.3.255", "10.20.0.1", nil) }, nil},
+		{"udp between other ports", func(t testing.TB) []byte {
+			return udpFrame(t, clientMAC, "10.20.1.5", "10.20.0.1", 5000, 5001, dhcpRaw(1, clientMAC, "10.20.1.5", "", 53, 1, 3))
+		}, []Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"dhcp from port 68 to another port", func(t testing.TB) []byte {
+			return udpFrame(t, clientMAC, "10.20.1.5", "10.20.0.1", 68, 5000, dhcpRaw(1, clientMAC, "10.20.1.5", "", 53, 1, 3))
+		}, []Host{h(clientMAC, "10.20.1.5", "", SourceDHCPRequest)}},
+		{"dhcp to port 67 from another port", func(t testing.TB) []byte {
+			return udpFrame(t, clientMAC, "10.20.1.5", "10.20.0.1", 5000, 67, dhcpRaw(1, clientMAC, "10.20.1.5", "", 53, 1, 3))
+		}, []Host{h(clientMAC, "10.20.1.5", "", SourceDHCPRequest)}},
+		// The one deliberate difference: layers decoded this as DNS (it looks
+		// up the destination port first), Parse as the DHCP message it is.
+		{"dhcp from port 68 to port 53", func(t testing.TB) []byte {
+			return udpFrame(t, clientMAC, "10.20.1.5", "10.20.0.1", 68, 53, dhcpRaw(1, clientMAC, "10.20.1.5", "", 53, 1, 3))
+		}, []Host{h(clientMAC, "10.20.1.5", "", SourceDHCPRequest)}},
+		{"dhcp renew", renew, []Host{h(clientMAC, "10.20.1.5", "", SourceDHCPRequest)}},
+		{"dhcp fragment is plain ipv4", func(t testing.TB) []byte { return patch(renew(t), 20, 0x20) },
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"dhcp later fragment is plain ipv4", func(t testing.TB) []byte { return patch(renew(t), 20, 0, 1) },
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"ip protocol not udp", func(t testing.TB) []byte { return patch(renew(t), 23, 6) },
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"udp header cut short", func(t testing.TB) []byte { return renew(t)[:udp+7] },
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"udp length below 8 is plain ipv4", func(t testing.TB) []byte { return patch(renew(t), udp+4, 0, 7) },
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"udp length 8 is plain ipv4", func(t testing.TB) []byte { return patch(renew(t), udp+4, 0, 8) },
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"udp length cuts dhcp short", func(t testing.TB) []byte { return patch(renew(t), udp+4, 0, 8+239) },
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"udp length 0 means the rest", func(t testing.TB) []byte { return patch(renew(t), udp+4, 0, 0) },
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceDHCPRequest)}},
+		{"udp length past frame", func(t testing.TB) []byte { return patch(renew(t), udp+4, 0xff, 0xff) },
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceDHCPRequest)}},
+		{"ip total length cuts dhcp short", func(t testing.TB) []byte { return patch(renew(t), 16, 0, 20+8+200) },
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"dhcp truncated frame is plain ipv4", func(t testing.TB) []byte { return renew(t)[:dhcp+239] },
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"dhcp bad magic cookie is plain ipv4", func(t testing.TB) []byte { return patch(renew(t), dhcp+236, 0) },
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"dhcp no options", fromClient(dhcpRaw(1, clientMAC, "10.20.1.5", "")), nil},
+		{"dhcp option past the end is plain ipv4", fromClient(dhcpRaw(1, clientMAC, "10.20.1.5", "", 53, 1, 3, 12, 10, 'a', 'b')),
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"dhcp option length byte missing is plain ipv4", fromClient(dhcpRaw(1, clientMAC, "10.20.1.5", "", 53, 1, 3, 12)),
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"dhcp options after end ignored", fromClient(dhcpRaw(1, clientMAC, "10.20.1.5", "", 53, 1, 3, 12, 3, 'b', 'o', 'b', 255, 12, 200)),
+			[]Host{h(clientMAC, "10.20.1.5", "bob", SourceDHCPRequest)}},
+		{"dhcp without end option", fromClient(dhcpRaw(1, clientMAC, "10.20.1.5", "", 53, 1, 3, 12, 3, 'b', 'o', 'b')),
+			[]Host{h(clientMAC, "10.20.1.5", "bob", SourceDHCPRequest)}},
+		{"dhcp pads and repeated options", fromClient(dhcpRaw(1, clientMAC, "", "", 0, 0, 53, 1, 1, 53, 2, 3, 3,
+			12, 3, 'o', 'l', 'd', 12, 3, 'n', 'e', 'w', 50, 4, 10, 20, 1, 9, 50, 3, 1, 2, 3, 0, 255)),
+			[]Host{h(clientMAC, "10.20.1.9", "new", SourceDHCPRequest)}},
+		{"dhcp hostname emptied by a later option", fromClient(dhcpRaw(1, clientMAC, "", "", 53, 1, 1, 12, 3, 'b', 'o', 'b', 12, 0)), nil},
+		{"dhcp hostname of spaces only", fromClient(dhcpRaw(1, clientMAC, "", "", 53, 1, 1, 12, 3, ' ', 0, '\t')), nil},
+		{"dhcp hostname cut at 64 bytes", fromClient(dhcpRaw(1, clientMAC, "", "",
+			append([]byte{53, 1, 1, 12, 65}, append(bytesOf('a', 63), 0xc3, 0xa9)...)...)),
+			[]Host{h(clientMAC, "", string(bytesOf('a', 63)), SourceDHCPRequest)}},
+		{"dhcp message type 0", fromClient(dhcpRaw(1, clientMAC, "10.20.1.5", "", 53, 1, 0, 255)), nil},
+		{"dhcp message type of 2 bytes", fromClient(dhcpRaw(1, clientMAC, "10.20.1.5", "", 53, 2, 3, 3, 255)), nil},
+		{"dhcp without message type", fromClient(dhcpRaw(1, clientMAC, "10.20.1.5", "", 12, 3, 'b', 'o', 'b', 255)), nil},
+		{"dhcp requested ip outside subnet, ciaddr inside", fromClient(dhcpRaw(1, clientMAC, "10.20.1.5", "", 53, 1, 3, 50, 4, 192, 168, 1, 9, 255)),
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceDHCPRequest)}},
+		{"dhcp inform", fromClient(dhcpRaw(1, clientMAC, "10.20.1.5", "", 53, 1, 8, 255)),
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceDHCPRequest)}},
+		{"dhcp release ignored", fromClient(dhcpRaw(1, clientMAC, "10.20.1.5", "", 53, 1, 7, 255)), nil},
+		{"dhcp request op with ack type", fromClient(dhcpRaw(1, clientMAC, "10.20.1.5", "10.20.1.5", 53, 1, 5, 255)), nil},
+		{"dhcp reply op with request type", fromServer(dhcpRaw(2, clientMAC, "", "10.20.1.5", 53, 1, 3, 255)), nil},
+		{"dhcp unknown op", fromClient(dhcpRaw(3, clientMAC, "10.20.1.5", "", 53, 1, 3, 255)), nil},
+		{"dhcp hlen 16", func(t testing.TB) []byte { return patch(renew(t), dhcp+2, 16) }, nil},
+		{"dhcp hlen 0", func(t testing.TB) []byte { return patch(renew(t), dhcp+2, 0) }, nil},
+		{"dhcp htype not ethernet", func(t testing.TB) []byte { return patch(renew(t), dhcp+1, 6) }, nil},
+		{"dhcp multicast chaddr", func(t testing.TB) []byte { return patch(renew(t), dhcp+28, 1) }, nil},
+		{"dhcp zero chaddr", func(t testing.TB) []byte { return patch(renew(t), dhcp+28, 0, 0, 0, 0, 0, 0) }, nil},
+		{"dhcp ack to inform uses ciaddr", fromServer(dhcpRaw(2, clientMAC, "10.20.1.5", "", 53, 1, 5, 255)),
+			[]Host{h(clientMAC, "10.20.1.5", "", SourceDHCPAck)}},
+		{"dhcp ack with hostname", fromServer(dhcpRaw(2, clientMAC, "", "10.20.1.5", 53, 1, 5, 12, 3, 'b', 'o', 'b', 255)),
+			[]Host{h(clientMAC, "10.20.1.5", "bob", SourceDHCPAck)}},
+		{"dhcp ack outside subnet", fromServer(dhcpRaw(2, clientMAC, "", "192.168.1.5", 53, 1, 5, 255)), nil},
+		{"dhcp ack version nibble not checked", func(t testing.TB) []byte {
+			return patch(fromServer(dhcpRaw(2, clientMAC, "", "10.20.1.5", 53, 1, 5, 255))(t), 14, 0x65)
+		}, []Host{h(clientMAC, "10.20.1.5", "", SourceDHCPAck)}},
+		{"dhcp message type overwritten by pads", func(t testing.TB) []byte { return patch(renew(t), opts, 0, 0, 0) }, nil},
 	}
-	for _, tt := range tests {
+}
+
+func TestParse(t *testing.T) {
+	for _, tt := range parseCases() {
 		t.Run(tt.name, func(t *testing.T) {
 			got := Parse(tt.frame(t), subnet, now)
 			if diff := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
@@ -162,6 +361,24 @@ func TestParse(t *testing.T) {
 		})
 	}
 }
+
+// TestParseMatchesLayers proves Parse gives, frame for frame, what the
+// gopacket/layers decoder it replaced gave (parseLayers).
+func TestParseMatchesLayers(t *testing.T) {
+	for _, tt := range parseCases() {
+		t.Run(tt.name, func(t *testing.T) {
+			f := tt.frame(t)
+			if layersDecodesOtherUDP(f) {
+				t.Skip("a UDP port that layers decodes as another protocol: the documented difference")
+			}
+			if diff := cmp.Diff(parseLayers(f, subnet, now), Parse(f, subnet, now), addrEqual); diff != "" {
+				t.Errorf("(-layers +Parse):\n%s", diff)
+			}
+		})
+	}
+}
+
+var addrEqual = cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
 
 func TestParseHostileDHCP(t *testing.T) {
 	// gopacket v1.1.19 slices chaddr by the header's hlen without a bound.
@@ -174,14 +391,17 @@ func TestParseHostileDHCP(t *testing.T) {
 }
 
 func FuzzParse(f *testing.F) {
-	f.Add(arpFrame(f, layers.ARPRequest, clientMAC, "10.20.0.11"))
-	f.Add(dhcpFrame(f, dhcpMsg{op: layers.DHCPOpRequest, typ: layers.DHCPMsgTypeRequest, chaddr: clientMAC,
-		hostname: "anna-phone", reqIP: "10.20.1.5", src: "0.0.0.0", dst: "255.255.255.255"}))
-	f.Add(dhcpFrame(f, dhcpMsg{op: layers.DHCPOpReply, typ: layers.DHCPMsgTypeAck, chaddr: clientMAC,
-		yiaddr: "10.20.1.5", src: "10.20.0.1", dst: "10.20.1.5"}))
-	f.Add(ipFrame(f, clientMAC, "10.20.2.9", "198.51.100.1", []byte("x")))
+	for _, tt := range parseCases() {
+		f.Add(tt.frame(f))
+	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
-		for _, h := range Parse(frame, subnet, now) {
+		got := Parse(frame, subnet, now)
+		if !layersDecodesOtherUDP(frame) {
+			if diff := cmp.Diff(parseLayers(frame, subnet, now), got, addrEqual); diff != "" {
+				t.Fatalf("Parse differs from the layers decoder (-layers +Parse):\n%s", diff)
+			}
+		}
+		for _, h := range got {
 			if len(h.MAC) != 6 || h.MAC[0]&1 != 0 {
 				t.Fatalf("host with bad MAC %v", h.MAC)
 			}
