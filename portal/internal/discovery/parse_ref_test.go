@@ -156,22 +156,34 @@ func refAddr4(ip net.IP) netip.Addr {
 	return a.Unmap()
 }
 
-// layersDecodesOtherUDP says whether gopacket/layers would decode this
-// frame's UDP payload as another protocol than DHCP although one port is
-// 67 or 68: it looks at the destination port first, in its table of
-// well-known UDP ports (layers.UDPPort.LayerType). Parse treats any
-// datagram from or to a DHCP port as DHCP when it parses as one, so these
-// frames are the one documented difference from parseLayers.
-func layersDecodesOtherUDP(frame []byte) bool {
-	if len(frame) < 14+20 || frame[12] != 0x08 || frame[13] != 0 {
-		return false
+// knownDifference names why Parse deliberately differs from parseLayers
+// on frame, or returns "":
+//
+//   - layers looks at a UDP datagram's destination port first, in its table
+//     of well-known ports (layers.UDPPort.LayerType), so a DHCP message from
+//     port 67/68 to, say, port 53 was decoded as DNS; Parse takes any
+//     datagram from or to a DHCP port that parses as DHCP;
+//   - layers reads ARP's 16-bit hardware type into the 8-bit LinkType, so
+//     it took 0x0101 or 0x3001 for Ethernet (1); Parse compares all 16 bits
+//     (RFC 826).
+func knownDifference(frame []byte) string {
+	if len(frame) < 14+20 || frame[12] != 0x08 {
+		return ""
 	}
-	off := 14 + int(frame[14]&0x0f)*4
-	if len(frame) < off+4 {
-		return false
+	switch frame[13] {
+	case 0x06: // ARP
+		if frame[14] != 0 {
+			return "ARP hardware type above 255"
+		}
+	case 0x00: // IPv4
+		off := 14 + int(frame[14]&0x0f)*4
+		if len(frame) < off+4 {
+			return ""
+		}
+		dport := layers.UDPPort(uint16(frame[off+2])<<8 | uint16(frame[off+3]))
+		if lt := dport.LayerType(); lt != gopacket.LayerTypePayload && lt != layers.LayerTypeDHCPv4 {
+			return "layers decodes UDP port " + dport.String() + " as " + lt.String()
+		}
 	}
-	udp := frame[off:]
-	dport := layers.UDPPort(uint16(udp[2])<<8 | uint16(udp[3]))
-	lt := dport.LayerType()
-	return lt != gopacket.LayerTypePayload && lt != layers.LayerTypeDHCPv4
+	return ""
 }

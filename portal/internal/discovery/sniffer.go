@@ -6,23 +6,22 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
-	"reflect"
-	"strings"
+	"os"
+	"syscall"
 	"time"
 
-	"github.com/google/gopacket/pcapgo"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
 // Capture settings.
 const (
-	readTimeout = 250 * time.Millisecond // how soon Run notices cancellation
-	headerSnap  = 14 + 60                // Ethernet + the largest IPv4 header
-	fullSnap    = 2048                   // ARP and DHCP frames are kept whole
-	minBackoff  = 500 * time.Millisecond
-	maxBackoff  = 30 * time.Second
+	headerSnap = 14 + 60 // Ethernet + the largest IPv4 header
+	fullSnap   = 2048    // ARP and DHCP frames are kept whole
+	minBackoff = 500 * time.Millisecond
+	maxBackoff = 30 * time.Second
 )
 
 // Sniffer watches the client interface and feeds Table.
@@ -69,41 +68,26 @@ func (s *Sniffer) Run(ctx context.Context) error {
 }
 
 func (s *Sniffer) capture(ctx context.Context, log *slog.Logger) error {
-	h, err := pcapgo.NewEthernetHandle(s.Interface)
+	sock, err := openPacketSocket(s.Interface, filter, fullSnap)
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", s.Interface, err)
 	}
-	defer h.Close()
-	if err := h.SetCaptureLength(fullSnap); err != nil {
-		return fmt.Errorf("opening %s: %w", s.Interface, err)
-	}
-	if err := h.SetBPF(filter); err != nil {
-		return fmt.Errorf("setting filter on %s: %w", s.Interface, err)
-	}
-	if err := setReadTimeout(h, readTimeout); err != nil {
-		return fmt.Errorf("opening %s: %w", s.Interface, err)
-	}
-	own := h.LocalAddr()
-	log.Info("capturing", "subnet", s.Subnet, "mac", own.String())
-	eagain := unix.EAGAIN.Error()
+	defer sock.Close()
+	defer context.AfterFunc(ctx, sock.interrupt)() // a blocked read returns at once on cancel
+	log.Info("capturing", "subnet", s.Subnet, "mac", sock.mac.String())
 	for {
 		if ctx.Err() != nil {
 			return nil
 		}
-		data, ci, err := h.ZeroCopyReadPacketData()
+		frame, err := sock.read()
 		if err != nil {
-			// pcapgo formats the errno with %s, so errors.Is cannot see it.
-			if strings.Contains(err.Error(), eagain) || strings.Contains(err.Error(), unix.EINTR.Error()) {
-				continue
+			if ctx.Err() != nil {
+				return nil
 			}
 			return fmt.Errorf("reading %s: %w", s.Interface, err)
 		}
-		now := ci.Timestamp
-		if now.IsZero() {
-			now = time.Now()
-		}
-		for _, host := range Parse(data, s.Subnet, now) {
-			if bytes.Equal(host.MAC, own) {
+		for _, host := range Parse(frame, s.Subnet, time.Now()) {
+			if bytes.Equal(host.MAC, sock.mac) {
 				continue
 			}
 			s.Table.Observe(host)
@@ -111,22 +95,83 @@ func (s *Sniffer) capture(ctx context.Context, log *slog.Logger) error {
 	}
 }
 
-// setReadTimeout gives the handle's socket SO_RCVTIMEO so that a read
-// returns now and then and Run can notice cancellation: pcapgo's
-// EthernetHandle blocks in recvmsg and exposes no deadline, and closing a
-// socket does not wake a thread blocked on it. The descriptor is read from
-// the handle's unexported fd field (gopacket v1.1.19, pinned in go.mod).
-func setReadTimeout(h *pcapgo.EthernetHandle, d time.Duration) error {
-	f := reflect.ValueOf(h).Elem().FieldByName("fd")
-	if !f.IsValid() || !f.CanInt() {
-		return errors.New("setting read timeout: pcapgo.EthernetHandle has no fd field (gopacket changed?)")
-	}
-	tv := unix.NsecToTimeval(d.Nanoseconds())
-	if err := unix.SetsockoptTimeval(int(f.Int()), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return fmt.Errorf("setting read timeout: %w", err)
-	}
-	return nil
+// packetSocket is an AF_PACKET socket bound to one interface, with a
+// socket filter, read through the Go runtime's poller: a read parks the
+// goroutine instead of blocking a thread, and interrupt (or Close) wakes it.
+type packetSocket struct {
+	f    *os.File
+	rc   syscall.RawConn
+	mac  net.HardwareAddr // the interface's own address
+	buf  []byte           // frames longer than the buffer are cut short
+	n    int              // result of the last recv
+	err  error            // (set by recv)
+	recv func(fd uintptr) bool
 }
+
+// openPacketSocket opens a packet socket that receives the frames of
+// ifname that prog accepts (all of them, both directions, before prog),
+// cut to snap bytes. It lives in the network namespace of the calling
+// thread.
+func openPacketSocket(ifname string, prog []bpf.RawInstruction, snap int) (*packetSocket, error) {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil, err
+	}
+	// Protocol 0: the socket receives nothing until bind, so no frame
+	// arrives before the filter is attached.
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	ins := make([]unix.SockFilter, len(prog))
+	for i, r := range prog {
+		ins[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
+	}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
+		&unix.SockFprog{Len: uint16(len(ins)), Filter: &ins[0]}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("attaching socket filter: %w", os.NewSyscallError("setsockopt", err))
+	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("bind", err)
+	}
+	s := &packetSocket{f: os.NewFile(uintptr(fd), "packet:"+ifname), mac: ifi.HardwareAddr, buf: make([]byte, snap)}
+	if s.rc, err = s.f.SyscallConn(); err != nil {
+		s.f.Close()
+		return nil, err
+	}
+	s.recv = s.recvOnce
+	return s, nil
+}
+
+// read returns the next frame, valid until the next read.
+func (s *packetSocket) read() ([]byte, error) {
+	if err := s.rc.Read(s.recv); err != nil {
+		return nil, err
+	}
+	if s.err != nil {
+		return nil, os.NewSyscallError("recv", s.err)
+	}
+	return s.buf[:s.n], nil
+}
+
+// recvOnce reads one frame; false asks the poller to wait for the next.
+func (s *packetSocket) recvOnce(fd uintptr) bool {
+	for {
+		s.n, s.err = unix.Read(int(fd), s.buf)
+		if s.err != unix.EINTR {
+			return s.err != unix.EAGAIN
+		}
+	}
+}
+
+// interrupt makes a blocked read, and every later one, fail at once.
+func (s *packetSocket) interrupt() { s.f.SetReadDeadline(time.Unix(1, 0)) }
+
+func (s *packetSocket) Close() error { return s.f.Close() }
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // filter is the socket filter. Of the frames arriving from clients it keeps
 // ARP and IPv4 UDP to ports 67/68 (DHCP) whole, and only the Ethernet and
