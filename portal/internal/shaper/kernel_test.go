@@ -7,11 +7,16 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/civicwifi/civicwifi/internal/lab"
 	"github.com/civicwifi/civicwifi/internal/quantity"
@@ -211,8 +216,13 @@ func TestKernelUnclassifiedAndRemove(t *testing.T) {
 	}
 	unshaped(t, "removed client down", s.measure(t, 0, true))
 	out, err := s.Gateway.Run(context.Background(), "tc", "class", "show", "dev", s.LANIf)
-	if err != nil || strings.TrimSpace(out) != "" {
-		t.Errorf("after Remove, classes on %s: %q, %v; want none", s.LANIf, out, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if !strings.HasPrefix(line, "class htb 1:") { // the /24 classes stay
+			t.Errorf("after Remove, class on %s: %q; want only the /24 classes", s.LANIf, line)
+		}
 	}
 	if err := s.sh.Remove(context.Background(), s.Clients[0].IP); err != nil {
 		t.Errorf("second Remove: %v", err)
@@ -231,42 +241,204 @@ func TestKernelReconcile(t *testing.T) {
 	if n, err := s.sh.Reconcile(ctx, want, nil); err != nil || n != 0 {
 		t.Fatalf("second Reconcile = %d, %v; want 0", n, err)
 	}
-	// Someone deletes the root qdisc and the IFB device, and adds a stray class.
-	for _, argv := range [][]string{
-		{"tc", "qdisc", "del", "dev", s.LANIf, "root"},
-		{"ip", "link", "del", "cwifb0"},
+	// Each kind of damage, repaired by the next Reconcile. 10.20.0.11 is
+	// in the /24 of qdisc 100: (class 1:100), its class is 100:10b.
+	for _, tc := range []struct {
+		name    string
+		break_  [][]string
+		repairs int // 0: some
+	}{
+		{"root qdisc and IFB device deleted", [][]string{
+			{"tc", "qdisc", "del", "dev", s.LANIf, "root"},
+			{"ip", "link", "del", "cwifb0"},
+		}, 0},
+		{"/24 qdisc deleted", [][]string{{"tc", "qdisc", "del", "dev", s.LANIf, "parent", "1:100"}}, 5},                          // qdisc, table, link, class (+leaf), host filter
+		{"/24 qdisc's filters deleted", [][]string{{"tc", "filter", "del", "dev", "cwifb0", "parent", "100:", "prio", "10"}}, 3}, // table, link, host filter
+		{"root's host filter deleted", [][]string{{"tc", "filter", "del", "dev", s.LANIf, "parent", "1:", "prio", "10", "handle", "100:b:1", "u32"}}, 1},
+		{"client class rate changed", [][]string{{"tc", "class", "change", "dev", s.LANIf, "parent", "100:", "classid", "100:10b", "htb", "rate", "7mbit", "ceil", "7mbit"}}, 1},
+		{"client leaf replaced", [][]string{{"tc", "qdisc", "replace", "dev", "cwifb0", "parent", "100:10b", "pfifo", "limit", "5"}}, 1},
+		{"stray class under the root", [][]string{{"tc", "class", "add", "dev", s.LANIf, "parent", "1:", "classid", "1:fff", "htb", "rate", "1mbit"}}, 0},
 	} {
-		if _, err := s.Gateway.Run(ctx, argv...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// (Until the repair, the ingress redirect points at a missing device and
-	// drops the clients' packets: see README.)
-	n, err := s.sh.Reconcile(ctx, want, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("Reconcile after drift: %d repairs", n)
-	if n == 0 {
-		t.Errorf("Reconcile after drift = 0 repairs")
+		t.Run(tc.name, func(t *testing.T) {
+			for _, argv := range tc.break_ {
+				if out, err := s.Gateway.Run(ctx, argv...); err != nil {
+					t.Fatalf("%q: %v\n%s", argv, err, out)
+				}
+			}
+			// (Until the repair of a deleted IFB device, the ingress redirect
+			// points at nothing and drops the clients' packets: see README.)
+			n, err := s.sh.Reconcile(ctx, want, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("Reconcile after %s: %d repairs", tc.name, n)
+			if tc.repairs == 0 && n == 0 || tc.repairs != 0 && n != tc.repairs {
+				t.Errorf("Reconcile after %s = %d repairs, want %d (0: some)", tc.name, n, tc.repairs)
+			}
+			if n, err := s.sh.Reconcile(ctx, want, nil); err != nil || n != 0 {
+				t.Errorf("Reconcile after the repair = %d, %v; want 0", n, err)
+			}
+		})
 	}
 	s.measureWithin(t, "repaired down", 0, true, 2*quantity.Mbit)
 	s.measureWithin(t, "repaired up", 0, false, 2*quantity.Mbit)
 
-	// A class and filter made behind our back for client 2, and a wrong rate
-	// for client 1: Reconcile removes the first and fixes the second.
+	// A client shaped behind the store's back (Set, not in want) is
+	// removed by Reconcile, and then unshaped.
 	s.set(t, shaper.Limit{IP: s.Clients[1].IP, Down: 5 * quantity.Mbit})
-	if _, err := s.Gateway.Run(ctx, "tc", "class", "change", "dev", s.LANIf, "parent", "1:", "classid", "1:b", "htb", "rate", "7mbit", "ceil", "7mbit"); err != nil {
-		t.Fatal(err)
-	}
 	if n, err := s.sh.Reconcile(ctx, want, nil); err != nil || n != 3 {
-		t.Errorf("Reconcile of stray client and wrong rate = %d, %v; want 3 (filter, class, rate)", n, err)
+		t.Errorf("Reconcile of a stray client = %d, %v; want 3 (2 filters, class)", n, err)
 	}
 	unshaped(t, "stray client removed, down", s.measure(t, 1, true))
-	s.measureWithin(t, "rate fixed, down", 0, true, 2*quantity.Mbit)
-	if n, err := s.sh.Reconcile(ctx, want, nil); err != nil || n != 0 {
-		t.Errorf("last Reconcile = %d, %v; want 0", n, err)
+}
+
+// TestKernelMigrateFlat: a gateway upgraded from version 1 of this
+// package, which made one class per client under the root qdisc (the
+// layout whose class creation is quadratic), with clients shaped. Setup
+// and Reconcile replace it by the nested layout and shape them again.
+func TestKernelMigrateFlat(t *testing.T) {
+	lab.Require(t, "tc", "iperf3", "ss")
+	l := lab.NewT(t, lab.Options{Clients: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := l.Upstream.Run(ctx, "ip", "route", "add", l.ClientPrefix.Masked().String(), "via", l.GatewayWANIP.String()); err != nil {
+		t.Fatal(err)
 	}
+	for i := range 2 {
+		if err := l.StartIperf3(ctx, l.Upstream, lab.IperfPort+i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Version 1's objects for 10.20.0.11 (20mbit both ways) and 10.20.0.12
+	// (5mbit down): the lines it ran, as its golden files recorded them.
+	batch, err := os.ReadFile("testdata/flat-v1.batch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, argv := range [][]string{{"ip", "link", "add", "cwifb0", "type", "ifb"}, {"ip", "link", "set", "cwifb0", "up"}} {
+		if out, err := l.Gateway.Run(ctx, argv...); err != nil {
+			t.Fatalf("%q: %v\n%s", argv, err, out)
+		}
+	}
+	cmd := l.Gateway.Command(ctx, "tc", "-batch", "-")
+	cmd.Stdin = strings.NewReader(string(batch))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("making the flat layout: %v\n%s", err, out)
+	}
+	s := &site{Lab: l}
+	// The flat layout shapes (so the test starts from a working v1 gateway).
+	s.measureWithin(t, "flat layout down", 0, true, 20*quantity.Mbit)
+
+	sh, err := shaper.New(shaper.Config{ClientIf: l.LANIf, Subnet: l.ClientPrefix.Masked(), Netns: l.Gateway.Name}, slog.New(slog.NewTextHandler(tWriter{t}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.sh = sh
+	t.Cleanup(func() {
+		if err := sh.Teardown(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+	start := time.Now()
+	if err := sh.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := []shaper.Limit{
+		{IP: l.Clients[0].IP, Down: 2 * quantity.Mbit, Up: 2 * quantity.Mbit},
+		{IP: l.Clients[1].IP, Down: 5 * quantity.Mbit},
+	}
+	n, err := sh.Reconcile(ctx, want, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("migrated in %v: Reconcile made %d repairs", time.Since(start), n)
+	out, err := l.Gateway.Run(ctx, "tc", "class", "show", "dev", l.LANIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[2] != "1:100" && f[2] != "1:101" && f[2] != "1:102" && f[2] != "1:103" && f[2] != "100:10b" && f[2] != "100:10c" {
+			t.Errorf("after migration, class %q", line)
+		}
+	}
+	if n, err := sh.Reconcile(ctx, want, nil); err != nil || n != 0 {
+		t.Errorf("Reconcile after migration = %d, %v; want 0", n, err)
+	}
+	s.measureWithin(t, "migrated client down", 0, true, 2*quantity.Mbit)
+	s.measureWithin(t, "migrated client up", 0, false, 2*quantity.Mbit)
+	s.measureWithin(t, "migrated second client down", 1, true, 5*quantity.Mbit)
+}
+
+// TestKernelNetlinkAgrees: Set and Remove through netlink (the default)
+// leave the kernel exactly as `tc -batch` does: same classes, rates,
+// bursts, leaves and filters, as tc prints them.
+func TestKernelNetlinkAgrees(t *testing.T) {
+	s := newSite(t, 1)
+	ctx := context.Background()
+	ip := s.Clients[0].IP
+	show := func() string {
+		var b strings.Builder
+		for _, argv := range [][]string{
+			{"tc", "class", "show", "dev", s.LANIf}, {"tc", "class", "show", "dev", "cwifb0"},
+			{"tc", "qdisc", "show", "dev", s.LANIf}, {"tc", "qdisc", "show", "dev", "cwifb0"},
+			{"tc", "filter", "show", "dev", s.LANIf, "parent", "1:"}, {"tc", "filter", "show", "dev", s.LANIf, "parent", "100:"},
+			{"tc", "filter", "show", "dev", "cwifb0", "parent", "1:"}, {"tc", "filter", "show", "dev", "cwifb0", "parent", "100:"},
+		} {
+			out, err := s.Gateway.Run(ctx, argv...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(out, "\n")
+			for i, l := range lines {
+				// Leaf handles are the kernel's choice; the counters move.
+				f := strings.Fields(l)
+				for j := range f {
+					if j > 0 && (f[j-1] == "leaf" || f[j-1] == "pfifo" && j == 2 || f[j-1] == "refcnt") {
+						f[j] = "*"
+					}
+				}
+				lines[i] = strings.Join(f, " ")
+			}
+			slices.Sort(lines)
+			fmt.Fprintf(&b, "$ %s\n%s\n", strings.Join(argv, " "), strings.Join(lines, "\n"))
+		}
+		return b.String()
+	}
+	empty := show()
+	steps := []shaper.Limit{
+		{IP: ip, Down: 2 * quantity.Mbit, Up: 256 * quantity.Kbit},
+		{IP: ip, Down: 20 * quantity.Mbit, Up: quantity.Gbit},
+		{IP: ip, Down: 5 * quantity.Gbit}, // above 2^32 bytes/s: 64-bit rates
+		{IP: ip},
+	}
+	got := map[bool][]string{}
+	for _, nl := range []bool{true, false} {
+		s.sh.UseNetlink(nl)
+		for _, l := range steps {
+			if l.Down == 0 && l.Up == 0 {
+				if err := s.sh.Remove(ctx, ip); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				s.set(t, l)
+			}
+			got[nl] = append(got[nl], show())
+		}
+	}
+	for i := range steps {
+		if diff := cmp.Diff(got[false][i], got[true][i]); diff != "" {
+			t.Errorf("after %+v: netlink differs from tc (-tc +netlink):\n%s", steps[i], diff)
+		}
+	}
+	if got[true][len(steps)-1] != empty {
+		t.Errorf("after Remove through netlink:\n%s\nbefore:\n%s", got[true][len(steps)-1], empty)
+	}
+	// And the netlink-made classes shape.
+	s.sh.UseNetlink(true)
+	s.set(t, shaper.Limit{IP: ip, Down: 2 * quantity.Mbit, Up: 2 * quantity.Mbit})
+	s.measureWithin(t, "netlink 2mbit down", 0, true, 2*quantity.Mbit)
+	s.measureWithin(t, "netlink 2mbit up", 0, false, 2*quantity.Mbit)
 }
 
 func TestKernelTeardown(t *testing.T) {
@@ -351,4 +523,98 @@ func TestKernelIntact(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKernelBulkRestore is the gateway's start after a reboot with 10,000
+// shaped sessions: Setup, then one Reconcile that makes every client's
+// class, leaf and filters in both directions. It runs that through netlink
+// (the default) and through `tc -batch`, and logs the times (no timing
+// assertion: the machine is shared), and the cost of one Set and Remove
+// at that scale. It checks that every client got its classes.
+func TestKernelBulkRestore(t *testing.T) {
+	lab.Require(t, "tc")
+	const clients = 10000
+	l := lab.NewT(t, lab.Options{Clients: 1})
+	ctx := context.Background()
+	subnet := netip.MustParsePrefix("10.20.0.0/18")
+	want := make([]shaper.Limit, 0, clients)
+	for i := range clients {
+		a := subnet.Addr().As4()
+		v := uint32(a[2])<<8 + uint32(i) + 256 // from 10.20.1.0
+		want = append(want, shaper.Limit{IP: netip.AddrFrom4([4]byte{a[0], a[1], byte(v >> 8), byte(v)}), Down: 10 * quantity.Mbit, Up: 2 * quantity.Mbit})
+	}
+	count := func(dev string) int {
+		out, err := l.Gateway.Run(ctx, "tc", "class", "show", "dev", dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) > 2 && !strings.HasPrefix(f[2], "1:") {
+				n++
+			}
+		}
+		return n
+	}
+	for _, nl := range []bool{true, false} {
+		how := map[bool]string{true: "netlink", false: "tc -batch"}[nl]
+		sh, err := shaper.New(shaper.Config{ClientIf: l.LANIf, Subnet: subnet, Netns: l.Gateway.Name}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sh.UseNetlink(nl)
+		t0 := time.Now()
+		if err := sh.Setup(ctx); err != nil {
+			t.Fatal(err)
+		}
+		setup := time.Since(t0)
+		t0 = time.Now()
+		n, err := sh.Reconcile(ctx, want, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		restore := time.Since(t0)
+		t.Logf("%s: Setup of a /18 %v; restore of %d clients x 2 directions %v (%d repairs)", how, setup.Round(time.Millisecond), clients, restore.Round(time.Millisecond), n)
+		if d, u := count(l.LANIf), count("cwifb0"); d != clients || u != clients {
+			t.Errorf("%s: %d client classes down, %d up; want %d each", how, d, u, clients)
+		}
+		t0 = time.Now()
+		if n, err := sh.Reconcile(ctx, want, nil); err != nil || n != 0 {
+			t.Errorf("%s: Reconcile in sync = %d, %v; want 0", how, n, err)
+		}
+		t.Logf("%s: Reconcile in sync: %v", how, time.Since(t0).Round(time.Millisecond))
+		// One Set and one Remove at this scale (on the login path).
+		var sets, removes []time.Duration
+		for i := range 100 {
+			ip := netip.AddrFrom4([4]byte{10, 20, 60, byte(i + 1)})
+			t0 = time.Now()
+			if err := sh.Set(ctx, shaper.Limit{IP: ip, Down: 10 * quantity.Mbit, Up: 2 * quantity.Mbit}); err != nil {
+				t.Fatal(err)
+			}
+			sets = append(sets, time.Since(t0))
+			t0 = time.Now()
+			if err := sh.Remove(ctx, ip); err != nil {
+				t.Fatal(err)
+			}
+			removes = append(removes, time.Since(t0))
+		}
+		t.Logf("%s: at %d clients, Set %s, Remove %s", how, clients, summary(sets), summary(removes))
+		t0 = time.Now()
+		if err := sh.Teardown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: Teardown %v", how, time.Since(t0).Round(time.Millisecond))
+	}
+}
+
+// summary is the mean, median and 99th percentile of ds.
+func summary(ds []time.Duration) string {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	var sum time.Duration
+	for _, d := range s {
+		sum += d
+	}
+	return fmt.Sprintf("mean %v p50 %v p99 %v (n=%d)", (sum / time.Duration(len(s))).Round(time.Microsecond),
+		s[len(s)/2].Round(time.Microsecond), s[len(s)*99/100].Round(time.Microsecond), len(s))
 }

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -43,31 +42,15 @@ func TestKernelCapture(t *testing.T) {
 	if err := os.MkdirAll("testdata/kernel", 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, argv := range [][]string{
-		{"ip", "-d", "-j", "link", "show"},
-		{"tc", "-j", "qdisc", "show", "dev", "br-cw"},
-		{"tc", "-s", "class", "show", "dev", "br-cw"},
-		{"tc", "-j", "filter", "show", "dev", "br-cw", "parent", "1:"},
-		{"tc", "-j", "filter", "show", "dev", "br-cw", "parent", "ffff:"},
-		{"tc", "-j", "qdisc", "show", "dev", "cwifb0"},
-		{"tc", "-s", "class", "show", "dev", "cwifb0"},
-		{"tc", "-j", "filter", "show", "dev", "cwifb0", "parent", "1:"},
-	} {
+	for _, argv := range shaper.CapturedCommands() {
 		out, err := s.Gateway.Command(ctx, argv...).Output()
 		if err != nil {
 			t.Fatalf("%q: %v", argv, err)
 		}
-		name := filepath.Join("testdata/kernel", fixtureName(argv))
-		if err := os.WriteFile(name, out, 0o644); err != nil {
+		if err := os.WriteFile(shaper.FixtureFile(argv), out, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-}
-
-// fixtureName is the file under testdata/kernel/ holding argv's output
-// (no ':' or '/', which module zips do not allow).
-func fixtureName(argv []string) string {
-	return strings.NewReplacer(":", "", "/", "").Replace(strings.Join(argv, "_"))
 }
 
 var scale = flag.Int("scale", 0, "TestKernelScale: Set this many clients in a /18 and compare per-packet cost before and after (a report, not a pass/fail test)")
@@ -177,4 +160,37 @@ func ip4(a netip.Addr) uint32 {
 
 func addr4(v uint32) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// TestKernelFlatReference times what version 1 of this package did on a
+// restart with -scale clients: one `tc -batch` making one class per client
+// and direction under the root qdisc (the flat layout), to compare with
+// TestKernelBulkRestore's nested layout.
+func TestKernelFlatReference(t *testing.T) {
+	if *scale == 0 {
+		t.Skip("run with -scale N")
+	}
+	lab.Require(t, "tc")
+	l := lab.NewT(t, lab.Options{Clients: 1})
+	ctx := context.Background()
+	var b strings.Builder
+	fmt.Fprintf(&b, "qdisc replace dev %s root handle 1: htb default 0 r2q 100 direct_qlen 1000\n", l.LANIf)
+	base := ip4(netip.MustParseAddr("10.20.0.0"))
+	for i := range *scale {
+		off := uint32(i) + 256
+		a := addr4(base + off)
+		fmt.Fprintf(&b, "class replace dev %s parent 1: classid 1:%x htb rate 10455800bit ceil 10455800bit burst 13069 cburst 13069 quantum 1514\n", l.LANIf, off)
+		fmt.Fprintf(&b, "qdisc replace dev %s parent 1:%x pfifo limit 86\n", l.LANIf, off)
+		_ = a // (filters left out: class creation is what is measured)
+	}
+	cmd := l.Gateway.Command(ctx, "tc", "-batch", "-")
+	cmd.Stdin = strings.NewReader(b.String())
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	t.Logf("flat layout (v1), one direction, %d clients, classes and leaves: %v", *scale, time.Since(start))
+	if _, err := l.Gateway.Run(ctx, "tc", "qdisc", "del", "dev", l.LANIf, "root"); err != nil {
+		t.Fatal(err)
+	}
 }

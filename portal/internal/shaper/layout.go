@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 
 	"github.com/civicwifi/civicwifi/internal/quantity"
 )
@@ -13,8 +15,9 @@ import (
 const (
 	prio       = 10    // preference of every filter we make
 	rootTable  = 0x800 // u32's own root table (created with the first filter)
-	octetTable = 0x2   // level 1: hashed on the third octet
-	hostTable0 = 0x100 // level 2: hostTable0+third octet, hashed on the fourth
+	octetTable = 0x2   // root qdisc, level 1: hashed on the third octet
+	hostTable0 = 0x100 // root qdisc, level 2: hostTable0+third octet, hashed on the fourth
+	innerTable = 0x1   // each /24's qdisc: hashed on the fourth octet
 	nodeID     = 1     // node id of every filter we make inside a bucket
 
 	mtuFrame   = 1514 // an Ethernet frame carrying a 1500-byte packet
@@ -34,30 +37,64 @@ type direction struct {
 	offset int    // 16 for the destination address, 12 for the source
 }
 
-// classMinor is the HTB class minor number (and so the classid 1:<minor>) of
-// a client: its offset inside the subnet. The network address (offset 0,
-// which would be the qdisc itself) and the broadcast address (for a /16,
-// 0xffff, which tc reserves) are never clients, so every host of a /16..30
-// maps to 1..0xfffe, one to one.
-func classMinor(subnet netip.Prefix, ip netip.Addr) (uint16, error) {
+// The nested layout (README.md has the picture). Per device:
+//
+//	qdisc htb 1: (root)
+//	  class 1:<g>            g = 0x100 + third octet: one per /24 of the
+//	                         subnet, rate = ceil = groupRate (never limits)
+//	    qdisc htb <g>:       the /24's own HTB qdisc
+//	      class <g>:<m>      m = 0x100 + fourth octet: one per shaped client
+//	        qdisc pfifo      its leaf
+//
+// HTB's cost of adding a class grows with the classes of the same qdisc
+// (quadratic in all); with at most 256 classes per qdisc it stays flat.
+// Numbers are offset by 0x100 because x.y.z.0 is a host of a /23 or wider
+// subnet, and minor 0 would name the qdisc itself.
+const groupBase = 0x100
+
+// groupRate is the rate (and ceil) of each /24's class under the root: far
+// above anything a gateway forwards, so it never holds a packet back; it
+// only carries the /24's inner qdisc. groupBurst is 1 ms at that rate.
+const (
+	groupRate  = 10 * quantity.Gbit
+	groupBurst = 1250000
+)
+
+func group(o3 uint8) uint16 { return groupBase + uint16(o3) }
+
+// checkClient returns nil if ip is a host address of subnet.
+func checkClient(subnet netip.Prefix, ip netip.Addr) error {
 	if !ip.Is4() || !subnet.Contains(ip) {
-		return 0, fmt.Errorf("%w: %s is outside %s", ErrNotClient, ip, subnet)
+		return fmt.Errorf("%w: %s is outside %s", ErrNotClient, ip, subnet)
 	}
 	off := ip4(ip) - ip4(subnet.Addr())
 	size := uint32(1) << (32 - subnet.Bits())
 	if off == 0 || off == size-1 {
-		return 0, fmt.Errorf("%w: %s is the network or broadcast address of %s", ErrNotClient, ip, subnet)
+		return fmt.Errorf("%w: %s is the network or broadcast address of %s", ErrNotClient, ip, subnet)
 	}
-	return uint16(off), nil
+	return nil
 }
 
-// addrOfMinor is the inverse of classMinor.
-func addrOfMinor(subnet netip.Prefix, minor uint16) (netip.Addr, bool) {
-	size := uint32(1) << (32 - subnet.Bits())
-	if minor == 0 || uint32(minor) >= size-1 {
+// clientClass is the classid of a client's class: <g>:<m>.
+func clientClass(ip netip.Addr) uint32 {
+	return uint32(group(third(ip)))<<16 | uint32(groupBase+uint16(fourth(ip)))
+}
+
+// groupClass is the classid of a /24's class under the root: 1:<g>.
+func groupClass(o3 uint8) uint32 { return 1<<16 | uint32(group(o3)) }
+
+// addrOfClass is the inverse of clientClass, for the classes of subnet.
+func addrOfClass(subnet netip.Prefix, classid uint32) (netip.Addr, bool) {
+	maj, min := classid>>16, classid&0xffff
+	if maj < groupBase || maj > groupBase+0xff || min < groupBase || min > groupBase+0xff {
 		return netip.Addr{}, false
 	}
-	return addr4(ip4(subnet.Addr()) + uint32(minor)), true
+	b := subnet.Addr().As4()
+	a := netip.AddrFrom4([4]byte{b[0], b[1], byte(maj - groupBase), byte(min - groupBase)})
+	if checkClient(subnet, a) != nil {
+		return netip.Addr{}, false
+	}
+	return a, true
 }
 
 func ip4(a netip.Addr) uint32 {
@@ -69,9 +106,9 @@ func addr4(v uint32) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
-// octets3 lists the third octets of the /24s that the subnet overlaps, with
-// the part of the subnet inside each (the whole /24, or the subnet itself
-// when it is smaller than a /24).
+// octets3 lists the /24s that the subnet overlaps, with the part of the
+// subnet inside each (the whole /24, or the subnet itself when it is
+// smaller than a /24).
 func octets3(subnet netip.Prefix) []netip.Prefix {
 	if subnet.Bits() >= 24 {
 		return []netip.Prefix{subnet}
@@ -88,16 +125,68 @@ func octets3(subnet netip.Prefix) []netip.Prefix {
 func third(a netip.Addr) uint8  { return a.As4()[2] }
 func fourth(a netip.Addr) uint8 { return a.As4()[3] }
 
-// Handles, as tc prints them ("fh" in `tc -j filter show`).
-func tableHandle(htid uint32) string { return fmt.Sprintf("%x:", htid) }
-func nodeHandle(htid uint32, bucket uint8) string {
-	if bucket == 0 { // tc prints bucket 0 as empty
-		return fmt.Sprintf("%x::%x", htid, nodeID)
-	}
-	return fmt.Sprintf("%x:%x:%x", htid, bucket, nodeID)
+// u32 handles: 12 bits of table id, 8 of bucket, 12 of node.
+func u32Handle(htid uint32, bucket uint8, node uint32) uint32 {
+	return htid<<20 | uint32(bucket)<<12 | node
 }
-func hostTable(oct3 uint8) uint32 { return hostTable0 + uint32(oct3) }
-func classID(minor uint16) string { return fmt.Sprintf("1:%x", minor) }
+
+// handleString prints a u32 handle as tc does ("fh" in `tc -j filter show`).
+func handleString(h uint32) string {
+	htid, b, n := h>>20, (h>>12)&0xff, h&0xfff
+	switch {
+	case n == 0 && b == 0:
+		return fmt.Sprintf("%x:", htid)
+	case b == 0: // tc prints bucket 0 as empty
+		return fmt.Sprintf("%x::%x", htid, n)
+	default:
+		return fmt.Sprintf("%x:%x:%x", htid, b, n)
+	}
+}
+
+// parseHandle reads a handle as tc prints it ("800:", "2:a:1", "100::1").
+func parseHandle(s string) (uint32, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) < 2 || len(parts) > 3 {
+		return 0, fmt.Errorf("u32 handle %q: not htid:[bucket[:node]]", s)
+	}
+	var v [3]uint64
+	for i, p := range parts {
+		if p == "" {
+			continue
+		}
+		n, err := strconv.ParseUint(p, 16, 32)
+		if err != nil {
+			return 0, fmt.Errorf("u32 handle %q: %w", s, err)
+		}
+		v[i] = n
+	}
+	if v[0] > 0xfff || v[1] > 0xff || v[2] > 0xfff {
+		return 0, fmt.Errorf("u32 handle %q: out of range", s)
+	}
+	return u32Handle(uint32(v[0]), uint8(v[1]), uint32(v[2])), nil
+}
+
+func classString(id uint32) string    { return fmt.Sprintf("%x:%x", id>>16, id&0xffff) }
+func qdiscString(major uint16) string { return fmt.Sprintf("%x:", major) }
+
+// parseClassID reads "1:10b" (hex major:minor).
+func parseClassID(s string) (uint32, error) {
+	maj, min, ok := strings.Cut(s, ":")
+	if !ok {
+		return 0, fmt.Errorf("class id %q: no colon", s)
+	}
+	a, err := strconv.ParseUint(maj, 16, 16)
+	if err != nil {
+		return 0, fmt.Errorf("class id %q: %w", s, err)
+	}
+	var b uint64
+	if min != "" {
+		if b, err = strconv.ParseUint(min, 16, 16); err != nil {
+			return 0, fmt.Errorf("class id %q: %w", s, err)
+		}
+	}
+	return uint32(a)<<16 | uint32(b), nil
+}
 
 // A limit is what the resident's speed test shows: TCP payload. HTB counts
 // whole Ethernet frames, and a full-size frame (1514 bytes) carries 1448
@@ -138,79 +227,4 @@ func paramsFor(r quantity.Rate) htbParams {
 	p.burst = max(p.burst, 2*mtuFrame)
 	p.limit = min(max(p.limit, 32), 1000)
 	return p
-}
-
-// lines: tc batch lines for the objects of one device.
-
-func rootQdiscLine(dev string) string {
-	return fmt.Sprintf("qdisc replace dev %s root handle 1: htb default 0 r2q %d direct_qlen %d", dev, r2q, directQlen)
-}
-
-func rootQdiscDelLine(dev string) string { return fmt.Sprintf("qdisc del dev %s root", dev) }
-
-func ingressLines(clientIf, ifb string) []string {
-	return []string{
-		fmt.Sprintf("qdisc replace dev %s ingress", clientIf),
-		redirectLine(clientIf, ifb),
-	}
-}
-
-func redirectLine(clientIf, ifb string) string {
-	return fmt.Sprintf("filter replace dev %s parent ffff: prio %d handle %s protocol ip u32 match u32 0 0 action mirred egress redirect dev %s",
-		clientIf, prio, nodeHandle(rootTable, 0), ifb)
-}
-
-func tableLine(dev string, htid uint32) string {
-	return fmt.Sprintf("filter add dev %s parent 1: prio %d handle %s protocol ip u32 divisor 256", dev, prio, tableHandle(htid))
-}
-
-func tableDelLine(dev string, htid uint32) string {
-	return fmt.Sprintf("filter del dev %s parent 1: prio %d handle %s protocol ip u32", dev, prio, tableHandle(htid))
-}
-
-// rootLinkLine sends the subnet's packets from u32's root table to the octet
-// table, hashed on the third octet of the address.
-func rootLinkLine(d direction, subnet netip.Prefix) string {
-	return fmt.Sprintf("filter replace dev %s parent 1: prio %d handle %s protocol ip u32 ht %x:: match ip %s %s hashkey mask 0x0000ff00 at %d link %s",
-		d.dev, prio, nodeHandle(rootTable, 0), rootTable, d.field, subnet, d.offset, tableHandle(octetTable))
-}
-
-// octetLinkLine sends one /24 from its octet-table bucket to its host table,
-// hashed on the fourth octet.
-func octetLinkLine(d direction, part netip.Prefix) string {
-	o := third(part.Addr())
-	return fmt.Sprintf("filter replace dev %s parent 1: prio %d handle %s protocol ip u32 ht %x:%x: match ip %s %s hashkey mask 0x000000ff at %d link %s",
-		d.dev, prio, nodeHandle(octetTable, o), octetTable, o, d.field, part, d.offset, tableHandle(hostTable(o)))
-}
-
-func nodeDelLine(dev, handle string) string {
-	return fmt.Sprintf("filter del dev %s parent 1: prio %d handle %s protocol ip u32", dev, prio, handle)
-}
-
-func prioDelLine(dev string, pref int) string {
-	return fmt.Sprintf("filter del dev %s parent 1: prio %d", dev, pref)
-}
-
-func hostFilterHandle(ip netip.Addr) string {
-	return nodeHandle(hostTable(third(ip)), fourth(ip))
-}
-
-func hostFilterLine(d direction, ip netip.Addr, minor uint16) string {
-	return fmt.Sprintf("filter replace dev %s parent 1: prio %d handle %s protocol ip u32 ht %x:%x: match ip %s %s/32 flowid %s",
-		d.dev, prio, hostFilterHandle(ip), hostTable(third(ip)), fourth(ip), d.field, ip, classID(minor))
-}
-
-// classLine makes ("replace": add or change) or changes ("change") a class.
-func classLine(verb, dev string, minor uint16, r quantity.Rate) string {
-	p := paramsFor(r)
-	return fmt.Sprintf("class %s dev %s parent 1: classid %s htb rate %dbit ceil %dbit burst %d cburst %d quantum %d",
-		verb, dev, classID(minor), p.rateBytes*8, p.rateBytes*8, p.burst, p.burst, p.quantum)
-}
-
-func leafLine(dev string, minor uint16, r quantity.Rate) string {
-	return fmt.Sprintf("qdisc replace dev %s parent %s pfifo limit %d", dev, classID(minor), paramsFor(r).limit)
-}
-
-func classDelLine(dev string, minor uint16) string {
-	return fmt.Sprintf("class del dev %s classid %s", dev, classID(minor))
 }

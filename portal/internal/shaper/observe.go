@@ -14,27 +14,57 @@ import (
 // devState is what the kernel has on one device, as far as we care.
 type devState struct {
 	exists    bool
-	rootOK    bool   // root qdisc is htb 1: with default 0
-	rootKind  string // kind of the root qdisc ("" if none)
-	ingressOK bool   // ingress qdisc present (client interface only)
-	redirect  string // to_dev of the ingress mirred redirect filter 800::1
-	classes   map[uint16]classState
-	leaves    map[uint16]uint64 // class minor -> pfifo limit (0: not a pfifo)
-	tables    map[uint32]int    // u32 table id -> divisor
-	nodes     map[string]nodeState
-	otherPref []int // filter preferences on 1: that are not ours
+	rootOK    bool                   // root qdisc is htb 1: with default 0
+	rootKind  string                 // kind of the root qdisc ("" if none)
+	ingressOK bool                   // ingress qdisc present (client interface only)
+	redirect  string                 // to_dev of the ingress mirred redirect filter 800::1
+	classes   map[uint32]classState  // classid -> class (of every HTB qdisc)
+	leaves    map[uint32]leafState   // classid -> the qdisc under it
+	blocks    map[uint16]*blockState // qdisc major -> its u32 filters (1: and the /24 qdiscs)
 }
 
 type classState struct {
 	rateBits, ceilBits uint64
-	parentRoot         bool
+	parentRoot         bool // top class of its qdisc (tc prints "root")
 	bytes, packets     uint64
 	drops              uint64
 }
 
+// leafState is the qdisc attached to a class.
+type leafState struct {
+	kind      string
+	major     uint16 // handle's major
+	limit     uint64 // pfifo
+	defaultOK bool   // htb with default 0
+}
+
+// blockState is the u32 filters of one qdisc.
+type blockState struct {
+	tables    map[uint32]int // u32 table id -> divisor
+	nodes     map[uint32]nodeState
+	otherPref []int // filter preferences that are not ours
+}
+
+func newBlock() *blockState {
+	return &blockState{tables: map[uint32]int{}, nodes: map[uint32]nodeState{}}
+}
+
+// block returns the filters of qdisc major, empty if none were read.
+func (d *devState) block(major uint16) *blockState {
+	if d.blocks == nil {
+		d.blocks = map[uint16]*blockState{}
+	}
+	b, ok := d.blocks[major]
+	if !ok {
+		b = newBlock()
+		d.blocks[major] = b
+	}
+	return b
+}
+
 // nodeState is one u32 filter node (key), with its single match.
 type nodeState struct {
-	flowid, link string
+	flowid, link uint32
 	value, mask  uint32
 	off          int
 	hashMask     uint32
@@ -134,6 +164,9 @@ func (t *TC) observeDev(ctx context.Context, dev string, d *devState, client boo
 	if err := parseQdiscs(out, d); err != nil {
 		return fmt.Errorf("parsing qdiscs of %s: %w", dev, err)
 	}
+	// The filters of the root and of every /24 qdisc (and the ingress
+	// redirect), in one tc exec.
+	var parents []uint16
 	if d.rootKind == "htb" {
 		out, err = t.run.run(ctx, "", "tc", "-s", "class", "show", "dev", dev)
 		if err != nil {
@@ -142,24 +175,53 @@ func (t *TC) observeDev(ctx context.Context, dev string, d *devState, client boo
 		if d.classes, err = parseClasses(out); err != nil {
 			return fmt.Errorf("parsing classes of %s: %w", dev, err)
 		}
-		out, err = t.run.run(ctx, "", "tc", "-j", "filter", "show", "dev", dev, "parent", "1:")
-		if err != nil {
-			return err
-		}
-		if err := parseFilters(out, d, false); err != nil {
-			return fmt.Errorf("parsing filters of %s: %w", dev, err)
+		parents = append(parents, 1)
+		for _, l := range sortedLeaves(d.leaves) {
+			if l.kind == "htb" && l.major != 1 {
+				parents = append(parents, l.major)
+			}
 		}
 	}
 	if client && d.ingressOK {
-		out, err = t.run.run(ctx, "", "tc", "-j", "filter", "show", "dev", dev, "parent", "ffff:")
-		if err != nil {
-			return err
+		parents = append(parents, 0xffff)
+	}
+	if len(parents) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	for _, p := range parents {
+		fmt.Fprintf(&b, "filter show dev %s parent %s\n", dev, qdiscString(p))
+	}
+	out, err = t.run.run(ctx, b.String(), "tc", "-j", "-batch", "-")
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for _, p := range parents {
+		var fs []tcFilter
+		if err := dec.Decode(&fs); err != nil {
+			return fmt.Errorf("parsing filters of %s parent %s: %w", dev, qdiscString(p), err)
 		}
-		if err := parseFilters(out, d, true); err != nil {
-			return fmt.Errorf("parsing ingress filters of %s: %w", dev, err)
+		if err := parseFilters(fs, d, p); err != nil {
+			return fmt.Errorf("parsing filters of %s parent %s: %w", dev, qdiscString(p), err)
 		}
 	}
 	return nil
+}
+
+// sortedLeaves lists the leaves in classid order (for a stable order of
+// reads and repairs).
+func sortedLeaves(m map[uint32]leafState) []leafState {
+	ids := make([]uint32, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	out := make([]leafState, len(ids))
+	for i, id := range ids {
+		out[i] = m[id]
+	}
+	return out
 }
 
 func parseLinks(out []byte) (map[string]ipLink, error) {
@@ -179,7 +241,7 @@ func parseQdiscs(out []byte, d *devState) error {
 	if err := json.Unmarshal(out, &qs); err != nil {
 		return err
 	}
-	d.leaves = map[uint16]uint64{}
+	d.leaves = map[uint32]leafState{}
 	for _, q := range qs {
 		switch {
 		case q.Root:
@@ -187,36 +249,42 @@ func parseQdiscs(out []byte, d *devState) error {
 			d.rootOK = q.Kind == "htb" && q.Handle == "1:" && q.Options.Default == "0"
 		case q.Kind == "ingress":
 			d.ingressOK = true
-		case strings.HasPrefix(q.Parent, "1:"):
-			minor, err := strconv.ParseUint(q.Parent[2:], 16, 16)
+		default:
+			parent, err := parseClassID(q.Parent)
 			if err != nil {
 				continue
 			}
-			if q.Kind == "pfifo" {
-				d.leaves[uint16(minor)] = q.Options.Limit
-			} else {
-				d.leaves[uint16(minor)] = 0
+			handle, err := parseClassID(q.Handle)
+			if err != nil {
+				continue
 			}
+			l := leafState{kind: q.Kind, major: uint16(handle >> 16)}
+			switch q.Kind {
+			case "pfifo":
+				l.limit = q.Options.Limit
+			case "htb":
+				l.defaultOK = q.Options.Default == "0"
+			}
+			d.leaves[parent] = l
 		}
 	}
 	return nil
 }
 
-func parseFilters(out []byte, d *devState, ingress bool) error {
-	var fs []tcFilter
-	if err := json.Unmarshal(out, &fs); err != nil {
-		return err
-	}
-	if d.tables == nil {
-		d.tables = map[uint32]int{}
-		d.nodes = map[string]nodeState{}
+// parseFilters reads the filters of qdisc major into d (0xffff: the
+// ingress qdisc, where only the redirect's device matters).
+func parseFilters(fs []tcFilter, d *devState, major uint16) error {
+	ingress := major == 0xffff
+	var b *blockState
+	if !ingress {
+		b = d.block(major)
 	}
 	seenPref := map[int]bool{}
 	for _, f := range fs {
 		if f.Pref != prio || f.Kind != "u32" {
 			if !ingress && !seenPref[f.Pref] {
 				seenPref[f.Pref] = true
-				d.otherPref = append(d.otherPref, f.Pref)
+				b.otherPref = append(b.otherPref, f.Pref)
 			}
 			continue
 		}
@@ -224,8 +292,12 @@ func parseFilters(out []byte, d *devState, ingress bool) error {
 		if o == nil || o.FH == "" {
 			continue
 		}
+		h, err := parseHandle(o.FH)
+		if err != nil {
+			return err
+		}
 		if ingress {
-			if o.FH == nodeHandle(rootTable, 0) {
+			if h == u32Handle(rootTable, 0, nodeID) {
 				for _, a := range o.Actions {
 					if a.Kind == "mirred" && a.Action == "redirect" && a.Dir == "egress" {
 						d.redirect = a.ToDev
@@ -234,15 +306,23 @@ func parseFilters(out []byte, d *devState, ingress bool) error {
 			}
 			continue
 		}
-		if strings.HasSuffix(o.FH, ":") && o.Divisor > 0 {
-			htid, err := strconv.ParseUint(strings.TrimSuffix(o.FH, ":"), 16, 32)
-			if err != nil {
-				return fmt.Errorf("table handle %q: %w", o.FH, err)
-			}
-			d.tables[uint32(htid)] = o.Divisor
+		if h&0xfffff == 0 && o.Divisor > 0 {
+			b.tables[h>>20] = o.Divisor
 			continue
 		}
-		n := nodeState{flowid: o.Flowid, link: o.Link, hashOff: o.HashOff}
+		n := nodeState{hashOff: o.HashOff}
+		if o.Flowid != "" {
+			if n.flowid, err = parseClassID(o.Flowid); err != nil {
+				return err
+			}
+		}
+		if o.Link != "" {
+			l, err := parseHandle(o.Link)
+			if err != nil {
+				return err
+			}
+			n.link = l >> 20
+		}
 		if o.HashMask != "" {
 			v, err := strconv.ParseUint(o.HashMask, 16, 32)
 			if err != nil {
@@ -258,7 +338,7 @@ func parseFilters(out []byte, d *devState, ingress bool) error {
 			}
 			n.value, n.mask, n.off = uint32(v), uint32(k), m.Off
 		}
-		d.nodes[o.FH] = n
+		b.nodes[h] = n
 	}
 	return nil
 }
@@ -268,10 +348,10 @@ func parseFilters(out []byte, d *devState, ingress bool) error {
 //
 //	class htb 1:b root leaf 8001: prio 0 rate 2Mbit ceil 2Mbit burst 3000b cburst 3000b
 //	 Sent 1234 bytes 12 pkt (dropped 0, overlimits 0 requeues 0)
-func parseClasses(out []byte) (map[uint16]classState, error) {
-	classes := map[uint16]classState{}
+func parseClasses(out []byte) (map[uint32]classState, error) {
+	classes := map[uint32]classState{}
 	var cur *classState
-	var curMinor uint16
+	var curMinor uint32
 	flush := func() {
 		if cur != nil {
 			classes[curMinor] = *cur
@@ -286,12 +366,12 @@ func parseClasses(out []byte) (map[uint16]classState, error) {
 		}
 		if f[0] == "class" {
 			flush()
-			if len(f) < 3 || f[1] != "htb" || !strings.HasPrefix(f[2], "1:") {
+			if len(f) < 3 || f[1] != "htb" {
 				continue
 			}
-			minor, err := strconv.ParseUint(f[2][2:], 16, 16)
+			minor, err := parseClassID(f[2])
 			if err != nil {
-				return nil, fmt.Errorf("classid %q: %w", f[2], err)
+				return nil, err
 			}
 			c := classState{parentRoot: len(f) > 3 && f[3] == "root"}
 			for i := 3; i+1 < len(f); i++ {
@@ -306,7 +386,7 @@ func parseClasses(out []byte) (map[uint16]classState, error) {
 					}
 				}
 			}
-			cur, curMinor = &c, uint16(minor)
+			cur, curMinor = &c, minor
 			continue
 		}
 		if cur != nil && f[0] == "Sent" && len(f) >= 7 {

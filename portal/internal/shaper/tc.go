@@ -1,6 +1,7 @@
 package shaper
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -60,13 +61,21 @@ type TC struct {
 
 	mu        sync.Mutex
 	installed map[netip.Addr]Limit // what the kernel has, as far as we know
+	useNL     bool                 // send client ops through netlink (New; not the unit tests' fake)
+	nl        *nlTC                // opened on first use
+	nlErr     error                // why it could not be opened
 }
 
 var _ Shaper = (*TC)(nil)
 
 // New validates cfg and returns a TC. It touches nothing: call Setup.
 func New(cfg Config, log *slog.Logger) (*TC, error) {
-	return newTC(cfg, log, execRunner{netns: cfg.Netns})
+	t, err := newTC(cfg, log, execRunner{netns: cfg.Netns})
+	if err != nil {
+		return nil, err
+	}
+	t.useNL = true
+	return t, nil
 }
 
 func newTC(cfg Config, log *slog.Logger, r runner) (*TC, error) {
@@ -128,8 +137,7 @@ func (t *TC) Setup(ctx context.Context) error {
 // Set adds or changes one client's classes and filters with one tc exec.
 // A zero rate leaves that direction unshaped (removing an earlier limit).
 func (t *TC) Set(ctx context.Context, l Limit) error {
-	minor, err := classMinor(t.cfg.Subnet, l.IP)
-	if err != nil {
+	if err := checkClient(t.cfg.Subnet, l.IP); err != nil {
 		return fmt.Errorf("shaping %s: %w", l.IP, err)
 	}
 	for _, r := range []quantity.Rate{l.Down, l.Up} {
@@ -139,7 +147,7 @@ func (t *TC) Set(ctx context.Context, l Limit) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if err := t.apply(ctx, minor, l); err != nil {
+	if err := t.apply(ctx, l); err != nil {
 		return fmt.Errorf("shaping %s: %w", l.IP, err)
 	}
 	return nil
@@ -147,40 +155,39 @@ func (t *TC) Set(ctx context.Context, l Limit) error {
 
 // Remove deletes one client's classes and filters; unknown IPs are fine.
 func (t *TC) Remove(ctx context.Context, ip netip.Addr) error {
-	minor, err := classMinor(t.cfg.Subnet, ip)
-	if err != nil {
+	if checkClient(t.cfg.Subnet, ip) != nil {
 		return nil // never shaped
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if err := t.apply(ctx, minor, Limit{IP: ip}); err != nil {
+	if err := t.apply(ctx, Limit{IP: ip}); err != nil {
 		return fmt.Errorf("unshaping %s: %w", ip, err)
 	}
 	return nil
 }
 
-// apply moves one client from its cached limit to l. If the batch fails
+// apply moves one client from its cached limit to l. If the change fails
 // (the kernel drifted from the cache), it re-reads the kernel and tries once
 // more.
-func (t *TC) apply(ctx context.Context, minor uint16, l Limit) error {
+func (t *TC) apply(ctx context.Context, l Limit) error {
 	l.IP = l.IP.Unmap()
-	lines := t.clientLines(minor, l.IP, t.installed[l.IP], l)
-	if len(lines) == 0 {
+	ops := t.clientOps(l.IP, t.installed[l.IP], l)
+	if len(ops) == 0 {
 		return nil
 	}
-	err := t.batch(ctx, lines)
+	err := t.exec(ctx, ops)
 	if err != nil {
 		s, oerr := t.observe(ctx)
 		if oerr != nil {
 			return errors.Join(err, oerr)
 		}
 		t.learn(s)
-		lines = t.clientLines(minor, l.IP, t.installed[l.IP], l)
-		if len(lines) == 0 {
+		ops = t.clientOps(l.IP, t.installed[l.IP], l)
+		if len(ops) == 0 {
 			return nil
 		}
 		t.log.Warn("tc state differed from cache; retrying", "ip", l.IP, "err", err)
-		if err = t.batch(ctx, lines); err != nil {
+		if err = t.exec(ctx, ops); err != nil {
 			return err
 		}
 	}
@@ -193,9 +200,11 @@ func (t *TC) apply(ctx context.Context, minor uint16, l Limit) error {
 	return nil
 }
 
-// clientLines are the tc lines that take one client from old to new.
-func (t *TC) clientLines(minor uint16, ip netip.Addr, old, new Limit) []string {
-	var lines []string
+// clientOps take one client from old to new. A new class gets its leaf and
+// then its filters, inner first: once the root's filter sends the client
+// to its /24, the /24's qdisc knows the client. Removal goes the other way.
+func (t *TC) clientOps(ip netip.Addr, old, new Limit) []op {
+	var ops []op
 	for _, x := range []struct {
 		d        direction
 		old, new quantity.Rate
@@ -203,18 +212,36 @@ func (t *TC) clientLines(minor uint16, ip netip.Addr, old, new Limit) []string {
 		switch {
 		case x.new != 0 && x.old != 0:
 			if !rateClose(wireBits(x.old), x.new) {
-				lines = append(lines, classLine("change", x.d.dev, minor, x.new), leafLine(x.d.dev, minor, x.new))
+				ops = append(ops, classOp(opClassChange, x.d.dev, ip, x.new), leafOp(x.d.dev, ip, x.new))
 			}
 		case x.new != 0:
-			lines = append(lines,
-				classLine("replace", x.d.dev, minor, x.new),
-				leafLine(x.d.dev, minor, x.new),
-				hostFilterLine(x.d, ip, minor))
+			ops = append(ops,
+				classOp(opClass, x.d.dev, ip, x.new),
+				leafOp(x.d.dev, ip, x.new),
+				innerHostOp(x.d, ip),
+				outerHostOp(x.d, ip))
 		case x.old != 0:
-			lines = append(lines, nodeDelLine(x.d.dev, hostFilterHandle(ip)), classDelLine(x.d.dev, minor))
+			ops = append(ops,
+				nodeDelOp(x.d.dev, 1, outerHostHandle(ip)),
+				nodeDelOp(x.d.dev, group(third(ip)), innerHostHandle(ip)),
+				classOp(opClassDel, x.d.dev, ip, 0))
 		}
 	}
-	return lines
+	return ops
+}
+
+// exec applies ops: through netlink when it can (no fork), else with one
+// `tc -batch -`.
+func (t *TC) exec(ctx context.Context, ops []op) error {
+	if t.useNL && t.nl == nil && t.nlErr == nil {
+		if t.nl, t.nlErr = openNLTC(t.cfg.Netns); t.nlErr != nil {
+			t.log.Warn("netlink unavailable: changing tc with the tc command", "err", t.nlErr)
+		}
+	}
+	if t.useNL && t.nl != nil && nlCapable(ops) {
+		return t.nl.apply(ops)
+	}
+	return t.batch(ctx, lines(ops))
 }
 
 // batch runs lines with one `tc -batch -`.
@@ -223,12 +250,12 @@ func (t *TC) batch(ctx context.Context, lines []string) error {
 	return err
 }
 
-// learn fills the cache from the kernel's classes.
+// learn fills the cache from the kernel's client classes.
 func (t *TC) learn(s state) {
 	t.installed = map[netip.Addr]Limit{}
-	add := func(classes map[uint16]classState, down bool) {
-		for minor, c := range classes {
-			ip, ok := addrOfMinor(t.cfg.Subnet, minor)
+	add := func(classes map[uint32]classState, down bool) {
+		for id, c := range classes {
+			ip, ok := addrOfClass(t.cfg.Subnet, id)
 			if !ok {
 				continue
 			}
@@ -258,7 +285,7 @@ func (t *TC) Reconcile(ctx context.Context, want []Limit, g Guard) (int, error) 
 	m := make(map[netip.Addr]Limit, len(want))
 	for _, l := range want {
 		l.IP = l.IP.Unmap()
-		if _, err := classMinor(t.cfg.Subnet, l.IP); err != nil {
+		if err := checkClient(t.cfg.Subnet, l.IP); err != nil {
 			t.log.Warn("not shaping", "ip", l.IP, "err", err)
 			continue
 		}
@@ -314,8 +341,8 @@ func (t *TC) reconcileGuarded(ctx context.Context, want map[netip.Addr]Limit, g 
 		check(ip)
 	}
 	for _, d := range []devState{s.down, s.up} {
-		for minor := range d.classes {
-			if ip, ok := addrOfMinor(t.cfg.Subnet, minor); ok {
+		for id := range d.classes {
+			if ip, ok := addrOfClass(t.cfg.Subnet, id); ok {
 				check(ip)
 			}
 		}
@@ -331,7 +358,7 @@ func (t *TC) reconcileGuarded(ctx context.Context, want map[netip.Addr]Limit, g 
 			delete(want, ip)
 		}
 	}
-	if !s.down.rootOK || !s.up.rootOK || !s.up.exists || !s.ifbUp || !s.down.ingressOK || badTables(s) {
+	if !s.down.rootOK || !s.up.rootOK || !s.up.exists || !s.ifbUp || !s.down.ingressOK || t.badTables(s) {
 		// Qdiscs to rebuild (rare, after outside damage): the classes of
 		// every client go with them, so read again and repair it all,
 		// under the lock.
@@ -346,14 +373,19 @@ func (t *TC) reconcileGuarded(ctx context.Context, want map[netip.Addr]Limit, g 
 			keep[ip] = l
 			delete(want, ip)
 		}
-		minor, err := classMinor(t.cfg.Subnet, ip)
-		if err != nil {
+		if checkClient(t.cfg.Subnet, ip) != nil {
 			continue
 		}
+		id := clientClass(ip)
 		for _, d := range []*devState{&s.down, &s.up} {
-			delete(d.classes, minor)
-			delete(d.leaves, minor)
-			delete(d.nodes, hostFilterHandle(ip))
+			delete(d.classes, id)
+			delete(d.leaves, id)
+			if b, ok := d.blocks[1]; ok {
+				delete(b.nodes, outerHostHandle(ip))
+			}
+			if b, ok := d.blocks[group(third(ip))]; ok {
+				delete(b.nodes, innerHostHandle(ip))
+			}
 		}
 	}
 	n, err := t.applyPlan(ctx, s, want, true)
@@ -365,14 +397,47 @@ func (t *TC) reconcileGuarded(ctx context.Context, want map[netip.Addr]Limit, g 
 	return n, err
 }
 
-// badTables reports a hash table with the wrong divisor: plan then starts
-// every u32 filter afresh.
-func badTables(s state) bool {
+// badTables reports damage that plan repairs by rebuilding a root qdisc
+// (every client's classes go with it): a hash table with the wrong
+// divisor, or a class under the root that is not one of the /24 classes
+// (someone else's, or the flat layout of an older version).
+func (t *TC) badTables(s state) bool {
 	for _, d := range []devState{s.down, s.up} {
-		for htid, div := range d.tables {
-			if htid != rootTable && div != 256 {
+		if t.rebuildRoot(d) {
+			return true
+		}
+		for _, b := range d.blocks {
+			for htid, div := range b.tables {
+				if htid != rootTable && div != 256 {
+					return true
+				}
+			}
+		}
+		for _, part := range octets3(t.cfg.Subnet) {
+			l, ok := d.leaves[groupClass(third(part.Addr()))]
+			if !ok || l.kind != "htb" || l.major != group(third(part.Addr())) || !l.defaultOK {
 				return true
 			}
+		}
+	}
+	return false
+}
+
+// rebuildRoot says whether a root qdisc has classes that are not ours: the
+// old flat layout (one class per client under 1:), or anything else. They
+// go with the root qdisc (deleting thousands of classes one by one costs
+// as much as making them, and the flat layout is what is slow to make).
+func (t *TC) rebuildRoot(d devState) bool {
+	groups := map[uint32]bool{}
+	for _, part := range octets3(t.cfg.Subnet) {
+		groups[groupClass(third(part.Addr()))] = true
+	}
+	for id, c := range d.classes {
+		if id>>16 == 1 && (!groups[id] || !c.parentRoot) {
+			return true
+		}
+		if maj := uint16(id >> 16); maj != 1 && !groups[1<<16|uint32(maj)] {
+			return true // a class in a qdisc that is no /24 of ours
 		}
 	}
 	return false
@@ -399,9 +464,12 @@ func (t *TC) applyPlan(ctx context.Context, s state, want map[netip.Addr]Limit, 
 			return 0, err
 		}
 	}
-	if len(p.lines) > 0 {
-		t.log.Debug("repairing", "lines", p.lines)
-		if err := t.batch(ctx, p.lines); err != nil {
+	if len(p.commands) > 0 && t.nl != nil {
+		t.nl.forget() // the IFB device has a new index
+	}
+	if len(p.ops) > 0 {
+		t.log.Debug("repairing", "ops", len(p.ops))
+		if err := t.exec(ctx, p.ops); err != nil {
 			t.installed = map[netip.Addr]Limit{}
 			return 0, err
 		}
@@ -422,10 +490,16 @@ func (t *TC) applyPlan(ctx context.Context, s state, want map[netip.Addr]Limit, 
 
 // plan is what reconcile will do.
 type plan struct {
-	commands [][]string // ip commands, before the batch
-	lines    []string   // one tc batch
+	commands [][]string // ip commands, before the ops
+	ops      []op
 	repairs  int
 	rebuilt  [2]bool // down, up: a root qdisc was re-made, so its classes are gone
+}
+
+// wantNode is a filter node plan wants, with the op that makes it.
+type wantNode struct {
+	n  nodeState
+	op op
 }
 
 func (t *TC) plan(s state, want map[netip.Addr]Limit, clients bool) (plan, error) {
@@ -442,7 +516,15 @@ func (t *TC) plan(s state, want map[netip.Addr]Limit, clients bool) (plan, error
 		p.commands = append(p.commands, []string{"ip", "link", "set", t.cfg.IFB, "up"})
 		p.repairs++
 	}
-	var tail []string // deletions of classes, after all filter changes
+	ips := make([]netip.Addr, 0, len(want))
+	if clients {
+		for ip := range want {
+			ips = append(ips, ip)
+		}
+		slices.SortFunc(ips, netip.Addr.Compare)
+	}
+	parts := octets3(t.cfg.Subnet)
+	var tail []op // deletions of classes, after all filter changes
 	for i, x := range []struct {
 		d      direction
 		st     devState
@@ -453,191 +535,218 @@ func (t *TC) plan(s state, want map[netip.Addr]Limit, clients bool) (plan, error
 		{t.up, s.up, func(l Limit) quantity.Rate { return l.Up }, false},
 	} {
 		d, st := x.d, x.st
-		if !st.rootOK {
+		add := func(o ...op) { p.ops = append(p.ops, o...); p.repairs++ }
+		if !st.rootOK || t.rebuildRoot(st) {
 			if st.rootKind == "htb" {
-				p.lines = append(p.lines, rootQdiscDelLine(d.dev))
+				p.ops = append(p.ops, rootQdiscDelOp(d.dev))
 			}
-			p.lines = append(p.lines, rootQdiscLine(d.dev))
-			p.repairs++
+			add(rootQdiscOp(d.dev))
 			p.rebuilt[i] = true
-			st.classes, st.leaves, st.tables, st.nodes, st.otherPref = nil, nil, nil, nil, nil
+			st.classes, st.leaves, st.blocks = nil, nil, nil
 		}
 		if x.ingres {
 			if !st.ingressOK {
-				p.lines = append(p.lines, ingressLines(t.cfg.ClientIf, t.cfg.IFB)...)
-				p.repairs++
+				add(ingressOps(t.cfg.ClientIf, t.cfg.IFB)...)
 			} else if st.redirect != t.cfg.IFB {
-				p.lines = append(p.lines, redirectLine(t.cfg.ClientIf, t.cfg.IFB))
-				p.repairs++
+				add(redirectOp(t.cfg.ClientIf, t.cfg.IFB))
 			}
 		}
-		for _, pref := range st.otherPref {
-			p.lines = append(p.lines, prioDelLine(d.dev, pref))
-			p.repairs++
-		}
-		// Tables.
-		parts := octets3(t.cfg.Subnet)
-		wantTables := map[uint32]bool{octetTable: true}
-		for _, part := range parts {
-			wantTables[hostTable(third(part.Addr()))] = true
-		}
-		for htid, div := range st.tables {
-			if wantTables[htid] && div != 256 {
-				// A table cannot be changed: start the u32 filters afresh.
-				p.lines = append(p.lines, prioDelLine(d.dev, prio))
-				p.repairs++
-				st.tables, st.nodes = nil, nil
-				break
-			}
-		}
-		// Filter nodes we want, with their lines.
-		type wantNode struct {
-			n    nodeState
-			line string
-		}
-		wantNodes := map[string]wantNode{}
-		mask := func(bits int) uint32 { return ^uint32(0) << (32 - bits) }
-		wantNodes[nodeHandle(rootTable, 0)] = wantNode{nodeState{
-			link: tableHandle(octetTable), value: ip4(t.cfg.Subnet.Addr()), mask: mask(t.cfg.Subnet.Bits()),
-			off: d.offset, hashMask: 0xff00, hashOff: d.offset,
-		}, rootLinkLine(d, t.cfg.Subnet)}
+		// The /24 classes and their qdiscs. A /24 qdisc re-made has lost
+		// its classes and filters.
 		for _, part := range parts {
 			o := third(part.Addr())
-			wantNodes[nodeHandle(octetTable, o)] = wantNode{nodeState{
-				link: tableHandle(hostTable(o)), value: ip4(part.Addr()), mask: mask(part.Bits()),
-				off: d.offset, hashMask: 0xff, hashOff: d.offset,
-			}, octetLinkLine(d, part)}
-		}
-		wantClasses := map[uint16]quantity.Rate{}
-		if clients {
-			ips := make([]netip.Addr, 0, len(want))
-			for ip := range want {
-				ips = append(ips, ip)
+			gc := groupClass(o)
+			c, ok := st.classes[gc]
+			if !ok || c.rateBits != uint64(groupRate) || c.ceilBits != uint64(groupRate) {
+				add(groupClassOp(d.dev, o))
 			}
-			slices.SortFunc(ips, netip.Addr.Compare)
-			for _, ip := range ips {
-				r := x.rate(want[ip])
-				if r == 0 {
-					continue
+			if l, ok := st.leaves[gc]; !ok || l.kind != "htb" || l.major != group(o) || !l.defaultOK {
+				if ok && l.kind == "htb" && l.major == group(o) {
+					p.ops = append(p.ops, groupQdiscDelOp(d.dev, o)) // wrong default: cannot be changed
 				}
-				minor, _ := classMinor(t.cfg.Subnet, ip)
-				wantClasses[minor] = r
-				wantNodes[hostFilterHandle(ip)] = wantNode{nodeState{
-					flowid: classID(minor), value: ip4(ip), mask: ^uint32(0), off: d.offset,
-				}, hostFilterLine(d, ip, minor)}
+				add(groupQdiscOp(d.dev, o))
+				for id := range st.classes {
+					if uint16(id>>16) == group(o) {
+						delete(st.classes, id)
+					}
+				}
+				delete(st.blocks, group(o))
 			}
 		}
-		isHostNode := func(h string) bool {
-			var htid uint32
-			_, err := fmt.Sscanf(h, "%x:", &htid)
-			return err == nil && htid >= hostTable0 && htid < hostTable0+256
+		// What each qdisc's filters should be: the root's tables (octet
+		// table, one host table per /24) and each /24's table.
+		mask := func(bits int) uint32 { return ^uint32(0) << (32 - bits) }
+		type blockWant struct {
+			major  uint16
+			tables map[uint32]bool
+			nodes  map[uint32]wantNode
+			host   func(h uint32) bool
+		}
+		outer := blockWant{major: 1, tables: map[uint32]bool{octetTable: true}, nodes: map[uint32]wantNode{},
+			host: func(h uint32) bool { return h>>20 >= hostTable0 && h>>20 < hostTable0+256 }}
+		outer.nodes[u32Handle(rootTable, 0, nodeID)] = wantNode{nodeState{
+			link: octetTable, value: ip4(t.cfg.Subnet.Addr()), mask: mask(t.cfg.Subnet.Bits()),
+			off: d.offset, hashMask: 0xff00, hashOff: d.offset,
+		}, linkOp(d, 1, u32Handle(rootTable, 0, nodeID), t.cfg.Subnet, 0xff00, octetTable)}
+		blocks := []*blockWant{&outer}
+		inner := map[uint16]*blockWant{}
+		for _, part := range parts {
+			o := third(part.Addr())
+			ht := hostTable0 + uint32(o)
+			outer.tables[ht] = true
+			h := u32Handle(octetTable, o, nodeID)
+			outer.nodes[h] = wantNode{nodeState{
+				link: ht, value: ip4(part.Addr()), mask: mask(part.Bits()), off: d.offset, hashMask: 0xff, hashOff: d.offset,
+			}, linkOp(d, 1, h, part, 0xff, ht)}
+			b := &blockWant{major: group(o), tables: map[uint32]bool{innerTable: true}, nodes: map[uint32]wantNode{},
+				host: func(h uint32) bool { return h>>20 == innerTable }}
+			h = u32Handle(rootTable, 0, nodeID)
+			b.nodes[h] = wantNode{nodeState{
+				link: innerTable, value: ip4(part.Addr()), mask: mask(part.Bits()), off: d.offset, hashMask: 0xff, hashOff: d.offset,
+			}, linkOp(d, group(o), h, part, 0xff, innerTable)}
+			inner[group(o)] = b
+			blocks = append(blocks, b)
+		}
+		wantClasses := map[uint32]quantity.Rate{}
+		var order []netip.Addr
+		for _, ip := range ips {
+			r := x.rate(want[ip])
+			if r == 0 {
+				continue
+			}
+			order = append(order, ip)
+			wantClasses[clientClass(ip)] = r
+			o := outerHostOp(d, ip)
+			outer.nodes[o.id] = wantNode{nodeState{flowid: o.flowid, value: ip4(ip), mask: ^uint32(0), off: d.offset}, o}
+			o = innerHostOp(d, ip)
+			inner[group(third(ip))].nodes[o.id] = wantNode{nodeState{flowid: o.flowid, value: ip4(ip), mask: ^uint32(0), off: d.offset}, o}
+		}
+		// Foreign preferences and tables that cannot be right go first.
+		for _, bw := range blocks {
+			got := st.blocks[bw.major]
+			if got == nil {
+				continue
+			}
+			for _, pref := range got.otherPref {
+				add(prioDelOp(d.dev, bw.major, pref))
+			}
+			for htid, div := range got.tables {
+				if bw.tables[htid] && div != 256 {
+					// A table cannot be changed: start this qdisc's u32
+					// filters afresh.
+					add(prioDelOp(d.dev, bw.major, prio))
+					delete(st.blocks, bw.major)
+					break
+				}
+			}
 		}
 		// Deletions of unwanted nodes (host filters first, then links),
-		// then unwanted tables.
-		var delHost, delLink []string
-		for h := range st.nodes {
-			if _, ok := wantNodes[h]; ok {
-				continue
+		// then of unwanted tables; then the tables we miss.
+		for _, bw := range blocks {
+			got := st.blocks[bw.major]
+			if got == nil {
+				got = newBlock()
 			}
-			if isHostNode(h) {
-				if clients {
-					delHost = append(delHost, h)
+			var delHost, delLink []uint32
+			for h := range got.nodes {
+				if _, ok := bw.nodes[h]; ok {
+					continue
 				}
-			} else {
-				delLink = append(delLink, h)
+				if bw.host(h) {
+					if clients {
+						delHost = append(delHost, h)
+					}
+				} else {
+					delLink = append(delLink, h)
+				}
+			}
+			slices.Sort(delHost)
+			slices.Sort(delLink)
+			for _, h := range append(delHost, delLink...) {
+				add(nodeDelOp(d.dev, bw.major, h))
+			}
+			var delTables, addTables []uint32
+			for htid := range got.tables {
+				if !bw.tables[htid] && htid != rootTable {
+					delTables = append(delTables, htid)
+				}
+			}
+			for htid := range bw.tables {
+				if _, ok := got.tables[htid]; !ok {
+					addTables = append(addTables, htid)
+				}
+			}
+			slices.Sort(delTables)
+			slices.Sort(addTables)
+			for _, htid := range delTables {
+				add(tableDelOp(d.dev, bw.major, htid))
+			}
+			for _, htid := range addTables {
+				add(tableOp(d.dev, bw.major, htid))
 			}
 		}
-		slices.Sort(delHost)
-		slices.Sort(delLink)
-		for _, h := range append(delHost, delLink...) {
-			p.lines = append(p.lines, nodeDelLine(d.dev, h))
-			p.repairs++
-		}
-		var delTables []uint32
-		for htid := range st.tables {
-			if !wantTables[htid] && htid != rootTable {
-				delTables = append(delTables, htid)
-			}
-		}
-		slices.Sort(delTables)
-		for _, htid := range delTables {
-			p.lines = append(p.lines, tableDelLine(d.dev, htid))
-			p.repairs++
-		}
-		var addTables []uint32
-		for htid := range wantTables {
-			if _, ok := st.tables[htid]; !ok {
-				addTables = append(addTables, htid)
-			}
-		}
-		slices.Sort(addTables)
-		for _, htid := range addTables {
-			p.lines = append(p.lines, tableLine(d.dev, htid))
-			p.repairs++
-		}
-		// Classes and their leaves.
-		minors := make([]uint16, 0, len(wantClasses))
-		for m := range wantClasses {
-			minors = append(minors, m)
-		}
-		slices.Sort(minors)
-		for _, m := range minors {
-			r := wantClasses[m]
-			c, ok := st.classes[m]
+		// Client classes and their leaves.
+		for _, ip := range order {
+			id := clientClass(ip)
+			r := wantClasses[id]
+			c, ok := st.classes[id]
 			switch {
 			case !ok:
-				p.lines = append(p.lines, classLine("replace", d.dev, m, r), leafLine(d.dev, m, r))
-				p.repairs++
+				add(classOp(opClass, d.dev, ip, r), leafOp(d.dev, ip, r))
 				continue
 			case !c.parentRoot:
-				p.lines = append(p.lines, classDelLine(d.dev, m), classLine("replace", d.dev, m, r), leafLine(d.dev, m, r))
-				p.repairs++
+				add(classOp(opClassDel, d.dev, ip, 0), classOp(opClass, d.dev, ip, r), leafOp(d.dev, ip, r))
 				continue
 			case !rateClose(c.rateBits, r) || !rateClose(c.ceilBits, r):
-				p.lines = append(p.lines, classLine("change", d.dev, m, r))
-				p.repairs++
+				add(classOp(opClassChange, d.dev, ip, r))
 			}
-			if lim, ok := st.leaves[m]; !ok || lim != paramsFor(r).limit {
-				p.lines = append(p.lines, leafLine(d.dev, m, r))
-				p.repairs++
+			if l, ok := st.leaves[id]; !ok || l.kind != "pfifo" || l.limit != paramsFor(r).limit {
+				add(leafOp(d.dev, ip, r))
 			}
 		}
 		if clients {
-			var extra []uint16
-			for m := range st.classes {
-				if _, ok := wantClasses[m]; !ok {
-					extra = append(extra, m)
+			var extra []uint32
+			for id := range st.classes {
+				if _, ok := wantClasses[id]; !ok && id>>16 != 1 {
+					extra = append(extra, id)
 				}
 			}
 			slices.Sort(extra)
-			for _, m := range extra {
-				tail = append(tail, classDelLine(d.dev, m))
+			for _, id := range extra {
+				tail = append(tail, op{kind: opClassDel, dev: d.dev, parent: id &^ 0xffff, id: id})
 				p.repairs++
 			}
 		}
-		// Filter nodes: links first, so the host filters' tables are linked.
-		handles := make([]string, 0, len(wantNodes))
-		for h := range wantNodes {
-			handles = append(handles, h)
-		}
-		slices.SortFunc(handles, func(a, b string) int {
-			if isHostNode(a) != isHostNode(b) {
-				if isHostNode(a) {
-					return 1
+		// Filter nodes: the /24 qdiscs' first, then the root's, so a packet
+		// sent to a /24 finds its client there; in each, links before the
+		// host filters they lead to.
+		for _, bw := range append(blocks[1:], blocks[0]) {
+			got := st.blocks[bw.major]
+			if got == nil {
+				got = newBlock()
+			}
+			handles := make([]uint32, 0, len(bw.nodes))
+			for h := range bw.nodes {
+				handles = append(handles, h)
+			}
+			slices.SortFunc(handles, func(a, b uint32) int {
+				if bw.host(a) != bw.host(b) {
+					if bw.host(a) {
+						return 1
+					}
+					return -1
 				}
-				return -1
-			}
-			return strings.Compare(a, b)
-		})
-		for _, h := range handles {
-			w := wantNodes[h]
-			if got, ok := st.nodes[h]; !ok || got != w.n {
-				p.lines = append(p.lines, w.line)
-				p.repairs++
+				return cmp.Compare(a, b)
+			})
+			for _, h := range handles {
+				w := bw.nodes[h]
+				if n, ok := got.nodes[h]; !ok || n != w.n {
+					add(w.op)
+				}
 			}
 		}
 	}
-	p.lines = append(p.lines, tail...)
+	p.ops = append(p.ops, tail...)
 	return p, nil
 }
 
@@ -674,7 +783,7 @@ func (t *TC) Teardown(ctx context.Context) error {
 		}
 		var lines []string
 		if d.rootKind == "htb" {
-			lines = append(lines, rootQdiscDelLine(t.cfg.ClientIf))
+			lines = append(lines, rootQdiscDelOp(t.cfg.ClientIf).String())
 		}
 		if d.ingressOK {
 			lines = append(lines, fmt.Sprintf("qdisc del dev %s ingress", t.cfg.ClientIf))
@@ -706,8 +815,8 @@ func (t *TC) Stats(ctx context.Context) (map[netip.Addr]ClassStats, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading shaper stats of %s: %w", dev, err)
 		}
-		for minor, c := range classes {
-			ip, ok := addrOfMinor(t.cfg.Subnet, minor)
+		for id, c := range classes {
+			ip, ok := addrOfClass(t.cfg.Subnet, id)
 			if !ok {
 				continue
 			}

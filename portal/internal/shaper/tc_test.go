@@ -8,12 +8,14 @@ package shaper
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -44,6 +46,17 @@ func (f *fakeRunner) run(_ context.Context, stdin string, argv ...string) ([]byt
 		}
 		return nil, nil
 	}
+	if cmd == "tc -j -batch -" { // filter shows, answered one by one
+		var b strings.Builder
+		for _, l := range strings.Split(strings.TrimSpace(stdin), "\n") {
+			out, ok := f.outputs["tc -j "+l]
+			if !ok {
+				return nil, fmt.Errorf("fake: no output for %q", "tc -j "+l)
+			}
+			b.WriteString(strings.TrimSpace(out) + "\n")
+		}
+		return []byte(b.String()), nil
+	}
 	if out, ok := f.outputs[cmd]; ok {
 		return []byte(out), nil
 	}
@@ -65,27 +78,69 @@ func fresh() map[string]string {
 	}
 }
 
+// capturedCommands are the read commands whose output the fixtures hold:
+// the lab's /22 has four /24 qdiscs per device (100: to 103:).
+func capturedCommands() [][]string {
+	argvs := [][]string{{"ip", "-d", "-j", "link", "show"}}
+	for _, dev := range []string{"br-cw", "cwifb0"} {
+		argvs = append(argvs,
+			[]string{"tc", "-j", "qdisc", "show", "dev", dev},
+			[]string{"tc", "-s", "class", "show", "dev", dev})
+		parents := []string{"1:", "100:", "101:", "102:", "103:"}
+		if dev == "br-cw" {
+			parents = append(parents, "ffff:")
+		}
+		for _, p := range parents {
+			argvs = append(argvs, []string{"tc", "-j", "filter", "show", "dev", dev, "parent", p})
+		}
+	}
+	return argvs
+}
+
+// fixtureFile is the file under testdata/kernel/ holding argv's output
+// (no ':' or '/', which module zips do not allow).
+func fixtureFile(argv []string) string {
+	return filepath.Join("testdata/kernel", strings.NewReplacer(":", "", "/", "").Replace(strings.Join(argv, "_")))
+}
+
 // captured is the kernel's output after Setup, Set(10.20.0.11, 2mbit both
 // ways) and Set(10.20.0.12, 5mbit down), in a lab with a /22.
 func captured(t *testing.T) map[string]string {
 	t.Helper()
 	m := map[string]string{}
-	for _, argv := range [][]string{
-		{"ip", "-d", "-j", "link", "show"},
-		{"tc", "-j", "qdisc", "show", "dev", "br-cw"},
-		{"tc", "-s", "class", "show", "dev", "br-cw"},
-		{"tc", "-j", "filter", "show", "dev", "br-cw", "parent", "1:"},
-		{"tc", "-j", "filter", "show", "dev", "br-cw", "parent", "ffff:"},
-		{"tc", "-j", "qdisc", "show", "dev", "cwifb0"},
-		{"tc", "-s", "class", "show", "dev", "cwifb0"},
-		{"tc", "-j", "filter", "show", "dev", "cwifb0", "parent", "1:"},
-	} {
-		name := strings.NewReplacer(":", "", "/", "").Replace(strings.Join(argv, "_"))
+	for _, argv := range capturedCommands() {
+		name := strings.TrimPrefix(fixtureFile(argv), "testdata/kernel/")
 		b, err := os.ReadFile(filepath.Join("testdata/kernel", name))
 		if err != nil {
 			t.Fatal(err)
 		}
 		m[strings.Join(argv, " ")] = string(b)
+	}
+	return m
+}
+
+// flatLayout is what version 1 of this package left in the kernel (one
+// class per client under the root qdisc), for the same clients as
+// captured: testdata/kernel-flat/.
+func flatLayout(t *testing.T) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	entries, err := os.ReadDir("testdata/kernel-flat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("testdata/kernel-flat", e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := strings.ReplaceAll(e.Name(), "_", " ")
+		for _, p := range []string{" parent 1", " parent ffff"} {
+			if strings.HasSuffix(cmd, p) {
+				cmd += ":"
+			}
+		}
+		m[cmd] = string(b)
 	}
 	return m
 }
@@ -148,9 +203,11 @@ func TestSetupSlash16Size(t *testing.T) {
 			links++
 		}
 	}
-	// Per device: the octet table and 256 host tables; 1 root link and 256 octet links.
-	if adds != 2*257 || links != 2*257 {
-		t.Errorf("/16 setup: %d tables, %d links; want %d each", adds, links, 2*257)
+	// Per device: the octet table, 256 host tables and the table of each
+	// of the 256 /24 qdiscs; 1 root link, 256 octet links and 256 links in
+	// the /24 qdiscs.
+	if adds != 2*513 || links != 2*513 {
+		t.Errorf("/16 setup: %d tables, %d links; want %d each", adds, links, 2*513)
 	}
 }
 
@@ -274,33 +331,77 @@ func TestReconcile(t *testing.T) {
 	}
 	tests := []struct {
 		name    string
+		base    func(*testing.T) map[string]string // default captured
 		mutate  func(map[string]string)
 		want    []Limit
 		repairs int
 	}{
-		{"in sync", nil, same, 0},
-		{"want differs", nil, []Limit{
+		{"in sync", nil, nil, same, 0},
+		{"want differs", nil, nil, []Limit{
 			{IP: ip("10.20.0.11"), Down: 3 * quantity.Mbit, Up: 2 * quantity.Mbit}, // rate change down
 			{IP: ip("10.20.2.7"), Up: quantity.Mbit},                               // new
 			{IP: ip("10.20.9.9"), Up: quantity.Mbit},                               // outside: ignored
 			{IP: ip("10.20.0.13")},                                                 // no limits: ignored
-		}, 5}, // 1:b down change (3mbit keeps the leaf limit); 10.20.2.7 up class + filter; 10.20.0.12 down filter + class
-		{"root qdisc deleted", func(m map[string]string) {
+		}, 7}, // 100:10b down change (3mbit keeps the leaf limit); 10.20.2.7 up class + 2 filters; 10.20.0.12 down 2 filters + class
+		{"root qdisc deleted", nil, func(m map[string]string) {
 			m["tc -j qdisc show dev br-cw"] = `[{"kind":"noqueue","handle":"0:","root":true,"refcnt":2,"options":{}},{"kind":"ingress","handle":"ffff:","parent":"ffff:fff1","options":{}}]`
-			m["tc -j filter show dev br-cw parent 1:"] = `[]`
 			m["tc -s class show dev br-cw"] = ``
-		}, same, 1 + 1 + 4 + 5 + 2 + 2}, // root, octet table, 4 host tables, root + 4 octet links, 2 classes, 2 host filters
-		{"ifb deleted", func(m map[string]string) {
+		}, same, 1 + 8 + 9 + 2 + 13}, // root; 4 /24 classes + qdiscs; 5 root + 4 /24 tables; 2 classes; 5+4 links, 2+2 host filters
+		{"ifb deleted", nil, func(m map[string]string) {
 			m["ip -d -j link show"] = `[{"ifname":"br-cw","flags":["UP"],"linkinfo":{"info_kind":"bridge"}}]`
-		}, same, 1 + 1 + 5 + 5 + 1 + 1}, // link, root, 5 tables, 5 links, class, filter
-		{"foreign filter and stray class", func(m map[string]string) {
+		}, same, 1 + 1 + 8 + 9 + 1 + 11}, // link, root, /24 classes + qdiscs, tables, class, 9 links + 2 host filters
+		{"foreign filter", nil, func(m map[string]string) {
 			m["tc -j filter show dev br-cw parent 1:"] = strings.Replace(m["tc -j filter show dev br-cw parent 1:"], `[`, `[{"protocol":"all","pref":49152,"kind":"u32","chain":0},`, 1)
-			m["tc -s class show dev br-cw"] += "class htb 1:fff root prio 0 rate 1Mbit ceil 1Mbit burst 1600b cburst 1600b\n"
+			m["tc -j filter show dev br-cw parent 101:"] = strings.Replace(m["tc -j filter show dev br-cw parent 101:"], `[`, `[{"protocol":"ip","pref":3,"kind":"u32","chain":0},`, 1)
 		}, same, 2},
+		{"stray class under the root: rebuilt", nil, func(m map[string]string) {
+			m["tc -s class show dev br-cw"] += "class htb 1:fff root prio 0 rate 1Mbit ceil 1Mbit burst 1600b cburst 1600b\n"
+		}, same, 1 + 8 + 9 + 2 + 13},
+		{"stray class in a /24", nil, func(m map[string]string) {
+			m["tc -s class show dev br-cw"] += "class htb 102:1ff root prio 0 rate 1Mbit ceil 1Mbit burst 1600b cburst 1600b\n"
+		}, same, 1},
+		{"/24 qdisc deleted", nil, func(m map[string]string) {
+			// tc qdisc del dev br-cw parent 1:100: HTB puts a default pfifo there.
+			m["tc -j qdisc show dev br-cw"] = strings.Replace(m["tc -j qdisc show dev br-cw"],
+				`{"kind":"htb","handle":"100:","parent":"1:100","options":{"r2q":100,"default":"0","direct_packets_stat":0,"direct_qlen":1000}}`,
+				`{"kind":"pfifo","handle":"0:","parent":"1:100","options":{"limit":1000}}`, 1)
+			var kept []string
+			for _, l := range strings.SplitAfter(m["tc -s class show dev br-cw"], "\n\n") {
+				if !strings.HasPrefix(l, "class htb 100:") {
+					kept = append(kept, l)
+				}
+			}
+			m["tc -s class show dev br-cw"] = strings.Join(kept, "")
+		}, same, 7}, // qdisc, table, link, 2 classes (+ leaves), 2 host filters
+		{"/24 class rate changed", nil, func(m map[string]string) {
+			m["tc -s class show dev cwifb0"] = strings.Replace(m["tc -s class show dev cwifb0"], "1:103 root leaf 103: prio 0 rate 10Gbit", "1:103 root leaf 103: prio 0 rate 5Gbit", 1)
+		}, same, 1},
+		{"host filters deleted", nil, func(m map[string]string) {
+			drop := func(key, fh string) {
+				var fs []map[string]any
+				if err := json.Unmarshal([]byte(m[key]), &fs); err != nil {
+					t.Fatal(err)
+				}
+				fs = slices.DeleteFunc(fs, func(f map[string]any) bool {
+					o, _ := f["options"].(map[string]any)
+					return o != nil && o["fh"] == fh
+				})
+				b, _ := json.Marshal(fs)
+				m[key] = string(b)
+			}
+			drop("tc -j filter show dev br-cw parent 100:", "1:b:1")
+			drop("tc -j filter show dev cwifb0 parent 1:", "100:b:1")
+		}, same, 2},
+		{"flat layout of an older version: migrated", flatLayout, nil, same, 2 * (1 + 8 + 9 + 13)},// per device as root qdisc deleted...
+
 	}
+	tests[len(tests)-1].repairs = (1 + 8 + 9 + 2 + 13) + (1 + 8 + 9 + 1 + 11) // ...with 2 clients down, 1 up
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out := captured(t)
+			if tt.base == nil {
+				tt.base = captured
+			}
+			out := tt.base(t)
 			if tt.mutate != nil {
 				tt.mutate(out)
 			}
@@ -315,11 +416,11 @@ func TestReconcile(t *testing.T) {
 			if f.batches > 1 {
 				t.Errorf("%d batches, want at most 1", f.batches)
 			}
-			golden(t, "reconcile_"+strings.ReplaceAll(tt.name, " ", "_"), f.log.String())
+			golden(t, "reconcile_"+strings.NewReplacer(" ", "_", "/", "", ":", "").Replace(tt.name), f.log.String())
 
 			// With a guard and nothing stale: the same repairs, and no
 			// command before the lock but the reads.
-			out = captured(t)
+			out = tt.base(t)
 			if tt.mutate != nil {
 				tt.mutate(out)
 			}
@@ -334,7 +435,7 @@ func TestReconcile(t *testing.T) {
 			}
 			before, _, _ := strings.Cut(f2.log.String(), "LOCK\n")
 			for _, line := range strings.Split(strings.TrimSpace(before), "\n") {
-				if line != "" && !strings.Contains(line, " show") {
+				if line != "" && !strings.Contains(line, " show") && line != "$ tc -j -batch -" {
 					t.Errorf("%q ran before the lock", line)
 				}
 			}
@@ -352,10 +453,10 @@ func TestReconcile(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n != 3 {
-			t.Errorf("repairs = %d, want 3 (10.20.0.12's 2 left alone)", n)
+		if n != 4 {
+			t.Errorf("repairs = %d, want 4 (10.20.0.12's 3 left alone)", n)
 		}
-		if strings.Contains(f.log.String(), "handle 100:c:1") || strings.Contains(f.log.String(), "classid 1:c\n") {
+		if strings.Contains(f.log.String(), "handle 100:c:1") || strings.Contains(f.log.String(), "classid 100:10c\n") {
 			t.Errorf("stale client's class touched:\n%s", f.log.String())
 		}
 	})
@@ -410,33 +511,34 @@ func TestStats(t *testing.T) {
 	}
 }
 
-func TestClassMinor(t *testing.T) {
+func TestClientClass(t *testing.T) {
 	tests := []struct {
 		subnet, ip string
-		want       uint16
+		want       string // classid as tc prints it
 		wantErr    bool
 	}{
-		{"10.20.0.0/16", "10.20.0.1", 0x1, false},
-		{"10.20.0.0/16", "10.20.0.11", 0xb, false},
-		{"10.20.0.0/16", "10.20.1.0", 0x100, false},
-		{"10.20.0.0/16", "10.20.255.254", 0xfffe, false},
-		{"10.20.0.0/16", "10.20.255.255", 0, true},
-		{"10.20.0.0/16", "10.20.0.0", 0, true},
-		{"10.20.4.0/22", "10.20.4.1", 0x1, false},
-		{"10.20.4.0/22", "10.20.7.254", 0x3fe, false},
-		{"10.20.4.0/22", "10.20.3.254", 0, true},
-		{"192.168.1.4/30", "192.168.1.5", 0x1, false},
-		{"192.168.1.4/30", "192.168.1.6", 0x2, false},
-		{"192.168.1.4/30", "192.168.1.7", 0, true},
-		{"10.20.0.0/16", "::ffff:10.20.0.1", 0, true},
-		{"10.20.0.0/16", "2001:db8::1", 0, true},
+		{"10.20.0.0/16", "10.20.0.1", "100:101", false},
+		{"10.20.0.0/16", "10.20.0.11", "100:10b", false},
+		{"10.20.0.0/16", "10.20.1.0", "101:100", false},
+		{"10.20.0.0/16", "10.20.255.254", "1ff:1fe", false},
+		{"10.20.0.0/16", "10.20.255.255", "", true},
+		{"10.20.0.0/16", "10.20.0.0", "", true},
+		{"10.20.4.0/22", "10.20.4.1", "104:101", false},
+		{"10.20.4.0/22", "10.20.7.254", "107:1fe", false},
+		{"10.20.4.0/22", "10.20.5.255", "105:1ff", false},
+		{"10.20.4.0/22", "10.20.3.254", "", true},
+		{"192.168.1.4/30", "192.168.1.5", "101:105", false},
+		{"192.168.1.4/30", "192.168.1.6", "101:106", false},
+		{"192.168.1.4/30", "192.168.1.7", "", true},
+		{"10.20.0.0/16", "::ffff:10.20.0.1", "", true},
+		{"10.20.0.0/16", "2001:db8::1", "", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.subnet+" "+tt.ip, func(t *testing.T) {
 			p := netip.MustParsePrefix(tt.subnet)
-			got, err := classMinor(p, ip(tt.ip))
-			if (err != nil) != tt.wantErr || got != tt.want {
-				t.Fatalf("classMinor = %#x, %v; want %#x, error %v", got, err, tt.want, tt.wantErr)
+			err := checkClient(p, ip(tt.ip))
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("checkClient = %v; want error %v", err, tt.wantErr)
 			}
 			if err != nil {
 				if !errors.Is(err, ErrNotClient) {
@@ -444,10 +546,41 @@ func TestClassMinor(t *testing.T) {
 				}
 				return
 			}
-			if back, ok := addrOfMinor(p, got); !ok || back != ip(tt.ip) {
-				t.Errorf("addrOfMinor(%#x) = %s, %v", got, back, ok)
+			id := clientClass(ip(tt.ip))
+			if got := classString(id); got != tt.want {
+				t.Errorf("clientClass = %s, want %s", got, tt.want)
+			}
+			if back, ok := addrOfClass(p, id); !ok || back != ip(tt.ip) {
+				t.Errorf("addrOfClass(%s) = %s, %v", classString(id), back, ok)
 			}
 		})
+	}
+	// Classes that are no client of the subnet.
+	p := netip.MustParsePrefix("10.20.4.0/22")
+	for _, id := range []uint32{0x1_0104, 0x104_00ff, 0x108_0101, 0x104_0100, 0x107_01ff, 0x200_0101} {
+		if a, ok := addrOfClass(p, id); ok {
+			t.Errorf("addrOfClass(%s) = %s, want none", classString(id), a)
+		}
+	}
+}
+
+func TestHandles(t *testing.T) {
+	for _, tt := range []struct {
+		s string
+		h uint32
+	}{{"800:", 0x80000000}, {"800::1", 0x80000001}, {"2:a:1", 0x0020a001}, {"1ff:ff:1", 0x1ffff001}, {"1:", 0x00100000}} {
+		h, err := parseHandle(tt.s)
+		if err != nil || h != tt.h {
+			t.Errorf("parseHandle(%q) = %#x, %v; want %#x", tt.s, h, err, tt.h)
+		}
+		if got := handleString(tt.h); got != tt.s {
+			t.Errorf("handleString(%#x) = %q, want %q", tt.h, got, tt.s)
+		}
+	}
+	for _, s := range []string{"", "1", "x:", "1000:", "1:100:", "1:2:3:4"} {
+		if _, err := parseHandle(s); err == nil {
+			t.Errorf("parseHandle(%q) = nil error", s)
+		}
 	}
 }
 
@@ -580,8 +713,12 @@ func FuzzParseFilters(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var d devState
-		_ = parseFilters(b, &d, false)
-		_ = parseFilters(b, &d, true)
+		var fs []tcFilter
+		if json.Unmarshal(b, &fs) == nil {
+			_ = parseFilters(fs, &d, 1)
+			_ = parseFilters(fs, &d, 0x100)
+			_ = parseFilters(fs, &d, 0xffff)
+		}
 		_ = parseQdiscs(b, &d)
 	})
 }
