@@ -78,9 +78,16 @@ type parser struct {
 	now    time.Time
 }
 
+// host returns one Host with a copy of mac (6 bytes), in one allocation.
 func (p parser) host(mac []byte, ip netip.Addr, name, source string) []Host {
-	return []Host{{MAC: net.HardwareAddr(append([]byte(nil), mac...)), IP: ip, Hostname: name,
-		FirstSeen: p.now, LastSeen: p.now, Source: source}}
+	r := new(struct {
+		hosts [1]Host
+		mac   [6]byte
+	})
+	copy(r.mac[:], mac)
+	r.hosts[0] = Host{MAC: net.HardwareAddr(r.mac[:]), IP: ip, Hostname: name,
+		FirstSeen: p.now, LastSeen: p.now, Source: source}
+	return r.hosts[:]
 }
 
 // inSubnet says whether a is a host address of the client subnet (not its

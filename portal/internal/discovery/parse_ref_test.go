@@ -18,9 +18,9 @@ import (
 //
 // One change: the frame is copied into a buffer with spare capacity, since
 // layers.DHCPv4 slices chaddr by hlen up to the slice's capacity and the
-// old result for hlen > 16 depended on the caller's capacity (a panic,
-// recovered by gopacket, versus nil); with spare capacity it is always nil,
-// as in Parse.
+// old result for 16 < hlen < 228 depended on the caller's capacity (a
+// panic, recovered by gopacket, versus nil); with spare capacity it is nil,
+// as in Parse, and as it was in the Sniffer (2048-byte buffer).
 func parseLayers(frame []byte, subnet netip.Prefix, now time.Time) (hosts []Host) {
 	frame = append(make([]byte, 0, len(frame)+512), frame...)
 	defer func() {
@@ -165,7 +165,11 @@ func refAddr4(ip net.IP) netip.Addr {
 //     datagram from or to a DHCP port that parses as DHCP;
 //   - layers reads ARP's 16-bit hardware type into the 8-bit LinkType, so
 //     it took 0x0101 or 0x3001 for Ethernet (1); Parse compares all 16 bits
-//     (RFC 826).
+//     (RFC 826);
+//   - layers sliced chaddr as data[28:28+hlen] in uint8 arithmetic, so an
+//     hlen of 228 or more panicked (recovered by gopacket) and the frame
+//     counted as plain IPv4; Parse rejects any hlen but 6 as the DHCP
+//     message it is.
 func knownDifference(frame []byte) string {
 	if len(frame) < 14+20 || frame[12] != 0x08 {
 		return ""
@@ -183,6 +187,9 @@ func knownDifference(frame []byte) string {
 		dport := layers.UDPPort(uint16(frame[off+2])<<8 | uint16(frame[off+3]))
 		if lt := dport.LayerType(); lt != gopacket.LayerTypePayload && lt != layers.LayerTypeDHCPv4 {
 			return "layers decodes UDP port " + dport.String() + " as " + lt.String()
+		}
+		if hlen := off + 8 + 2; len(frame) > hlen && frame[hlen] >= 228 {
+			return "layers panicked on DHCP hlen >= 228"
 		}
 	}
 	return ""
