@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -398,11 +399,14 @@ func (f *fakeKernel) listTable(fam family, argv []string) (string, error) {
 // flows in a list. Every call is recorded in the fake's command log with a
 // "netlink " prefix; fail works on that line too.
 type fakeNL struct {
+	mu    sync.Mutex // Revoke lists flows from two goroutines
 	f     *fakeKernel
 	flows []ctFlow
 }
 
 func (n *fakeNL) record(line string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	line = "netlink " + line
 	n.f.cmds = append(n.f.cmds, line)
 	for prefix, out := range n.f.fail {
@@ -479,6 +483,8 @@ func (n *fakeNL) ConntrackList(f ctFilter) ([]ctFlow, error) {
 	if err := n.record(fmt.Sprintf("conntrack list %+v", f)); err != nil {
 		return nil, err
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	var out []ctFlow
 	for _, fl := range n.flows {
 		if f.match(fl) {
@@ -492,6 +498,8 @@ func (n *fakeNL) ConntrackDelete(fl ctFlow) error {
 	if err := n.record("conntrack delete " + fl.String()); err != nil {
 		return err
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	n.flows = slices.DeleteFunc(n.flows, func(g ctFlow) bool { return g.String() == fl.String() })
 	return nil
 }

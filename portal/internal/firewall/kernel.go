@@ -115,7 +115,9 @@ type Kernel struct {
 	ipt4 ipt
 	ipt6 ipt
 	nl   nlKernel // nil: the hot paths use the ipset and conntrack commands too
-	now  func() time.Time
+	// cutNL is nl with the cut worker's own conntrack socket; nil: nl.
+	cutNL nlKernel
+	now   func() time.Time
 	// cuts, when set, queues the deletion of an allowed client's
 	// pre-login portal connections to one worker, off the allow's path:
 	// finding them means a walk over the whole conntrack table, which a
@@ -165,7 +167,7 @@ func New(cfg Config, log *slog.Logger) (*Kernel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("configuring the firewall: netlink: %w", err)
 	}
-	k.nl = c
+	k.nl, k.cutNL = c, c.cutter()
 	return k, nil
 }
 
@@ -690,7 +692,11 @@ func (k *Kernel) cutPortalConnections(ctx context.Context, ips []netip.Addr) {
 	for _, ip := range ips {
 		batch[ip] = true
 	}
-	flows, err := k.nl.ConntrackList(ctFilter{Proto: unix.IPPROTO_TCP, OrigDport: 80,
+	nlk := k.nl
+	if k.cutNL != nil {
+		nlk = k.cutNL
+	}
+	flows, err := nlk.ConntrackList(ctFilter{Proto: unix.IPPROTO_TCP, OrigDport: 80,
 		ReplySrc: k.cfg.GatewayIP, ReplySport: k.cfg.PortalHTTPPort})
 	if err != nil {
 		k.log.Warn("cutting the clients' connections to the portal", "clients", len(ips), "err", err)
@@ -701,7 +707,7 @@ func (k *Kernel) cutPortalConnections(ctx context.Context, ips []netip.Addr) {
 		if !batch[fl.OrigSrc] {
 			continue
 		}
-		if err := k.nl.ConntrackDelete(fl); err != nil {
+		if err := nlk.ConntrackDelete(fl); err != nil {
 			k.log.Warn("cutting a client's connection to the portal", "ip", fl.OrigSrc, "flow", fl.String(), "err", err)
 			continue
 		}
@@ -815,20 +821,25 @@ func (k *Kernel) flushConntrack(ctx context.Context, ip netip.Addr) error {
 		}
 		return nil
 	}
-	var errs []error
-	for _, f := range []ctFilter{{OrigSrc: ip}, {OrigDst: ip}} {
-		flows, err := k.nl.ConntrackList(f)
+	filters := []ctFilter{{OrigSrc: ip}, {OrigDst: ip}}
+	flows := make([][]ctFlow, len(filters))
+	errs := make([]error, len(filters))
+	var wg sync.WaitGroup
+	for i, f := range filters { // two walks of the table, side by side
+		wg.Go(func() { flows[i], errs[i] = k.nl.ConntrackList(f) })
+	}
+	wg.Wait()
+	for i, err := range errs {
 		if err != nil {
-			errs = append(errs, fmt.Errorf("flushing UDP and ICMP flows: %w", err))
+			errs[i] = fmt.Errorf("flushing UDP and ICMP flows: %w", err)
+		}
+	}
+	for _, fl := range slices.Concat(flows...) {
+		if fl.Proto != unix.IPPROTO_UDP && fl.Proto != unix.IPPROTO_ICMP {
 			continue
 		}
-		for _, fl := range flows {
-			if fl.Proto != unix.IPPROTO_UDP && fl.Proto != unix.IPPROTO_ICMP {
-				continue
-			}
-			if err := k.nl.ConntrackDelete(fl); err != nil {
-				errs = append(errs, fmt.Errorf("flushing flow %s: %w", fl, err))
-			}
+		if err := k.nl.ConntrackDelete(fl); err != nil {
+			errs = append(errs, fmt.Errorf("flushing flow %s: %w", fl, err))
 		}
 	}
 	return errors.Join(errs...)

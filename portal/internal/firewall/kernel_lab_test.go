@@ -36,8 +36,14 @@ type site struct {
 // on the gateway's portal port, and a firewall (not set up yet).
 func newSite(t *testing.T) *site {
 	t.Helper()
+	return newSiteClients(t, 2)
+}
+
+// newSiteClients is newSite with n client namespaces.
+func newSiteClients(t *testing.T, n int) *site {
+	t.Helper()
 	lab.Require(t, "iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "ipset", "conntrack", "curl")
-	l := lab.NewT(t, lab.Options{Clients: 2, Upstream: true})
+	l := lab.NewT(t, lab.Options{Clients: n, Upstream: true})
 	ln, err := l.Gateway.Listen("tcp", netip.AddrPortFrom(l.GatewayIP, portalHTTPPort).String())
 	if err != nil {
 		t.Fatal(err)

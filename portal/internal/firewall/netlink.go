@@ -124,9 +124,24 @@ func (fl ctFlow) String() string {
 // quota offset needs, nor ask the kernel to filter conntrack flows) and
 // send them on a socket opened in the same namespace. Both are safe for
 // concurrent use (the library locks a socket for each request).
+//
+// Set writes and conntrack requests go on separate sockets: a socket
+// serves one request at a time, and a conntrack dump (a walk of the whole
+// table in the kernel, milliseconds) must not hold up an Allow's adds.
+// Conntrack requests take a socket from a pool of two, so Revoke's two
+// walks run side by side; the cut worker has a pool of its own.
 type nlConn struct {
-	h     *netlink.Handle
-	socks map[int]*nl.SocketHandle
+	h       *netlink.Handle
+	ipset   map[int]*nl.SocketHandle
+	ct      chan map[int]*nl.SocketHandle
+	cut     chan map[int]*nl.SocketHandle // ct of the cutter
+	sockets []*nl.NetlinkSocket
+}
+
+// cutter is the same connection with the cut worker's own conntrack
+// socket, so that its walks never hold up a Revoke's.
+func (c *nlConn) cutter() *nlConn {
+	return &nlConn{h: c.h, ipset: c.ipset, ct: c.cut}
 }
 
 // nlTimeout bounds every netlink request: a dump of a large conntrack
@@ -149,26 +164,48 @@ func openNL(netnsName string) (*nlConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_NETFILTER)
-	if err != nil {
-		h.Close()
+	c := &nlConn{h: h, ct: make(chan map[int]*nl.SocketHandle, 2), cut: make(chan map[int]*nl.SocketHandle, 1)}
+	open := func() (map[int]*nl.SocketHandle, error) {
+		s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_NETFILTER)
+		if err != nil {
+			return nil, err
+		}
+		c.sockets = append(c.sockets, s)
+		tv := unix.Timeval{Sec: nlTimeout}
+		if err := errors.Join(s.SetSendTimeout(&tv), s.SetReceiveTimeout(&tv), s.SetExtAck(true)); err != nil {
+			return nil, err
+		}
+		return map[int]*nl.SocketHandle{unix.NETLINK_NETFILTER: {Socket: s}}, nil
+	}
+	if c.ipset, err = open(); err != nil {
+		c.Close()
 		return nil, err
 	}
-	tv := unix.Timeval{Sec: nlTimeout}
-	if err := errors.Join(s.SetSendTimeout(&tv), s.SetReceiveTimeout(&tv), s.SetExtAck(true)); err != nil {
+	for _, pool := range []chan map[int]*nl.SocketHandle{c.ct, c.ct, c.cut} {
+		socks, err := open()
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		pool <- socks
+	}
+	return c, nil
+}
+
+// Close closes the handle and the sockets.
+func (c *nlConn) Close() {
+	c.h.Close()
+	for _, s := range c.sockets {
 		s.Close()
-		h.Close()
-		return nil, err
 	}
-	return &nlConn{h: h, socks: map[int]*nl.SocketHandle{unix.NETLINK_NETFILTER: {Socket: s}}}, nil
 }
 
 func (c *nlConn) IpsetList(name string) (*netlink.IPSetResult, error) { return c.h.IpsetList(name) }
 
-// execute sends req on the socket and calls f (if not nil) with each
+// execute sends req on socks' socket and calls f (if not nil) with each
 // answer's payload.
-func (c *nlConn) execute(req *nl.NetlinkRequest, f func(msg []byte) bool) error {
-	req.Sockets = c.socks
+func execute(socks map[int]*nl.SocketHandle, req *nl.NetlinkRequest, f func(msg []byte) bool) error {
+	req.Sockets = socks
 	if f == nil {
 		f = func([]byte) bool { return true }
 	}
@@ -218,7 +255,7 @@ func (c *nlConn) IpsetAdd(e setElem, excl bool) error {
 		data.AddRtAttr(nl.IPSET_ATTR_COMMENT, nl.ZeroTerminated(e.Comment))
 	}
 	req.AddData(data)
-	return ipsetError(c.execute(req, nil))
+	return ipsetError(execute(c.ipset, req, nil))
 }
 
 func (c *nlConn) IpsetDel(set string, ip netip.Addr) error {
@@ -228,7 +265,7 @@ func (c *nlConn) IpsetDel(set string, ip netip.Addr) error {
 	// Without NLM_F_EXCL the kernel ignores a missing element (-exist).
 	req := c.ipsetRequest(nl.IPSET_CMD_DEL, 0, set)
 	req.AddData(ipsetData(ip))
-	return ipsetError(c.execute(req, nil))
+	return ipsetError(execute(c.ipset, req, nil))
 }
 
 // ipsetError words the kernel's ipset errors as the ipset command does.
@@ -339,7 +376,9 @@ func (c *nlConn) ConntrackList(f ctFilter) ([]ctFlow, error) {
 	req.AddData(filter)
 	var flows []ctFlow
 	var perr error
-	err := c.execute(req, func(msg []byte) bool {
+	socks := <-c.ct
+	defer func() { c.ct <- socks }()
+	err := execute(socks, req, func(msg []byte) bool {
 		fl, err := parseFlow(msg)
 		if err != nil {
 			perr = err
@@ -364,7 +403,9 @@ func (c *nlConn) ConntrackList(f ctFilter) ([]ctFlow, error) {
 func (c *nlConn) ConntrackDelete(fl ctFlow) error {
 	req := ctRequest(nl.IPCTNL_MSG_CT_DELETE, unix.NLM_F_ACK)
 	req.AddRawData(fl.del)
-	err := c.execute(req, nil)
+	socks := <-c.ct
+	defer func() { c.ct <- socks }()
+	err := execute(socks, req, nil)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
 	}
