@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"sync"
@@ -169,7 +170,11 @@ func refAddr4(ip net.IP) netip.Addr {
 //   - layers sliced chaddr as data[28:28+hlen] in uint8 arithmetic, so an
 //     hlen of 228 or more panicked (recovered by gopacket) and the frame
 //     counted as plain IPv4; Parse rejects any hlen but 6 as the DHCP
-//     message it is.
+//     message it is;
+//   - layers decoded the inner header of IP-in-IP (protocol 4) into the same
+//     IPv4 value as the outer one, so the host was the inner source address
+//     (or nothing, or even the inner DHCP message); Parse counts the outer
+//     source, the device on the client network.
 func knownDifference(frame []byte) string {
 	if len(frame) < 14+20 || frame[12] != 0x08 {
 		return ""
@@ -180,6 +185,9 @@ func knownDifference(frame []byte) string {
 			return "ARP hardware type above 255"
 		}
 	case 0x00: // IPv4
+		if frame[14+9] == 4 && binary.BigEndian.Uint16(frame[14+6:])&0x3fff == 0 {
+			return "layers decoded IP-in-IP's inner header over the outer one"
+		}
 		off := 14 + int(frame[14]&0x0f)*4
 		if len(frame) < off+4 {
 			return ""

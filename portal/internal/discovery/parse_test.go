@@ -291,6 +291,10 @@ func parseCases() []parseCase {
 			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
 		{"dhcp later fragment is plain ipv4", func(t testing.TB) []byte { return patch(renew(t), 20, 0, 1) },
 			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
+		{"ip in ip counts the outer header", func(t testing.TB) []byte { // layers: the inner one
+			f := ipFrame(t, clientMAC, "10.20.2.9", "198.51.100.1", nil)
+			return append(patch(f, 23, 4), ipFrame(t, clientMAC, "10.20.2.77", "198.51.100.1", nil)[14:]...)
+		}, []Host{h(clientMAC, "10.20.2.9", "", SourceIPv4)}},
 		{"ip protocol not udp", func(t testing.TB) []byte { return patch(renew(t), 23, 6) },
 			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
 		{"udp header cut short", func(t testing.TB) []byte { return renew(t)[:udp+7] },
