@@ -292,8 +292,9 @@ func parseCases() []parseCase {
 		{"dhcp later fragment is plain ipv4", func(t testing.TB) []byte { return patch(renew(t), 20, 0, 1) },
 			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
 		{"ip in ip counts the outer header", func(t testing.TB) []byte { // layers: the inner one
-			f := ipFrame(t, clientMAC, "10.20.2.9", "198.51.100.1", nil)
-			return append(patch(f, 23, 4), ipFrame(t, clientMAC, "10.20.2.77", "198.51.100.1", nil)[14:]...)
+			inner := ipFrame(t, clientMAC, "10.20.2.77", "198.51.100.1", nil)[14 : 14+40]
+			outer := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolIPv4, SrcIP: ip4("10.20.2.9"), DstIP: ip4("198.51.100.1")}
+			return serialize(t, &layers.Ethernet{SrcMAC: clientMAC, DstMAC: gwMAC, EthernetType: layers.EthernetTypeIPv4}, outer, gopacket.Payload(inner))
 		}, []Host{h(clientMAC, "10.20.2.9", "", SourceIPv4)}},
 		{"ip protocol not udp", func(t testing.TB) []byte { return patch(renew(t), 23, 6) },
 			[]Host{h(clientMAC, "10.20.1.5", "", SourceIPv4)}},
