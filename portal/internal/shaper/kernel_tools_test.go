@@ -173,24 +173,29 @@ func TestKernelFlatReference(t *testing.T) {
 	lab.Require(t, "tc")
 	l := lab.NewT(t, lab.Options{Clients: 1})
 	ctx := context.Background()
-	var b strings.Builder
-	fmt.Fprintf(&b, "qdisc replace dev %s root handle 1: htb default 0 r2q 100 direct_qlen 1000\n", l.LANIf)
-	base := ip4(netip.MustParseAddr("10.20.0.0"))
-	for i := range *scale {
-		off := uint32(i) + 256
-		a := addr4(base + off)
-		fmt.Fprintf(&b, "class replace dev %s parent 1: classid 1:%x htb rate 10455800bit ceil 10455800bit burst 13069 cburst 13069 quantum 1514\n", l.LANIf, off)
-		fmt.Fprintf(&b, "qdisc replace dev %s parent 1:%x pfifo limit 86\n", l.LANIf, off)
-		_ = a // (filters left out: class creation is what is measured)
+	if out, err := l.Gateway.Run(ctx, "ip", "link", "add", "cwifb0", "type", "ifb"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
 	}
+	var b strings.Builder
+	for _, dev := range []string{l.LANIf, "cwifb0"} {
+		fmt.Fprintf(&b, "qdisc replace dev %s root handle 1: htb default 0 r2q 100 direct_qlen 1000\n", dev)
+		for i := range *scale {
+			off := i + 256
+			fmt.Fprintf(&b, "class replace dev %s parent 1: classid 1:%x htb rate 10455800bit ceil 10455800bit burst 13069 cburst 13069 quantum 1514\n", dev, off)
+			fmt.Fprintf(&b, "qdisc replace dev %s parent 1:%x pfifo limit 86\n", dev, off)
+		}
+	}
+	// (Filters left out: class creation is what is measured.)
 	cmd := l.Gateway.Command(ctx, "tc", "-batch", "-")
 	cmd.Stdin = strings.NewReader(b.String())
 	start := time.Now()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	t.Logf("flat layout (v1), one direction, %d clients, classes and leaves: %v", *scale, time.Since(start))
-	if _, err := l.Gateway.Run(ctx, "tc", "qdisc", "del", "dev", l.LANIf, "root"); err != nil {
-		t.Fatal(err)
+	t.Logf("flat layout (v1), %d clients x 2 directions, classes and leaves: %v", *scale, time.Since(start))
+	for _, argv := range [][]string{{"tc", "qdisc", "del", "dev", l.LANIf, "root"}, {"ip", "link", "del", "cwifb0"}} {
+		if _, err := l.Gateway.Run(ctx, argv...); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

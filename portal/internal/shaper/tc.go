@@ -232,16 +232,34 @@ func (t *TC) clientOps(ip netip.Addr, old, new Limit) []op {
 
 // exec applies ops: through netlink when it can (no fork), else with one
 // `tc -batch -`.
+//
+// A plan's ops start with tc lines (qdiscs, tables, links) and end with
+// client ops: the lines up to the last one go in one `tc -batch`, the
+// rest through netlink.
 func (t *TC) exec(ctx context.Context, ops []op) error {
 	if t.useNL && t.nl == nil && t.nlErr == nil {
 		if t.nl, t.nlErr = openNLTC(t.cfg.Netns); t.nlErr != nil {
 			t.log.Warn("netlink unavailable: changing tc with the tc command", "err", t.nlErr)
 		}
 	}
-	if t.useNL && t.nl != nil && nlCapable(ops) {
-		return t.nl.apply(ops)
+	if !t.useNL || t.nl == nil {
+		return t.batch(ctx, lines(ops))
 	}
-	return t.batch(ctx, lines(ops))
+	k := 0
+	for i, o := range ops {
+		if o.kind == opLine {
+			k = i + 1
+		}
+	}
+	if k > 0 {
+		if err := t.batch(ctx, lines(ops[:k])); err != nil {
+			return err
+		}
+	}
+	if k < len(ops) {
+		return t.nl.apply(ops[k:])
+	}
+	return nil
 }
 
 // batch runs lines with one `tc -batch -`.
@@ -524,7 +542,10 @@ func (t *TC) plan(s state, want map[netip.Addr]Limit, clients bool) (plan, error
 		slices.SortFunc(ips, netip.Addr.Compare)
 	}
 	parts := octets3(t.cfg.Subnet)
-	var tail []op // deletions of classes, after all filter changes
+	// The ops go in three parts: the qdiscs, tables and links of both
+	// devices (tc lines), then the clients' classes, leaves and host
+	// filters (netlink can send these), then deletions of classes.
+	var clientPart, tail []op
 	for i, x := range []struct {
 		d      direction
 		st     devState
@@ -536,6 +557,7 @@ func (t *TC) plan(s state, want map[netip.Addr]Limit, clients bool) (plan, error
 	} {
 		d, st := x.d, x.st
 		add := func(o ...op) { p.ops = append(p.ops, o...); p.repairs++ }
+		addClient := func(o ...op) { clientPart = append(clientPart, o...); p.repairs++ }
 		if !st.rootOK || t.rebuildRoot(st) {
 			if st.rootKind == "htb" {
 				p.ops = append(p.ops, rootQdiscDelOp(d.dev))
@@ -692,16 +714,16 @@ func (t *TC) plan(s state, want map[netip.Addr]Limit, clients bool) (plan, error
 			c, ok := st.classes[id]
 			switch {
 			case !ok:
-				add(classOp(opClass, d.dev, ip, r), leafOp(d.dev, ip, r))
+				addClient(classOp(opClass, d.dev, ip, r), leafOp(d.dev, ip, r))
 				continue
 			case !c.parentRoot:
-				add(classOp(opClassDel, d.dev, ip, 0), classOp(opClass, d.dev, ip, r), leafOp(d.dev, ip, r))
+				addClient(classOp(opClassDel, d.dev, ip, 0), classOp(opClass, d.dev, ip, r), leafOp(d.dev, ip, r))
 				continue
 			case !rateClose(c.rateBits, r) || !rateClose(c.ceilBits, r):
-				add(classOp(opClassChange, d.dev, ip, r))
+				addClient(classOp(opClassChange, d.dev, ip, r))
 			}
 			if l, ok := st.leaves[id]; !ok || l.kind != "pfifo" || l.limit != paramsFor(r).limit {
-				add(leafOp(d.dev, ip, r))
+				addClient(leafOp(d.dev, ip, r))
 			}
 		}
 		if clients {
@@ -741,12 +763,16 @@ func (t *TC) plan(s state, want map[netip.Addr]Limit, clients bool) (plan, error
 			for _, h := range handles {
 				w := bw.nodes[h]
 				if n, ok := got.nodes[h]; !ok || n != w.n {
-					add(w.op)
+					if bw.host(h) {
+						addClient(w.op)
+					} else {
+						add(w.op)
+					}
 				}
 			}
 		}
 	}
-	p.ops = append(p.ops, tail...)
+	p.ops = append(append(p.ops, clientPart...), tail...)
 	return p, nil
 }
 

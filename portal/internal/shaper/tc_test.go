@@ -392,7 +392,7 @@ func TestReconcile(t *testing.T) {
 			drop("tc -j filter show dev br-cw parent 100:", "1:b:1")
 			drop("tc -j filter show dev cwifb0 parent 1:", "100:b:1")
 		}, same, 2},
-		{"flat layout of an older version: migrated", flatLayout, nil, same, 2 * (1 + 8 + 9 + 13)},// per device as root qdisc deleted...
+		{"flat layout of an older version: migrated", flatLayout, nil, same, 2 * (1 + 8 + 9 + 13)}, // per device as root qdisc deleted...
 
 	}
 	tests[len(tests)-1].repairs = (1 + 8 + 9 + 2 + 13) + (1 + 8 + 9 + 1 + 11) // ...with 2 clients down, 1 up
