@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"sort"
@@ -12,8 +11,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-
-	"github.com/vishvananda/netlink"
 )
 
 // fakeKernel stands in for iptables (both families), ipset and conntrack:
@@ -417,37 +414,29 @@ func (n *fakeNL) record(line string) error {
 	return nil
 }
 
-func (n *fakeNL) IpsetList(name string) (*netlink.IPSetResult, error) {
-	if err := n.record("list " + name); err != nil {
+func (n *fakeNL) IpsetList(name string, only netip.Addr) ([]entry, error) {
+	line := "list " + name
+	if only.IsValid() {
+		line += " " + only.String()
+	}
+	if err := n.record(line); err != nil {
 		return nil, err
 	}
 	s, ok := n.f.sets[name]
 	if !ok {
 		return nil, syscall.ENOENT
 	}
-	keys := []string{}
-	for k := range s.elems {
-		keys = append(keys, k)
+	m, err := parseSave(n.f.save(name, s))
+	if err != nil {
+		return nil, err
 	}
-	sort.Strings(keys)
-	res := &netlink.IPSetResult{SetName: name}
-	for _, k := range keys {
-		e := s.elems[k]
-		ie := netlink.IPSetEntry{IP: net.ParseIP(e.Key).To4(), Comment: e.Comment}
-		if e.MAC != "" {
-			ie.MAC = mac(e.MAC)
+	var out []entry
+	for _, e := range m[name] {
+		if !only.IsValid() || e.Key == only.String() {
+			out = append(out, e)
 		}
-		if strings.Contains(s.create, "timeout") {
-			t := uint32(e.Timeout)
-			ie.Timeout = &t
-		}
-		if strings.Contains(s.create, "counters") {
-			p, b := e.Packets, e.Bytes
-			ie.Packets, ie.Bytes = &p, &b
-		}
-		res.Entries = append(res.Entries, ie)
 	}
-	return res, nil
+	return out, nil
 }
 
 func (n *fakeNL) IpsetAdd(e setElem, excl bool) error {

@@ -475,7 +475,7 @@ func (k *Kernel) list(ctx context.Context, names ...string) (map[string][]entry,
 		// The clients' bitmap sets (polled every second): netlink. The
 		// small hash sets go through ipset, whose listing the netlink
 		// library does not fully decode.
-		return k.listNL(names...)
+		return k.listNL(netip.Addr{}, names...)
 	}
 	all := map[string][]entry{}
 	for _, n := range names {
@@ -626,7 +626,7 @@ func (k *Kernel) allowNL(ctx context.Context, g Grant, timeout int64) error {
 
 // updateCountersNL is updateCounters through netlink.
 func (k *Kernel) updateCountersNL(ctx context.Context, g Grant, timeout int64) error {
-	sets, err := k.list(ctx, AcctSet, DownSet)
+	sets, err := k.listNL(g.IP, AcctSet, DownSet) // only this client's elements are decoded
 	if err != nil {
 		return err
 	}

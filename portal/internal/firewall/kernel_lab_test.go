@@ -79,6 +79,7 @@ func newSiteClients(t *testing.T, n int) *site {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(filepath.Join(os.TempDir(), "cw-firewall-netns-"+cfg.Netns)) })
+	t.Cleanup(func() { fw.nl.(*nlConn).Close() }) // its sockets would keep the namespace alive
 	return &site{Lab: l, fw: fw, cfg: cfg}
 }
 

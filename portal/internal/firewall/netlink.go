@@ -7,9 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"syscall"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -26,8 +26,9 @@ import (
 // garden, batched repairs) stays with the ipset command, and so does
 // everything when nl is nil.
 type nlKernel interface {
-	// IpsetList reads one set with its elements.
-	IpsetList(name string) (*netlink.IPSetResult, error)
+	// IpsetList reads the elements of one set, as `ipset list -o save`
+	// shows them; with only valid, just the element of that address.
+	IpsetList(name string, only netip.Addr) ([]entry, error)
 	// IpsetAdd adds one element (IPSET_CMD_ADD). With excl an element
 	// already there is refused with errElemExists and left as it is;
 	// without, it is rewritten (ipset's -exist): given counters and
@@ -131,8 +132,8 @@ func (fl ctFlow) String() string {
 // Conntrack requests take a socket from a pool of two, so Revoke's two
 // walks run side by side; the cut worker has a pool of its own.
 type nlConn struct {
-	h       *netlink.Handle
 	ipset   map[int]*nl.SocketHandle
+	list    map[int]*nl.SocketHandle // set listings (the counters poll), apart from the writes
 	ct      chan map[int]*nl.SocketHandle
 	cut     chan map[int]*nl.SocketHandle // ct of the cutter
 	sockets []*nl.NetlinkSocket
@@ -141,7 +142,7 @@ type nlConn struct {
 // cutter is the same connection with the cut worker's own conntrack
 // socket, so that its walks never hold up a Revoke's.
 func (c *nlConn) cutter() *nlConn {
-	return &nlConn{h: c.h, ipset: c.ipset, ct: c.cut}
+	return &nlConn{ipset: c.ipset, list: c.list, ct: c.cut}
 }
 
 // nlTimeout bounds every netlink request: a dump of a large conntrack
@@ -160,11 +161,8 @@ func openNL(netnsName string) (*nlConn, error) {
 		}
 		defer ns.Close()
 	}
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
-	if err != nil {
-		return nil, err
-	}
-	c := &nlConn{h: h, ct: make(chan map[int]*nl.SocketHandle, 2), cut: make(chan map[int]*nl.SocketHandle, 1)}
+	var err error
+	c := &nlConn{ct: make(chan map[int]*nl.SocketHandle, 2), cut: make(chan map[int]*nl.SocketHandle, 1)}
 	open := func() (map[int]*nl.SocketHandle, error) {
 		s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_NETFILTER)
 		if err != nil {
@@ -181,6 +179,10 @@ func openNL(netnsName string) (*nlConn, error) {
 		c.Close()
 		return nil, err
 	}
+	if c.list, err = open(); err != nil {
+		c.Close()
+		return nil, err
+	}
 	for _, pool := range []chan map[int]*nl.SocketHandle{c.ct, c.ct, c.cut} {
 		socks, err := open()
 		if err != nil {
@@ -192,15 +194,119 @@ func openNL(netnsName string) (*nlConn, error) {
 	return c, nil
 }
 
-// Close closes the handle and the sockets.
+// Close closes the sockets.
 func (c *nlConn) Close() {
-	c.h.Close()
 	for _, s := range c.sockets {
 		s.Close()
 	}
 }
 
-func (c *nlConn) IpsetList(name string) (*netlink.IPSetResult, error) { return c.h.IpsetList(name) }
+func (c *nlConn) IpsetList(name string, only netip.Addr) ([]entry, error) {
+	req := c.ipsetRequest(nl.IPSET_CMD_LIST, unix.NLM_F_DUMP, name)
+	var out []entry
+	var perr error
+	err := execute(c.list, req, func(msg []byte) bool {
+		es, err := parseIpsetList(msg, only)
+		if err != nil {
+			perr = err
+			return false
+		}
+		out = append(out, es...)
+		return true
+	})
+	if err := errors.Join(ipsetError(err), perr); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// parseIpsetList decodes the elements in one message of an ipset listing
+// (nfgenmsg, the set's attributes, IPSET_ATTR_ADT with one IPSET_ATTR_DATA
+// per element). With only valid, the other elements are skipped before
+// anything is decoded but their address.
+func parseIpsetList(msg []byte, only netip.Addr) ([]entry, error) {
+	if len(msg) < nl.SizeofNfgenmsg {
+		return nil, errors.New("short ipset message")
+	}
+	attrs, err := parseAttrs(msg[nl.SizeofNfgenmsg:])
+	if err != nil {
+		return nil, fmt.Errorf("parsing an ipset listing: %w", err)
+	}
+	var out []entry
+	for _, a := range attrs {
+		if a.typ != nl.IPSET_ATTR_ADT {
+			continue
+		}
+		datas, err := parseAttrs(a.val)
+		if err != nil {
+			return nil, fmt.Errorf("parsing an ipset listing: %w", err)
+		}
+		for _, d := range datas {
+			if d.typ != nl.IPSET_ATTR_DATA {
+				continue
+			}
+			e, ok, err := parseIpsetElem(d.val, only)
+			if err != nil {
+				return nil, fmt.Errorf("parsing an ipset listing: %w", err)
+			}
+			if ok {
+				out = append(out, e)
+			}
+		}
+	}
+	return out, nil
+}
+
+// parseIpsetElem decodes one element the way ipset prints it: a hash:net
+// host route without /32, MACs in lower case. ok is false for an element
+// other than only (when valid).
+func parseIpsetElem(b []byte, only netip.Addr) (e entry, ok bool, err error) {
+	fields, err := parseAttrs(b)
+	if err != nil {
+		return e, false, err
+	}
+	var ip netip.Addr
+	for _, f := range fields {
+		if f.typ != nl.IPSET_ATTR_IP {
+			continue
+		}
+		addrs, err := parseAttrs(f.val)
+		if err != nil {
+			return e, false, err
+		}
+		for _, a := range addrs {
+			if v, ok := netip.AddrFromSlice(a.val); ok && (a.typ == nl.IPSET_ATTR_IPADDR_IPV4 || a.typ == nl.IPSET_ATTR_IPADDR_IPV6) {
+				ip = v
+			}
+		}
+	}
+	if !ip.IsValid() {
+		return e, false, errors.New("element without an address")
+	}
+	if only.IsValid() && ip != only {
+		return e, false, nil
+	}
+	e.Key = ip.String()
+	for _, f := range fields {
+		switch {
+		case f.typ == nl.IPSET_ATTR_CIDR && len(f.val) == 1:
+			if bits := int(f.val[0]); bits != ip.BitLen() {
+				e.Key += "/" + strconv.Itoa(bits)
+			}
+		case f.typ == nl.IPSET_ATTR_ETHER && len(f.val) == 6:
+			e.MAC = net.HardwareAddr(f.val).String()
+		case f.typ == nl.IPSET_ATTR_TIMEOUT && len(f.val) == 4:
+			e.Timeout = int64(binary.BigEndian.Uint32(f.val))
+		case f.typ == nl.IPSET_ATTR_PACKETS && len(f.val) == 8:
+			e.Packets, e.HasCounters = binary.BigEndian.Uint64(f.val), true
+		case f.typ == nl.IPSET_ATTR_BYTES && len(f.val) == 8:
+			e.Bytes, e.HasCounters = binary.BigEndian.Uint64(f.val), true
+		case f.typ == nl.IPSET_ATTR_COMMENT:
+			e.Comment, _, _ = strings.Cut(string(f.val), "\x00")
+		}
+	}
+	return e, true, nil
+}
 
 // execute sends req on socks' socket and calls f (if not nil) with each
 // answer's payload.
@@ -516,45 +622,14 @@ func parseAttrs(b []byte) ([]nlAttr, error) {
 
 // listNL reads sets through netlink into the same entries parseSave makes
 // of `ipset list -o save`.
-func (k *Kernel) listNL(names ...string) (map[string][]entry, error) {
+func (k *Kernel) listNL(only netip.Addr, names ...string) (map[string][]entry, error) {
 	all := make(map[string][]entry, len(names))
 	for _, n := range names {
-		res, err := k.nl.IpsetList(n)
+		es, err := k.nl.IpsetList(n, only)
 		if err != nil {
 			return nil, fmt.Errorf("listing set %s: %w", n, err)
-		}
-		es := make([]entry, 0, len(res.Entries))
-		for _, e := range res.Entries {
-			es = append(es, entryOf(e))
 		}
 		all[n] = es
 	}
 	return all, nil
-}
-
-// entryOf converts a netlink element the way ipset prints it: a hash:net
-// host route without /32, MACs in lower case.
-func entryOf(e netlink.IPSetEntry) entry {
-	out := entry{Comment: e.Comment}
-	if ip4 := e.IP.To4(); ip4 != nil {
-		out.Key = ip4.String()
-	} else if e.IP != nil {
-		out.Key = e.IP.String()
-	}
-	if e.CIDR != 0 && !(e.IP.To4() != nil && e.CIDR == 32) && !(e.IP.To4() == nil && e.CIDR == 128) {
-		out.Key += "/" + strconv.Itoa(int(e.CIDR))
-	}
-	if len(e.MAC) == 6 {
-		out.MAC = net.HardwareAddr(e.MAC).String()
-	}
-	if e.Timeout != nil {
-		out.Timeout = int64(*e.Timeout)
-	}
-	if e.Packets != nil {
-		out.Packets, out.HasCounters = *e.Packets, true
-	}
-	if e.Bytes != nil {
-		out.Bytes, out.HasCounters = *e.Bytes, true
-	}
-	return out
 }

@@ -128,8 +128,8 @@ func TestAllowNetlinkMessages(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{
 		`netlink add cw-acct 10.20.0.11 timeout 7200 packets 0 bytes 4611686018426390904 comment "q=1000000" (excl)`,
-		"netlink list cw-acct",
-		"netlink list cw-dl",
+		"netlink list cw-acct 10.20.0.11",
+		"netlink list cw-dl 10.20.0.11",
 		`netlink add cw-acct 10.20.0.11 timeout 7200 comment "q=1000000"`,
 		`netlink add cw-dl 10.20.0.11 timeout 7200`,
 		`netlink add cw-auth 10.20.0.11,02:00:00:00:00:01 timeout 7200`,
@@ -369,4 +369,77 @@ func TestCtFilterMatch(t *testing.T) {
 			t.Errorf("%+v.match(%s) = %v, want %v", tc.f, fl, got, tc.want)
 		}
 	}
+}
+
+// ipsetMessage renders elements as the kernel lists them: nfgenmsg, the
+// set's name, IPSET_ATTR_ADT with one IPSET_ATTR_DATA each.
+func ipsetMessage(es ...setElem) []byte {
+	b := (&nl.Nfgenmsg{NfgenFamily: unix.AF_INET}).Serialize()
+	b = append(b, nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated("cw-acct")).Serialize()...)
+	adt := nl.NewRtAttr(nl.IPSET_ATTR_ADT|unix.NLA_F_NESTED, nil)
+	for _, e := range es {
+		d := nl.NewRtAttr(nl.IPSET_ATTR_DATA|unix.NLA_F_NESTED, nil) // an element without an address
+		if e.IP.IsValid() {
+			d = ipsetData(e.IP)
+		}
+		if e.MAC != nil {
+			d.AddRtAttr(nl.IPSET_ATTR_ETHER, e.MAC)
+		}
+		d.AddRtAttr(nl.IPSET_ATTR_TIMEOUT|unix.NLA_F_NET_BYTEORDER, nl.BEUint32Attr(e.Timeout))
+		if e.Bytes != nil {
+			d.AddRtAttr(nl.IPSET_ATTR_BYTES|unix.NLA_F_NET_BYTEORDER, nl.BEUint64Attr(*e.Bytes))
+			d.AddRtAttr(nl.IPSET_ATTR_PACKETS|unix.NLA_F_NET_BYTEORDER, nl.BEUint64Attr(3))
+		}
+		if e.Comment != "" {
+			d.AddRtAttr(nl.IPSET_ATTR_COMMENT, nl.ZeroTerminated(e.Comment))
+		}
+		adt.AddChild(d)
+	}
+	return append(b, adt.Serialize()...)
+}
+
+func TestParseIpsetList(t *testing.T) {
+	bytes := uint64(QuotaBase - 1000)
+	msg := ipsetMessage(
+		setElem{IP: netip.MustParseAddr("10.20.0.11"), Timeout: 99, Bytes: &bytes, Comment: "q=1000"},
+		setElem{IP: netip.MustParseAddr("10.20.0.12"), MAC: mac("02:00:00:00:00:0A")},
+	)
+	got, err := parseIpsetList(msg, netip.Addr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []entry{
+		{Key: "10.20.0.11", Timeout: 99, Packets: 3, Bytes: QuotaBase - 1000, Comment: "q=1000", HasCounters: true},
+		{Key: "10.20.0.12", MAC: "02:00:00:00:00:0a"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("parseIpsetList (-want +got):\n%s", diff)
+	}
+	one, err := parseIpsetList(msg, netip.MustParseAddr("10.20.0.12"))
+	if err != nil || len(one) != 1 || one[0] != want[1] {
+		t.Errorf("parseIpsetList for 10.20.0.12 only = %v, %v", one, err)
+	}
+	for _, bad := range [][]byte{nil, msg[:len(msg)-2], ipsetMessage(setElem{})} {
+		if _, err := parseIpsetList(bad, netip.Addr{}); err == nil {
+			t.Errorf("parseIpsetList(%x) = nil error", bad)
+		}
+	}
+}
+
+func FuzzParseIpsetList(f *testing.F) {
+	b := uint64(7)
+	f.Add(ipsetMessage(setElem{IP: netip.MustParseAddr("10.20.0.11"), Timeout: 99, Bytes: &b, Comment: "q=1"}))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		es, err := parseIpsetList(msg, netip.Addr{})
+		if err != nil {
+			return
+		}
+		for _, e := range es {
+			if _, err := netip.ParsePrefix(e.Key); err != nil {
+				if _, err := netip.ParseAddr(e.Key); err != nil {
+					t.Errorf("element key %q is neither an address nor a prefix", e.Key)
+				}
+			}
+		}
+	})
 }

@@ -386,7 +386,7 @@ func TestKernelNetlinkListingMatchesIpset(t *testing.T) {
 	s.allow(t, g2)
 	wantBody(t, "client1 through", s.curl(t, s.Clients[0].NS, "http://"+s.OtherIP.String()+"/"), "upstream ok\n")
 	names := []string{AuthSet, AcctSet, DownSet}
-	viaNL, err := s.fw.listNL(names...)
+	viaNL, err := s.fw.listNL(netip.Addr{}, names...)
 	if err != nil {
 		t.Fatal(err)
 	}
