@@ -119,18 +119,19 @@ func (fl ctFlow) String() string {
 		fl.OrigSrc, fl.OrigSport, fl.OrigDst, fl.OrigDport, fl.ReplySrc, fl.ReplySport, fl.ReplyDst, fl.ReplyDport)
 }
 
-// nlConn is nlKernel on the real kernel. Listing sets uses the netlink
-// library's handle; writes and conntrack build their messages with its nl
-// package (the library cannot set an element's counters, which a grant's
-// quota offset needs, nor ask the kernel to filter conntrack flows) and
-// send them on a socket opened in the same namespace. Both are safe for
+// nlConn is nlKernel on the real kernel: NETLINK_NETFILTER sockets opened
+// in the gateway's namespace, messages built with the nl package of
+// vishvananda/netlink. Its higher-level calls do not fit: IpsetAdd cannot
+// set an element's counters (which a grant's quota offset needs), IpsetList
+// decodes a few µs per element where a whole listing costs the kernel less,
+// and no conntrack call lets the kernel filter the flows. Safe for
 // concurrent use (the library locks a socket for each request).
 //
-// Set writes and conntrack requests go on separate sockets: a socket
-// serves one request at a time, and a conntrack dump (a walk of the whole
-// table in the kernel, milliseconds) must not hold up an Allow's adds.
-// Conntrack requests take a socket from a pool of two, so Revoke's two
-// walks run side by side; the cut worker has a pool of its own.
+// Each kind of request has its own socket: a socket serves one request at a
+// time, and neither a listing (the counters poll) nor a conntrack dump (a
+// walk of the whole table in the kernel, milliseconds) may hold up an
+// Allow's adds. Conntrack requests take a socket from a pool of two, so
+// Revoke's two walks run side by side; the cut worker has a pool of its own.
 type nlConn struct {
 	ipset   map[int]*nl.SocketHandle
 	list    map[int]*nl.SocketHandle // set listings (the counters poll), apart from the writes
@@ -149,7 +150,7 @@ func (c *nlConn) cutter() *nlConn {
 // table takes tens of milliseconds, nothing takes seconds.
 const nlTimeout = 10
 
-// openNL opens the netfilter netlink handle and socket in the named network
+// openNL opens the netfilter netlink sockets in the named network
 // namespace ("" is the caller's own): from the daemon's start on, every
 // request runs there whatever thread sends it.
 func openNL(netnsName string) (*nlConn, error) {
