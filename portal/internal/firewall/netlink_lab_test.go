@@ -455,7 +455,7 @@ func TestKernelNetlinkCost(t *testing.T) {
 	}
 	cmdFW.nl.(*nlConn).Close()
 	cmdFW.nl, cmdFW.cutNL = nil, nil // the ipset and conntrack commands, as before
-	const n = 750                    // 10.20.1.1 - 10.20.3.250
+	const n = 300                    // at most 750: 10.20.1.1 - 10.20.3.250
 	grantOf := func(i int) Grant {
 		ip := netip.AddrFrom4([4]byte{10, 20, byte(1 + i/250), byte(1 + i%250)})
 		return Grant{Client: Client{IP: ip, MAC: net.HardwareAddr{2, 1, 0, 0, byte(i >> 8), byte(i)}},
