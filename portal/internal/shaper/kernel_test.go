@@ -526,6 +526,55 @@ func TestKernelIntact(t *testing.T) {
 	}
 }
 
+// TestKernelNetlinkReads: Reconcile reads the kernel through netlink dumps
+// (the default); what it sees, and the plan it makes from that, are what
+// the tc command shows, with the layout intact and with drift of each kind.
+func TestKernelNetlinkReads(t *testing.T) {
+	s := newSite(t, 2)
+	ctx := context.Background()
+	a, b := s.Clients[0].IP, s.Clients[1].IP
+	s.set(t, shaper.Limit{IP: a, Down: 2 * quantity.Mbit, Up: 256 * quantity.Kbit})
+	s.set(t, shaper.Limit{IP: b, Down: 5 * quantity.Gbit})
+	want := []shaper.Limit{{IP: a, Down: 3 * quantity.Mbit, Up: 256 * quantity.Kbit}, {IP: netip.MustParseAddr("10.20.3.7"), Up: quantity.Mbit}}
+	compare := func(when string) {
+		t.Helper()
+		viaTC, viaNL, err := s.sh.ObserveBothWays(ctx, want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(viaTC, viaNL); diff != "" {
+			t.Errorf("%s: netlink reads differ from tc (-tc +netlink):\n%s", when, diff)
+		}
+		if !strings.Contains(viaNL, "class 100:10c") || !strings.Contains(viaNL, "plan:\nfilter") && !strings.Contains(viaNL, "plan:\nclass") && !strings.Contains(viaNL, "plan:\nqdisc") {
+			t.Errorf("%s: reading is missing objects:\n%s", when, viaNL)
+		}
+	}
+	compare("intact")
+	for _, argv := range [][]string{
+		{"tc", "filter", "add", "dev", s.LANIf, "parent", "1:", "prio", "3", "protocol", "ip", "u32", "match", "u32", "0", "0", "flowid", "1:100"},
+		{"tc", "class", "add", "dev", s.LANIf, "parent", "102:", "classid", "102:1ff", "htb", "rate", "1mbit"},
+		{"tc", "qdisc", "replace", "dev", "cwifb0", "parent", "100:10b", "pfifo", "limit", "5"},
+		{"tc", "qdisc", "del", "dev", s.LANIf, "parent", "1:101"},
+		{"tc", "filter", "del", "dev", "cwifb0", "parent", "100:", "prio", "10", "handle", "1:b:1", "u32"},
+	} {
+		if out, err := s.Gateway.Run(ctx, argv...); err != nil {
+			t.Fatalf("%q: %v\n%s", argv, err, out)
+		}
+		compare(strings.Join(argv, " "))
+	}
+	st, err := s.sh.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// (102:1ff, made above, is the class of 10.20.2.255: a client too.)
+	if _, ok := st[a]; !ok {
+		t.Errorf("Stats through netlink = %+v, want %s", st, a)
+	}
+	if _, ok := st[b]; !ok {
+		t.Errorf("Stats through netlink = %+v, want %s", st, b)
+	}
+}
+
 // TestKernelBulkRestore is the gateway's start after a reboot with 10,000
 // shaped sessions: Setup, then one Reconcile that makes every client's
 // class, leaf and filters in both directions. It runs that through netlink

@@ -123,6 +123,9 @@ type state struct {
 
 // observe reads the kernel's state of both devices.
 func (t *TC) observe(ctx context.Context) (state, error) {
+	if n := t.netlink(); n != nil {
+		return t.observeNL(n)
+	}
 	var s state
 	out, err := t.run.run(ctx, "", "ip", "-d", "-j", "link", "show")
 	if err != nil {
@@ -150,6 +153,24 @@ func (t *TC) observe(ctx context.Context) (state, error) {
 	}
 	if s.up.exists && s.ifbIsIFB {
 		if err := t.observeDev(ctx, t.cfg.IFB, &s.up, false); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+// observeNL is observe through netlink dumps.
+func (t *TC) observeNL(n *nlTC) (state, error) {
+	var s state
+	if err := n.observeLinks(t.cfg.ClientIf, t.cfg.IFB, &s); err != nil {
+		return s, err
+	}
+	s.down.exists = true
+	if err := n.observeDev(t.cfg.ClientIf, &s.down, true); err != nil {
+		return s, err
+	}
+	if s.up.exists && s.ifbIsIFB {
+		if err := n.observeDev(t.cfg.IFB, &s.up, false); err != nil {
 			return s, err
 		}
 	}

@@ -61,7 +61,8 @@ type TC struct {
 
 	mu        sync.Mutex
 	installed map[netip.Addr]Limit // what the kernel has, as far as we know
-	useNL     bool                 // send client ops through netlink (New; not the unit tests' fake)
+	nlMu      sync.Mutex           // guards the three below (observe runs without mu)
+	useNL     bool                 // talk netlink (New; not the unit tests' fake runner)
 	nl        *nlTC                // opened on first use
 	nlErr     error                // why it could not be opened
 }
@@ -237,12 +238,7 @@ func (t *TC) clientOps(ip netip.Addr, old, new Limit) []op {
 // client ops: the lines up to the last one go in one `tc -batch`, the
 // rest through netlink.
 func (t *TC) exec(ctx context.Context, ops []op) error {
-	if t.useNL && t.nl == nil && t.nlErr == nil {
-		if t.nl, t.nlErr = openNLTC(t.cfg.Netns); t.nlErr != nil {
-			t.log.Warn("netlink unavailable: changing tc with the tc command", "err", t.nlErr)
-		}
-	}
-	if !t.useNL || t.nl == nil {
+	if t.netlink() == nil {
 		return t.batch(ctx, lines(ops))
 	}
 	k := 0
@@ -257,9 +253,25 @@ func (t *TC) exec(ctx context.Context, ops []op) error {
 		}
 	}
 	if k < len(ops) {
-		return t.nl.apply(ops[k:])
+		return t.netlink().apply(ops[k:])
 	}
 	return nil
+}
+
+// netlink returns the netlink socket, opening it on first use; nil when it
+// is not to be used or cannot be opened (then tc does everything).
+func (t *TC) netlink() *nlTC {
+	t.nlMu.Lock()
+	defer t.nlMu.Unlock()
+	if !t.useNL {
+		return nil
+	}
+	if t.nl == nil && t.nlErr == nil {
+		if t.nl, t.nlErr = openNLTC(t.cfg.Netns); t.nlErr != nil {
+			t.log.Warn("netlink unavailable: using the tc command", "err", t.nlErr)
+		}
+	}
+	return t.nl
 }
 
 // batch runs lines with one `tc -batch -`.
@@ -482,8 +494,8 @@ func (t *TC) applyPlan(ctx context.Context, s state, want map[netip.Addr]Limit, 
 			return 0, err
 		}
 	}
-	if len(p.commands) > 0 && t.nl != nil {
-		t.nl.forget() // the IFB device has a new index
+	if n := t.netlink(); len(p.commands) > 0 && n != nil {
+		n.forget() // the IFB device has a new index
 	}
 	if len(p.ops) > 0 {
 		t.log.Debug("repairing", "ops", len(p.ops))
@@ -831,15 +843,23 @@ func (t *TC) Teardown(ctx context.Context) error {
 
 // Stats returns the kernel's counters of every shaped client's classes.
 func (t *TC) Stats(ctx context.Context) (map[netip.Addr]ClassStats, error) {
+	n := t.netlink()
 	stats := map[netip.Addr]ClassStats{}
 	for _, dev := range []string{t.cfg.ClientIf, t.cfg.IFB} {
-		out, err := t.run.run(ctx, "", "tc", "-s", "class", "show", "dev", dev)
-		if err != nil {
-			return nil, fmt.Errorf("reading shaper stats: %w", err)
-		}
-		classes, err := parseClasses(out)
-		if err != nil {
-			return nil, fmt.Errorf("reading shaper stats of %s: %w", dev, err)
+		var classes map[uint32]classState
+		if n != nil {
+			var err error
+			if classes, err = n.devClasses(dev); err != nil {
+				return nil, fmt.Errorf("reading shaper stats of %s: %w", dev, err)
+			}
+		} else {
+			out, err := t.run.run(ctx, "", "tc", "-s", "class", "show", "dev", dev)
+			if err != nil {
+				return nil, fmt.Errorf("reading shaper stats: %w", err)
+			}
+			if classes, err = parseClasses(out); err != nil {
+				return nil, fmt.Errorf("reading shaper stats of %s: %w", dev, err)
+			}
 		}
 		for id, c := range classes {
 			ip, ok := addrOfClass(t.cfg.Subnet, id)
