@@ -109,6 +109,7 @@ type Gateway struct {
 	// journal writes the store of record and the session events, in the
 	// order records are added (under kmu), grouping concurrent ones.
 	journal *groupcommit.Log[record]
+	events  *eventQueue
 	started time.Time
 	lastRec time.Time
 	repairs uint64
@@ -147,6 +148,7 @@ func New(o Options) *Gateway {
 		daily:    map[string]uint64{},
 	}
 	g.journal = newJournal(g)
+	g.events = newEventQueue(func(evs []Event) { g.emit(evs...) })
 	return g
 }
 
@@ -237,10 +239,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			// Save counters so a restart resumes from here.
+			// Save counters so a restart resumes from here, and let
+			// every event reach the outbox.
 			if err := g.flush(); err != nil {
 				g.log.Error("saving counters", "err", err)
 			}
+			g.events.syncAll()
 			return nil
 		case <-poll.C:
 			if err := g.poll(ctx); err != nil {
@@ -417,7 +421,6 @@ func (g *Gateway) poll(ctx context.Context) error {
 		return err
 	}
 	g.kmu.Lock()
-	defer g.kmu.Unlock()
 	now := g.now()
 	var ending []*Session
 	g.mu.Lock()
@@ -470,7 +473,9 @@ func (g *Gateway) poll(ctx context.Context) error {
 	}
 	g.o.Metrics.addBytes(down, up)
 	g.mu.Unlock()
-	return g.end(ctx, ending)
+	wait := g.end(ctx, ending)
+	g.kmu.Unlock()
+	return wait()
 }
 
 // forget drops a session from the in-memory indexes. Caller holds g.mu.
@@ -504,10 +509,12 @@ func (g *Gateway) noteLockout(s *Session, now time.Time) {
 	}
 }
 
-// end records ended sessions and makes their clients captive again.
-func (g *Gateway) end(ctx context.Context, ended []*Session) error {
+// end records ended sessions and makes their clients captive again. The
+// caller holds kmu and calls wait after releasing it: opens need not wait
+// for the record of an end.
+func (g *Gateway) end(ctx context.Context, ended []*Session) (wait func() error) {
 	if len(ended) == 0 {
-		return nil
+		return func() error { return nil }
 	}
 	// Ended sessions are no longer in the maps: nothing changes them.
 	t := g.journal.Add(record{before: eventsOf(EventStop, ended), change: Change{Sessions: copies(ended)}})
@@ -520,10 +527,12 @@ func (g *Gateway) end(ctx context.Context, ended []*Session) error {
 		g.log.Info("session ended", "session", s.ID, "mac", s.MAC.String(), "ip", s.IP, "reason", s.EndReason,
 			"bytes_down", s.BytesDown, "bytes_up", s.BytesUp)
 	}
-	if err := t.Wait(); err != nil {
-		errs = append(errs, fmt.Errorf("recording ended sessions: %w", err))
+	return func() error {
+		if err := t.Wait(); err != nil {
+			errs = append(errs, fmt.Errorf("recording ended sessions: %w", err))
+		}
+		return errors.Join(errs...)
 	}
-	return errors.Join(errs...)
 }
 
 func (g *Gateway) revokeKernel(ctx context.Context, s *Session) error {
@@ -852,7 +861,19 @@ func (g *Gateway) enforce(ctx context.Context, s *Session) error {
 // Close ends the session of a client (by MAC or IP) with reason.
 func (g *Gateway) Close(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, reason string) (*Session, error) {
 	g.kmu.Lock()
-	defer g.kmu.Unlock()
+	s, wait, err := g.close(ctx, mac, ip, reason)
+	g.kmu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if err := wait(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// close is Close's part under kmu.
+func (g *Gateway) close(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, reason string) (*Session, func() error, error) {
 	g.mu.Lock()
 	var s *Session
 	if ip.IsValid() {
@@ -870,18 +891,15 @@ func (g *Gateway) Close(ctx context.Context, mac net.HardwareAddr, ip netip.Addr
 	}
 	if s == nil {
 		g.mu.Unlock()
-		return nil, fmt.Errorf("%w: no session for %s", control.ErrNotFound, describe(mac, ip))
+		return nil, nil, fmt.Errorf("%w: no session for %s", control.ErrNotFound, describe(mac, ip))
 	}
 	now := g.now()
 	s.Ended, s.EndReason = now, reason
 	g.forget(s)
 	g.noteLockout(s, now)
 	g.mu.Unlock()
-	if err := g.end(ctx, []*Session{s}); err != nil {
-		return nil, err
-	}
 	c := *s
-	return &c, nil
+	return &c, g.end(ctx, []*Session{s}), nil
 }
 
 // Sessions returns a copy of the active sessions, sorted by IP.

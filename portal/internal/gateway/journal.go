@@ -1,6 +1,10 @@
 package gateway
 
-import "github.com/civicwifi/civicwifi/internal/groupcommit"
+import (
+	"sync"
+
+	"github.com/civicwifi/civicwifi/internal/groupcommit"
+)
 
 // record is one step of the store of record and the session events around
 // it, decided under kmu (which fixes the order of records) and written by
@@ -18,10 +22,11 @@ type record struct {
 	// id and is recognised) and interims.
 	before []Event
 	change Change
-	// after go out once the store holds the sessions: starts (a crash
-	// before that leaves no session, and the controller must not count
-	// one). A stop of the same session in the same batch reaches the
-	// controller first; it keeps a session it saw stop ended.
+	// after go out once the store holds the sessions, without the writer
+	// waiting for them (see eventQueue): starts (a crash before the store
+	// leaves no session, and the controller must not count one). A stop of
+	// the same session in the same batch reaches the controller first; it
+	// keeps a session it saw stop ended.
 	after []Event
 }
 
@@ -36,13 +41,15 @@ func newJournal(g *Gateway) *groupcommit.Log[record] {
 				changes = append(changes, r.change)
 			}
 		}
-		g.emit(before...)
+		if len(before) > 0 {
+			g.events.sync(g.events.push(before))
+		}
 		if len(changes) > 0 {
 			if err := g.o.Store.Write(changes); err != nil {
 				return err
 			}
 		}
-		g.emit(after...)
+		g.events.push(after)
 		return nil
 	})
 }
@@ -55,4 +62,78 @@ func copies(ss []*Session) []*Session {
 		out[i] = &c
 	}
 	return out
+}
+
+// eventQueue hands events to Options.Events in order, on its own goroutine:
+// a login does not wait for its start event to reach the controller's
+// outbox (a start lost in a crash is recovered from the session's later
+// interim or stop event, which carry the same start, method and user).
+// Whoever needs events out before doing something (stops before the store;
+// shutdown) waits for them with sync.
+type eventQueue struct {
+	send func([]Event)
+
+	mu      sync.Mutex
+	cond    sync.Cond
+	q       []Event
+	added   uint64 // events pushed so far
+	sent    uint64 // events handed to send so far
+	running bool
+}
+
+func newEventQueue(send func([]Event)) *eventQueue {
+	e := &eventQueue{send: send}
+	e.cond.L = &e.mu
+	return e
+}
+
+// push queues evs and returns the count to sync to for them.
+func (e *eventQueue) push(evs []Event) uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(evs) == 0 {
+		return e.added
+	}
+	e.q = append(e.q, evs...)
+	e.added += uint64(len(evs))
+	if !e.running {
+		e.running = true
+		go e.run()
+	}
+	e.cond.Broadcast()
+	return e.added
+}
+
+// run sends what is queued until the queue is empty, then ends (push
+// starts it again): no goroutine outlives the gateway's last event.
+func (e *eventQueue) run() {
+	e.mu.Lock()
+	for len(e.q) > 0 {
+		batch := e.q
+		e.q = nil
+		e.mu.Unlock()
+		e.send(batch)
+		e.mu.Lock()
+		e.sent += uint64(len(batch))
+		e.cond.Broadcast()
+	}
+	e.running = false
+	e.mu.Unlock()
+}
+
+// sync waits until the events up to n (a count push returned) are sent.
+func (e *eventQueue) sync(n uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for e.sent < n {
+		e.cond.Wait()
+	}
+}
+
+// syncAll waits until every event pushed so far is sent.
+func (e *eventQueue) syncAll() {
+	e.mu.Lock()
+	n := e.added
+	e.mu.Unlock()
+	e.sync(n)
 }

@@ -13,23 +13,26 @@ import (
 )
 
 // A burst of logins shares the journal's writes: while one write is held
-// up, every open that arrives meanwhile goes out in the next one; each
-// caller returns only once its session is in the store.
+// up (here: a kick's stop event, which must reach the outbox before the
+// store), every open that arrives meanwhile is in the kernel and waits;
+// they are then written together, and each caller returns only once its
+// session is in the store. Start events follow, in order, after the stop.
 func TestOpensShareJournalWrites(t *testing.T) {
 	ctx := context.Background()
 	var (
 		mu      sync.Mutex
 		calls   [][]Event
+		block   bool
 		release = make(chan struct{})
 		held    = make(chan struct{}, 1)
 	)
 	r := newRig(t, "", nil, func(o *Options) {
 		o.Events = func(evs []Event) error {
 			mu.Lock()
-			first := len(calls) == 0
 			calls = append(calls, evs)
+			hold := block && evs[0].Kind == EventStop
 			mu.Unlock()
-			if first {
+			if hold {
 				held <- struct{}{}
 				<-release
 			}
@@ -43,12 +46,22 @@ func TestOpensShareJournalWrites(t *testing.T) {
 		_, err := r.gw.Open(ctx, Grant{MAC: mac, IP: ip, Method: "ctl", Limits: l})
 		return err
 	}
-	first := make(chan error, 1)
-	go func() { first <- open(1) }()
+	if err := open(1); err != nil {
+		t.Fatal(err)
+	}
+	r.gw.events.syncAll()
+	mu.Lock()
+	block, calls = true, nil
+	mu.Unlock()
+	kicked := make(chan error, 1)
+	go func() {
+		_, err := r.gw.Close(ctx, nil, netip.AddrFrom4([4]byte{10, 20, 1, 1}), "kicked")
+		kicked <- err
+	}()
 	select {
 	case <-held:
 	case <-time.After(5 * time.Second):
-		t.Fatal("the first open never reached the outbox")
+		t.Fatal("the kick's stop never reached the outbox")
 	}
 	const n = 30
 	errs := make(chan error, n)
@@ -62,11 +75,11 @@ func TestOpensShareJournalWrites(t *testing.T) {
 		r.fw.mu.Lock()
 		k := len(r.fw.allowed)
 		r.fw.mu.Unlock()
-		if k == n+1 {
+		if k == n {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d opens reached the kernel while the journal was held", k, n+1)
+			t.Fatalf("%d of %d opens reached the kernel while the journal was held", k, n)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -75,10 +88,10 @@ func TestOpensShareJournalWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(active) != 1 {
-		t.Fatalf("%d sessions in the store while only the first write ran, want 1", len(active))
+		t.Fatalf("%d sessions active in the store while the kick's write was held, want 1 (the kicked one)", len(active))
 	}
 	close(release)
-	if err := <-first; err != nil {
+	if err := <-kicked; err != nil {
 		t.Fatal(err)
 	}
 	for range n {
@@ -90,24 +103,28 @@ func TestOpensShareJournalWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(active) != n+1 {
-		t.Fatalf("%d sessions in the store, want %d", len(active), n+1)
+	if len(active) != n {
+		t.Fatalf("%d sessions in the store, want %d", len(active), n)
 	}
+	r.gw.events.syncAll()
 	mu.Lock()
 	defer mu.Unlock()
-	starts := 0
+	var kinds []EventKind
 	for _, c := range calls {
 		for _, e := range c {
-			if e.Kind == EventStart {
-				starts++
-			}
+			kinds = append(kinds, e.Kind)
 		}
 	}
-	if starts != n+1 {
-		t.Errorf("%d start events, want %d", starts, n+1)
+	if len(kinds) != n+1 || kinds[0] != EventStop {
+		t.Fatalf("events %v, want the stop then %d starts", kinds, n)
+	}
+	for _, k := range kinds[1:] {
+		if k != EventStart {
+			t.Fatalf("events %v, want the stop then %d starts", kinds, n)
+		}
 	}
 	if len(calls) > 3 {
-		t.Errorf("%d outbox writes for %d opens queued behind one, want at most 3 (grouped)", len(calls), n+1)
+		t.Errorf("%d outbox writes for a stop and %d opens queued behind it, want at most 3 (grouped)", len(calls), n)
 	}
 }
 
@@ -133,6 +150,7 @@ func TestStoreFailureUndoesOpen(t *testing.T) {
 	if err := r.store.Close(); err != nil { // every write fails from here
 		t.Fatal(err)
 	}
+	r.gw.events.syncAll()
 	mu.Lock()
 	before := len(events)
 	mu.Unlock()
@@ -162,6 +180,7 @@ func TestStoreFailureUndoesOpen(t *testing.T) {
 	if got := r.sh.limits[ip1].Down; got != 2*quantity.Mbit {
 		t.Errorf("shaper has %s for the refused update, want 2mbit back", got)
 	}
+	r.gw.events.syncAll()
 	mu.Lock()
 	defer mu.Unlock()
 	for _, e := range events[before:] {

@@ -58,6 +58,9 @@ type Gateway interface {
 	Open(ctx context.Context, req gateway.Grant) (*gateway.Session, error)
 	// Limits are the site's defaults, for what a grant leaves at zero.
 	Limits() config.Limits
+	// Close ends the client's session (a login that could not be
+	// recorded is taken back).
+	Close(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, reason string) (*gateway.Session, error)
 }
 
 // Config of the service.
@@ -248,13 +251,6 @@ func (s *Service) Use(ctx context.Context, g apiclient.Grant, mac, ip string) er
 		s.log.Warn("grant refused", "mac", mac, "ip", ip, "err", err)
 		return &captive.LoginError{Code: "grant_refused", Err: err}
 	}
-	if err := s.markUsed(g, now); err != nil {
-		if errors.Is(err, ErrReplay) {
-			s.log.Warn("grant refused", "mac", mac, "ip", ip, "grant", g.ID, "err", err)
-			return &captive.LoginError{Code: "grant_refused", Err: err}
-		}
-		return err
-	}
 	hw, err := net.ParseMAC(mac)
 	if err != nil {
 		return fmt.Errorf("opening session: %w", err)
@@ -263,7 +259,29 @@ func (s *Service) Use(ctx context.Context, g apiclient.Grant, mac, ip string) er
 	if err != nil {
 		return fmt.Errorf("opening session: %w", err)
 	}
+	if err := s.claim(g); err != nil {
+		s.log.Warn("grant refused", "mac", mac, "ip", ip, "grant", g.ID, "err", err)
+		if errors.Is(err, ErrReplay) {
+			return &captive.LoginError{Code: "grant_refused", Err: err}
+		}
+		return err
+	}
+	// The id goes to disk while the session opens (two fsyncs side by
+	// side, not one after the other); the login succeeds only once both
+	// are durable. Claimed, the id cannot be used by anyone else meanwhile.
+	recorded := make(chan error, 1)
+	go func() { recorded <- s.record(g) }()
 	sess, err := s.gw.Open(ctx, gateway.Grant{MAC: hw, IP: addr, Method: g.Method, User: g.User, Limits: s.limits(g)})
+	if rerr := <-recorded; rerr != nil {
+		if err == nil {
+			// The grant could be used again after a restart: take the
+			// session back (the resident tries again).
+			if _, cerr := s.gw.Close(ctx, hw, addr, "failed"); cerr != nil {
+				s.log.Error("closing a session whose grant could not be recorded", "session", sess.ID, "err", cerr)
+			}
+		}
+		return rerr
+	}
 	if err != nil {
 		if errors.Is(err, gateway.ErrRefused) {
 			// The site's rules: closed, full, the day's data used up.
@@ -302,27 +320,30 @@ type usedGrant struct {
 	expires time.Time
 }
 
-// markUsed records g's id until it expires, refusing one already there or
-// being recorded by a concurrent login. It returns once the id is on disk
-// (a restart must not let the grant in again).
-func (s *Service) markUsed(g apiclient.Grant, now time.Time) error {
+// claim reserves g's id, refusing one already used or being recorded by
+// a concurrent login. Every claim is followed by record.
+func (s *Service) claim(g apiclient.Grant) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	seen := s.claimed[g.ID]
 	if !seen {
 		if err := s.db.View(func(tx *bolt.Tx) error {
 			seen = tx.Bucket(bucketGrants).Get([]byte(g.ID)) != nil
 			return nil
 		}); err != nil {
-			s.mu.Unlock()
 			return fmt.Errorf("reading used grants: %w", err)
 		}
 	}
 	if seen {
-		s.mu.Unlock()
 		return fmt.Errorf("grant %q: %w", g.ID, ErrReplay)
 	}
 	s.claimed[g.ID] = true
-	s.mu.Unlock()
+	return nil
+}
+
+// record writes a claimed id to disk until its grant expires (a restart
+// must not let the grant in again), grouped with concurrent logins.
+func (s *Service) record(g apiclient.Grant) error {
 	err := s.used.Do(usedGrant{id: g.ID, expires: g.ExpiresAt})
 	s.mu.Lock()
 	delete(s.claimed, g.ID) // on disk now, or free again after a failure

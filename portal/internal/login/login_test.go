@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/internal/groupcommit"
 	"github.com/civicwifi/civicwifi/internal/quantity"
 	"github.com/civicwifi/civicwifi/portal/internal/captive"
 	"github.com/civicwifi/civicwifi/portal/internal/config"
@@ -651,5 +652,25 @@ func TestConcurrentGrantUseOpensOnce(t *testing.T) {
 	}
 	if used, err := h.svc.UsedGrants(); err != nil || used != 1 {
 		t.Errorf("used grants on disk: %d (%v), want 1", used, err)
+	}
+}
+
+// A grant whose id cannot be recorded does not leave a session behind: it
+// could be used again after a restart.
+func TestGrantNotRecordedTakesSessionBack(t *testing.T) {
+	h := newHarness(t)
+	boom := errors.New("disk full")
+	h.svc.used = groupcommit.New(func([]usedGrant) error { return boom })
+	g, err := h.ctl.grant("sms", phoneHW, phoneIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.svc.Use(context.Background(), g, phoneHW, phoneIP); !errors.Is(err, boom) {
+		t.Fatalf("use with the grant store failing: %v, want %v", err, boom)
+	}
+	h.gw.mu.Lock()
+	defer h.gw.mu.Unlock()
+	if len(h.gw.sessions) != 0 || len(h.gw.closed) != 1 || h.gw.closed[0] != "failed" {
+		t.Errorf("sessions left %v, closed %v; want none left and one closed as failed", h.gw.sessions, h.gw.closed)
 	}
 }
