@@ -499,30 +499,33 @@ func TestKernelIntact(t *testing.T) {
 	if _, err := s.sh.Reconcile(ctx, want, nil); err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct {
-		name   string
-		break_ []string
-	}{
-		{"root qdisc deleted", []string{"tc", "qdisc", "del", "dev", s.LANIf, "root"}},
-		{"ingress qdisc deleted", []string{"tc", "qdisc", "del", "dev", s.LANIf, "ingress"}},
-		{"IFB root deleted", []string{"tc", "qdisc", "del", "dev", "cwifb0", "root"}},
-		{"IFB down", []string{"ip", "link", "set", "cwifb0", "down"}},
-		{"IFB deleted", []string{"ip", "link", "del", "cwifb0"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if ok, err := s.sh.Intact(ctx); err != nil || !ok {
-				t.Fatalf("Intact before = %v, %v; want true", ok, err)
-			}
-			if out, err := s.Gateway.Run(ctx, tc.break_...); err != nil {
-				t.Fatalf("%v: %v %s", tc.break_, err, out)
-			}
-			if ok, err := s.sh.Intact(ctx); err != nil || ok {
-				t.Fatalf("Intact after %s = %v, %v; want false", tc.name, ok, err)
-			}
-			if _, err := s.sh.Reconcile(ctx, want, nil); err != nil {
-				t.Fatal(err)
-			}
-		})
+	for _, nl := range []bool{true, false} {
+		s.sh.UseNetlink(nl) // Intact through netlink gets, and through tc
+		for _, tc := range []struct {
+			name   string
+			break_ []string
+		}{
+			{"root qdisc deleted", []string{"tc", "qdisc", "del", "dev", s.LANIf, "root"}},
+			{"ingress qdisc deleted", []string{"tc", "qdisc", "del", "dev", s.LANIf, "ingress"}},
+			{"IFB root deleted", []string{"tc", "qdisc", "del", "dev", "cwifb0", "root"}},
+			{"IFB down", []string{"ip", "link", "set", "cwifb0", "down"}},
+			{"IFB deleted", []string{"ip", "link", "del", "cwifb0"}},
+		} {
+			t.Run(fmt.Sprintf("%s netlink=%v", tc.name, nl), func(t *testing.T) {
+				if ok, err := s.sh.Intact(ctx); err != nil || !ok {
+					t.Fatalf("Intact before = %v, %v; want true", ok, err)
+				}
+				if out, err := s.Gateway.Run(ctx, tc.break_...); err != nil {
+					t.Fatalf("%v: %v %s", tc.break_, err, out)
+				}
+				if ok, err := s.sh.Intact(ctx); err != nil || ok {
+					t.Fatalf("Intact after %s = %v, %v; want false", tc.name, ok, err)
+				}
+				if _, err := s.sh.Reconcile(ctx, want, nil); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
 	}
 }
 

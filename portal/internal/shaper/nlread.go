@@ -25,7 +25,13 @@ const tcaEgressRedir = 1
 // dump sends one dump request and calls f with each answer's tcmsg and
 // attributes.
 func (n *nlTC) dump(typ uint16, tcm nl.TcMsg, f func(tcm *nl.TcMsg, attrs map[uint16]syscall.NetlinkRouteAttr) error) error {
-	req := nl.NewNetlinkRequest(int(typ), unix.NLM_F_DUMP)
+	return n.request(typ, unix.NLM_F_DUMP, tcm, f)
+}
+
+// request sends one request (a dump, or a get with an ack) and calls f
+// with each answer.
+func (n *nlTC) request(typ uint16, flags int, tcm nl.TcMsg, f func(tcm *nl.TcMsg, attrs map[uint16]syscall.NetlinkRouteAttr) error) error {
+	req := nl.NewNetlinkRequest(int(typ), flags)
 	req.AddData(&tcm)
 	n.seq++
 	req.Seq = n.seq
@@ -220,6 +226,54 @@ func (n *nlTC) observeDev(dev string, d *devState, client bool) error {
 		}
 	}
 	return nil
+}
+
+// intact is TC.Intact through netlink: the IFB device is up, and the root
+// qdiscs (htb 1: default 0) and the ingress qdisc are there; three gets,
+// whatever the number of clients.
+func (n *nlTC) intact(clientIf, ifb string) (bool, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.ifindex = map[string]int32{}
+	l, err := n.links.LinkByName(ifb)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return false, nil
+		}
+		return false, fmt.Errorf("finding %s: %w", ifb, err)
+	}
+	if l.Type() != "ifb" || l.Attrs().Flags&net.FlagUp == 0 {
+		return false, nil
+	}
+	ci, err := n.index(clientIf)
+	if err != nil {
+		return false, err
+	}
+	for _, q := range []struct {
+		idx    int32
+		parent uint32
+	}{{ci, netlink.HANDLE_ROOT}, {ci, netlink.HANDLE_INGRESS}, {int32(l.Attrs().Index), netlink.HANDLE_ROOT}} {
+		ok := false
+		// (NLM_F_ECHO: this kernel answers a get only to an echo request
+		// or when someone listens to tc events.)
+		err := n.request(unix.RTM_GETQDISC, unix.NLM_F_ACK|unix.NLM_F_ECHO, nl.TcMsg{Ifindex: q.idx, Parent: q.parent}, func(t *nl.TcMsg, attrs map[uint16]syscall.NetlinkRouteAttr) error {
+			kind := kindOf(attrs)
+			if q.parent == netlink.HANDLE_INGRESS {
+				ok = kind == "ingress"
+			} else {
+				ok = kind == "htb" && t.Handle == 1<<16 && htbDefault(attrs[nl.TCA_OPTIONS].Value) == 0
+			}
+			return nil
+		})
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
+			return false, nil
+		}
+		if err != nil || !ok {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // classes reads the HTB classes of device idx.

@@ -452,6 +452,9 @@ func parseTCRate(s string) (uint64, error) {
 // qdiscs (not the thousands of classes, leaves and filters that Reconcile
 // reads), so the gateway can check often and reconcile in full rarely.
 func (t *TC) Intact(ctx context.Context) (bool, error) {
+	if n := t.netlink(); n != nil {
+		return n.intact(t.cfg.ClientIf, t.cfg.IFB)
+	}
 	out, err := t.run.run(ctx, "", "ip", "-d", "-j", "link", "show", "dev", t.cfg.IFB)
 	if err != nil {
 		return false, nil // no IFB device
