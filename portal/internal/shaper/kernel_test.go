@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -631,11 +632,16 @@ func TestKernelBulkRestore(t *testing.T) {
 		if d, u := count(l.LANIf), count("cwifb0"); d != clients || u != clients {
 			t.Errorf("%s: %d client classes down, %d up; want %d each", how, d, u, clients)
 		}
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
 		t0 = time.Now()
 		if n, err := sh.Reconcile(ctx, want, nil); err != nil || n != 0 {
 			t.Errorf("%s: Reconcile in sync = %d, %v; want 0", how, n, err)
 		}
-		t.Logf("%s: Reconcile in sync: %v", how, time.Since(t0).Round(time.Millisecond))
+		elapsed := time.Since(t0)
+		runtime.ReadMemStats(&m1)
+		t.Logf("%s: Reconcile in sync: %v, %.1f MB allocated (%d allocations)", how, elapsed.Round(time.Millisecond),
+			float64(m1.TotalAlloc-m0.TotalAlloc)/1e6, m1.Mallocs-m0.Mallocs)
 		// One Set and one Remove at this scale (on the login path).
 		var sets, removes []time.Duration
 		for i := range 100 {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -25,11 +26,15 @@ import (
 // nl package.
 type nlTC struct {
 	mu      sync.Mutex
-	sock    *nl.NetlinkSocket
+	sock    *nl.NetlinkSocket // blocking: read and written with buf, not its methods
+	buf     []byte            // receive buffer, reused: a Reconcile reads ~80,000 messages
 	links   *netlink.Handle
 	ifindex map[string]int32
 	seq     uint32
 }
+
+// nlRecvBuf holds one datagram of a dump (the kernel fills up to 32 KiB).
+const nlRecvBuf = 1 << 17
 
 // nlChunk is how many messages go out in one sendmsg: their acks (36
 // bytes each, a few hundred with an error) must fit the socket's receive
@@ -61,13 +66,58 @@ func openNLTC(netnsName string) (*nlTC, error) {
 			h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 		}
 	}
+	if err == nil {
+		// The library's Receive allocates 64 KiB per call; this package
+		// reads with its own buffer, blocking, with a timeout.
+		fd := sock.GetFd()
+		err = unix.SetNonblock(fd, false)
+		if err == nil {
+			err = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 30})
+		}
+		if err == nil {
+			err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
+		}
+	}
 	if err != nil {
 		if sock != nil {
 			sock.Close()
 		}
+		if h != nil {
+			h.Close()
+		}
 		return nil, fmt.Errorf("opening rtnetlink socket: %w", err)
 	}
-	return &nlTC{sock: sock, links: h, ifindex: map[string]int32{}}, nil
+	return &nlTC{sock: sock, buf: make([]byte, nlRecvBuf), links: h, ifindex: map[string]int32{}}, nil
+}
+
+// recv reads one datagram and calls f with each message in it.
+func (n *nlTC) recv(f func(h *unix.NlMsghdr, data []byte)) error {
+	nr, _, err := unix.Recvfrom(n.sock.GetFd(), n.buf, 0)
+	if err != nil {
+		return fmt.Errorf("reading netlink: %w", err)
+	}
+	b := n.buf[:nr]
+	for len(b) >= unix.NLMSG_HDRLEN {
+		h := (*unix.NlMsghdr)(unsafe.Pointer(&b[0]))
+		l := int(h.Len)
+		if l < unix.NLMSG_HDRLEN || l > len(b) {
+			return fmt.Errorf("reading netlink: message of %d bytes in %d", l, len(b))
+		}
+		f(h, b[unix.NLMSG_HDRLEN:l])
+		b = b[min((l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1), len(b)):]
+	}
+	return nil
+}
+
+// errnoOf is the error an NLMSG_ERROR message carries (nil for an ack).
+func errnoOf(data []byte) error {
+	if len(data) < 4 {
+		return nil
+	}
+	if code := int32(binary.NativeEndian.Uint32(data[:4])); code != 0 {
+		return syscall.Errno(-code)
+	}
+	return nil
 }
 
 func (n *nlTC) close() {
@@ -143,22 +193,18 @@ func (n *nlTC) send(ops []op) error {
 	}
 	var errs []error
 	for acked := 0; acked < len(ops); {
-		msgs, _, err := n.sock.Receive()
-		if err != nil {
-			return fmt.Errorf("reading netlink acks: %w", err)
-		}
-		for _, m := range msgs {
-			i := int(m.Header.Seq - first)
-			if m.Header.Type != unix.NLMSG_ERROR || i < 0 || i >= len(ops) {
-				continue
+		err := n.recv(func(h *unix.NlMsghdr, data []byte) {
+			i := int(h.Seq - first)
+			if h.Type != unix.NLMSG_ERROR || i < 0 || i >= len(ops) {
+				return
 			}
 			acked++
-			if len(m.Data) < 4 {
-				continue
+			if err := errnoOf(data); err != nil {
+				errs = append(errs, fmt.Errorf("netlink %q: %w", ops[i].String(), err))
 			}
-			if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-				errs = append(errs, fmt.Errorf("netlink %q: %w", ops[i].String(), syscall.Errno(-code)))
-			}
+		})
+		if err != nil {
+			return err
 		}
 	}
 	return errors.Join(errs...)

@@ -1,11 +1,11 @@
 package shaper
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
-	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -22,67 +22,96 @@ import (
 // tcaEgressRedir is TCA_EGRESS_REDIR of linux/tc_act/tc_mirred.h.
 const tcaEgressRedir = 1
 
+// attrs is a message's attributes by type (up to 15: all that tc's
+// messages use here), as slices of the receive buffer: valid only during
+// the callback that gets them.
+type attrs [16][]byte
+
+// parseAttrs fills a with the rtattrs of b (flags masked off the types).
+func parseAttrs(b []byte, a *attrs) {
+	*a = attrs{}
+	eachAttr(b, func(typ uint16, v []byte) {
+		if int(typ) < len(a) {
+			a[typ] = v
+		}
+	})
+}
+
+// eachAttr calls f with each rtattr of b.
+func eachAttr(b []byte, f func(typ uint16, v []byte)) {
+	for len(b) >= 4 {
+		l := int(binary.NativeEndian.Uint16(b[0:2]))
+		typ := binary.NativeEndian.Uint16(b[2:4]) & 0x3fff // no NLA_F_NESTED, NLA_F_NET_BYTEORDER
+		if l < 4 || l > len(b) {
+			return
+		}
+		f(typ, b[4:l])
+		b = b[min((l+3)&^3, len(b)):]
+	}
+}
+
+// kindIs says whether a TCA_KIND value (NUL-terminated) is kind.
+func kindIs(v []byte, kind string) bool {
+	if len(v) > 0 && v[len(v)-1] == 0 {
+		v = v[:len(v)-1]
+	}
+	return string(v) == kind
+}
+
+func u32At(v []byte, off int) uint32 {
+	if len(v) < off+4 {
+		return 0
+	}
+	return binary.NativeEndian.Uint32(v[off:])
+}
+
 // dump sends one dump request and calls f with each answer's tcmsg and
 // attributes.
-func (n *nlTC) dump(typ uint16, tcm nl.TcMsg, f func(tcm *nl.TcMsg, attrs map[uint16]syscall.NetlinkRouteAttr) error) error {
+func (n *nlTC) dump(typ uint16, tcm nl.TcMsg, f func(tcm *nl.TcMsg, a *attrs) error) error {
 	return n.request(typ, unix.NLM_F_DUMP, tcm, f)
 }
 
 // request sends one request (a dump, or a get with an ack) and calls f
 // with each answer.
-func (n *nlTC) request(typ uint16, flags int, tcm nl.TcMsg, f func(tcm *nl.TcMsg, attrs map[uint16]syscall.NetlinkRouteAttr) error) error {
+func (n *nlTC) request(typ uint16, flags int, tcm nl.TcMsg, f func(tcm *nl.TcMsg, a *attrs) error) error {
 	req := nl.NewNetlinkRequest(int(typ), flags)
 	req.AddData(&tcm)
 	n.seq++
 	req.Seq = n.seq
 	if err := unix.Sendto(n.sock.GetFd(), req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("sending netlink dump: %w", err)
+		return fmt.Errorf("sending netlink request: %w", err)
 	}
-	var ferr error
-	for {
-		msgs, _, err := n.sock.Receive()
-		if err != nil {
-			return fmt.Errorf("reading netlink dump: %w", err)
-		}
-		for _, m := range msgs {
-			if m.Header.Seq != req.Seq {
-				continue
+	var ferr, kerr error
+	var a attrs
+	for done := false; !done; {
+		err := n.recv(func(h *unix.NlMsghdr, data []byte) {
+			if h.Seq != req.Seq || done {
+				return
 			}
-			switch m.Header.Type {
+			switch h.Type {
 			case unix.NLMSG_DONE:
-				return ferr
+				done = true
+				return
 			case unix.NLMSG_ERROR:
-				if len(m.Data) >= 4 {
-					if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-						return fmt.Errorf("netlink dump: %w", syscall.Errno(-code))
-					}
-				}
-				return ferr
+				done = true
+				kerr = errnoOf(data)
+				return
 			}
-			if len(m.Data) < nl.SizeofTcMsg || ferr != nil {
-				continue
+			if len(data) < nl.SizeofTcMsg || ferr != nil {
+				return
 			}
-			t := *nl.DeserializeTcMsg(m.Data)
-			attrs, err := nl.ParseRouteAttrAsMap(m.Data[nl.SizeofTcMsg:])
-			if err != nil {
-				ferr = err
-				continue
-			}
-			ferr = f(&t, attrs)
+			t := *nl.DeserializeTcMsg(data)
+			parseAttrs(data[nl.SizeofTcMsg:], &a)
+			ferr = f(&t, &a)
+		})
+		if err != nil {
+			return err
 		}
 	}
-}
-
-func kindOf(attrs map[uint16]syscall.NetlinkRouteAttr) string {
-	a, ok := attrs[nl.TCA_KIND]
-	if !ok || len(a.Value) == 0 {
-		return ""
+	if kerr != nil {
+		return fmt.Errorf("netlink: %w", kerr)
 	}
-	v := a.Value
-	if v[len(v)-1] == 0 {
-		v = v[:len(v)-1]
-	}
-	return string(v)
+	return ferr
 }
 
 // observeLinks reads the two devices: whether they exist, and the IFB's
@@ -121,27 +150,26 @@ func (n *nlTC) observeDev(dev string, d *devState, client bool) error {
 		return err
 	}
 	d.leaves = map[uint32]leafState{}
-	err = n.dump(unix.RTM_GETQDISC, nl.TcMsg{Ifindex: idx}, func(t *nl.TcMsg, attrs map[uint16]syscall.NetlinkRouteAttr) error {
+	err = n.dump(unix.RTM_GETQDISC, nl.TcMsg{Ifindex: idx}, func(t *nl.TcMsg, a *attrs) error {
 		if t.Ifindex != idx {
 			return nil
 		}
-		kind := kindOf(attrs)
-		opts := attrs[nl.TCA_OPTIONS].Value
+		kind, opts := a[nl.TCA_KIND], a[nl.TCA_OPTIONS]
 		switch {
 		case t.Parent == netlink.HANDLE_ROOT:
-			d.rootKind = kind
-			d.rootOK = kind == "htb" && t.Handle == 1<<16 && htbDefault(opts) == 0
-		case kind == "ingress":
+			d.rootKind = string(bytes.TrimRight(kind, "\x00"))
+			d.rootOK = kindIs(kind, "htb") && t.Handle == 1<<16 && htbDefault(opts) == 0
+		case kindIs(kind, "ingress"):
 			d.ingressOK = true
 		case t.Parent != netlink.HANDLE_INGRESS && t.Parent != 0:
-			l := leafState{kind: kind, major: uint16(t.Handle >> 16)}
-			switch kind {
-			case "pfifo":
-				if len(opts) >= 4 {
-					l.limit = uint64(binary.NativeEndian.Uint32(opts))
-				}
-			case "htb":
-				l.defaultOK = htbDefault(opts) == 0
+			l := leafState{major: uint16(t.Handle >> 16)}
+			switch {
+			case kindIs(kind, "pfifo"):
+				l.kind, l.limit = "pfifo", uint64(u32At(opts, 0))
+			case kindIs(kind, "htb"):
+				l.kind, l.defaultOK = "htb", htbDefault(opts) == 0
+			default:
+				l.kind = string(bytes.TrimRight(kind, "\x00"))
 			}
 			d.leaves[t.Parent] = l
 		}
@@ -165,6 +193,7 @@ func (n *nlTC) observeDev(dev string, d *devState, client bool) error {
 	if client && d.ingressOK {
 		parents = append(parents, 0xffff)
 	}
+	var o attrs
 	for _, p := range parents {
 		ingress := p == 0xffff
 		var b *blockState
@@ -172,9 +201,9 @@ func (n *nlTC) observeDev(dev string, d *devState, client bool) error {
 			b = d.block(p)
 		}
 		seenPref := map[int]bool{}
-		err := n.dump(unix.RTM_GETTFILTER, nl.TcMsg{Ifindex: idx, Parent: uint32(p) << 16}, func(t *nl.TcMsg, attrs map[uint16]syscall.NetlinkRouteAttr) error {
+		err := n.dump(unix.RTM_GETTFILTER, nl.TcMsg{Ifindex: idx, Parent: uint32(p) << 16}, func(t *nl.TcMsg, a *attrs) error {
 			pref := int(t.Info >> 16)
-			if pref != prio || kindOf(attrs) != "u32" {
+			if pref != prio || !kindIs(a[nl.TCA_KIND], "u32") {
 				if !ingress && !seenPref[pref] {
 					seenPref[pref] = true
 					b.otherPref = append(b.otherPref, pref)
@@ -184,38 +213,31 @@ func (n *nlTC) observeDev(dev string, d *devState, client bool) error {
 			if t.Handle == 0 {
 				return nil // the filter's own header, as tc prints without fh
 			}
-			opts, err := nl.ParseRouteAttrAsMap(attrs[nl.TCA_OPTIONS].Value)
-			if err != nil {
-				return err
-			}
+			parseAttrs(a[nl.TCA_OPTIONS], &o)
 			if ingress {
 				if t.Handle == u32Handle(rootTable, 0, nodeID) {
-					d.redirect = n.redirectOf(opts)
+					d.redirect = n.redirectOf(o[nl.TCA_U32_ACT])
 				}
 				return nil
 			}
-			if a, ok := opts[nl.TCA_U32_DIVISOR]; ok && t.Handle&0xfffff == 0 {
-				b.tables[t.Handle>>20] = int(binary.NativeEndian.Uint32(a.Value))
+			if o[nl.TCA_U32_DIVISOR] != nil && t.Handle&0xfffff == 0 {
+				b.tables[t.Handle>>20] = int(u32At(o[nl.TCA_U32_DIVISOR], 0))
 				return nil
 			}
-			var ns nodeState
-			if a, ok := opts[nl.TCA_U32_CLASSID]; ok {
-				ns.flowid = binary.NativeEndian.Uint32(a.Value)
-			}
-			if a, ok := opts[nl.TCA_U32_LINK]; ok {
-				ns.link = binary.NativeEndian.Uint32(a.Value) >> 20
-			}
-			if a, ok := opts[nl.TCA_U32_SEL]; ok && len(a.Value) >= nl.SizeofTcU32Sel {
-				sel := nl.DeserializeTcU32Sel(a.Value)
-				ns.hashMask = binary.BigEndian.Uint32(a.Value[12:16])
+			ns := nodeState{flowid: u32At(o[nl.TCA_U32_CLASSID], 0), link: u32At(o[nl.TCA_U32_LINK], 0) >> 20}
+			// struct tc_u32_sel { u8 flags, offshift, nkeys, pad; be16
+			// offmask; u16 off; s16 offoff, hoff; be32 hmask; keys[] },
+			// struct tc_u32_key { be32 mask, val; int off, offmask; }.
+			if sel := o[nl.TCA_U32_SEL]; len(sel) >= 16 {
+				ns.hashMask = binary.BigEndian.Uint32(sel[12:16])
 				if ns.hashMask != 0 {
-					ns.hashOff = int(sel.Hoff)
+					ns.hashOff = int(int16(binary.NativeEndian.Uint16(sel[10:12])))
 				}
-				if len(sel.Keys) > 0 {
-					k := a.Value[nl.SizeofTcU32Sel:]
+				if sel[2] > 0 && len(sel) >= 16+16 {
+					k := sel[16:]
 					ns.mask = binary.BigEndian.Uint32(k[0:4])
 					ns.value = binary.BigEndian.Uint32(k[4:8])
-					ns.off = int(sel.Keys[0].Off)
+					ns.off = int(int32(binary.NativeEndian.Uint32(k[8:12])))
 				}
 			}
 			b.nodes[t.Handle] = ns
@@ -257,12 +279,11 @@ func (n *nlTC) intact(clientIf, ifb string) (bool, error) {
 		ok := false
 		// (NLM_F_ECHO: this kernel answers a get only to an echo request
 		// or when someone listens to tc events.)
-		err := n.request(unix.RTM_GETQDISC, unix.NLM_F_ACK|unix.NLM_F_ECHO, nl.TcMsg{Ifindex: q.idx, Parent: q.parent}, func(t *nl.TcMsg, attrs map[uint16]syscall.NetlinkRouteAttr) error {
-			kind := kindOf(attrs)
+		err := n.request(unix.RTM_GETQDISC, unix.NLM_F_ACK|unix.NLM_F_ECHO, nl.TcMsg{Ifindex: q.idx, Parent: q.parent}, func(t *nl.TcMsg, a *attrs) error {
 			if q.parent == netlink.HANDLE_INGRESS {
-				ok = kind == "ingress"
+				ok = kindIs(a[nl.TCA_KIND], "ingress")
 			} else {
-				ok = kind == "htb" && t.Handle == 1<<16 && htbDefault(attrs[nl.TCA_OPTIONS].Value) == 0
+				ok = kindIs(a[nl.TCA_KIND], "htb") && t.Handle == 1<<16 && htbDefault(a[nl.TCA_OPTIONS]) == 0
 			}
 			return nil
 		})
@@ -279,11 +300,11 @@ func (n *nlTC) intact(clientIf, ifb string) (bool, error) {
 // classes reads the HTB classes of device idx.
 func (n *nlTC) classes(idx int32) (map[uint32]classState, error) {
 	classes := map[uint32]classState{}
-	err := n.dump(unix.RTM_GETTCLASS, nl.TcMsg{Ifindex: idx}, func(t *nl.TcMsg, attrs map[uint16]syscall.NetlinkRouteAttr) error {
-		if t.Ifindex != idx || kindOf(attrs) != "htb" {
+	err := n.dump(unix.RTM_GETTCLASS, nl.TcMsg{Ifindex: idx}, func(t *nl.TcMsg, a *attrs) error {
+		if t.Ifindex != idx || !kindIs(a[nl.TCA_KIND], "htb") {
 			return nil
 		}
-		c, err := htbClass(attrs)
+		c, err := htbClass(a)
 		if err != nil {
 			return fmt.Errorf("class %s: %w", classString(t.Handle), err)
 		}
@@ -307,89 +328,67 @@ func (n *nlTC) devClasses(dev string) (map[uint32]classState, error) {
 
 // htbDefault is the default class of an htb qdisc's options (-1 if none).
 func htbDefault(opts []byte) int64 {
-	attrs, err := nl.ParseRouteAttrAsMap(opts)
-	if err != nil {
-		return -1
-	}
-	a, ok := attrs[nl.TCA_HTB_INIT]
-	if !ok || len(a.Value) < 12 {
-		return -1
-	}
+	var a attrs
+	parseAttrs(opts, &a)
 	// struct tc_htb_glob { version, rate2quantum, defcls, debug, direct_pkts }
-	return int64(binary.NativeEndian.Uint32(a.Value[8:12]))
+	if len(a[nl.TCA_HTB_INIT]) < 12 {
+		return -1
+	}
+	return int64(u32At(a[nl.TCA_HTB_INIT], 8))
 }
 
 // htbClass reads an HTB class's rates and counters.
-func htbClass(attrs map[uint16]syscall.NetlinkRouteAttr) (classState, error) {
+func htbClass(top *attrs) (classState, error) {
 	var c classState
-	opts, err := nl.ParseRouteAttrAsMap(attrs[nl.TCA_OPTIONS].Value)
-	if err != nil {
-		return c, err
-	}
-	a, ok := opts[nl.TCA_HTB_PARMS]
-	if !ok || len(a.Value) < 24 {
+	var o attrs
+	parseAttrs(top[nl.TCA_OPTIONS], &o)
+	parms := o[nl.TCA_HTB_PARMS]
+	if len(parms) < 24 {
 		return c, errors.New("no htb parameters")
 	}
 	// struct tc_htb_opt { struct tc_ratespec rate, ceil; ... }: rate at 8.
-	c.rateBits = 8 * uint64(binary.NativeEndian.Uint32(a.Value[8:12]))
-	c.ceilBits = 8 * uint64(binary.NativeEndian.Uint32(a.Value[20:24]))
-	if a, ok := opts[nl.TCA_HTB_RATE64]; ok && len(a.Value) >= 8 {
-		c.rateBits = 8 * binary.NativeEndian.Uint64(a.Value)
+	c.rateBits = 8 * uint64(u32At(parms, 8))
+	c.ceilBits = 8 * uint64(u32At(parms, 20))
+	if v := o[nl.TCA_HTB_RATE64]; len(v) >= 8 {
+		c.rateBits = 8 * binary.NativeEndian.Uint64(v)
 	}
-	if a, ok := opts[nl.TCA_HTB_CEIL64]; ok && len(a.Value) >= 8 {
-		c.ceilBits = 8 * binary.NativeEndian.Uint64(a.Value)
+	if v := o[nl.TCA_HTB_CEIL64]; len(v) >= 8 {
+		c.ceilBits = 8 * binary.NativeEndian.Uint64(v)
 	}
-	if st, ok := attrs[nl.TCA_STATS2]; ok {
-		stats, err := nl.ParseRouteAttrAsMap(st.Value)
-		if err != nil {
-			return c, err
-		}
-		// gnet_stats_basic { u64 bytes; u32 packets }; gnet_stats_queue
-		// { qlen, backlog, drops, requeues, overlimits }.
-		if b, ok := stats[nl.TCA_STATS_BASIC]; ok && len(b.Value) >= 12 {
-			c.bytes = binary.NativeEndian.Uint64(b.Value[0:8])
-			c.packets = uint64(binary.NativeEndian.Uint32(b.Value[8:12]))
-		}
-		if q, ok := stats[nl.TCA_STATS_QUEUE]; ok && len(q.Value) >= 12 {
-			c.drops = uint64(binary.NativeEndian.Uint32(q.Value[8:12]))
-		}
+	var st attrs
+	parseAttrs(top[nl.TCA_STATS2], &st)
+	// gnet_stats_basic { u64 bytes; u32 packets }; gnet_stats_queue
+	// { qlen, backlog, drops, requeues, overlimits }.
+	if b := st[nl.TCA_STATS_BASIC]; len(b) >= 12 {
+		c.bytes = binary.NativeEndian.Uint64(b[0:8])
+		c.packets = uint64(u32At(b, 8))
+	}
+	if q := st[nl.TCA_STATS_QUEUE]; len(q) >= 12 {
+		c.drops = uint64(u32At(q, 8))
 	}
 	return c, nil
 }
 
-// redirectOf is the device a u32 node's mirred egress redirect sends to.
-func (n *nlTC) redirectOf(opts map[uint16]syscall.NetlinkRouteAttr) string {
-	acts, ok := opts[nl.TCA_U32_ACT]
-	if !ok {
-		return ""
-	}
-	list, err := nl.ParseRouteAttr(acts.Value)
-	if err != nil {
-		return ""
-	}
-	for _, act := range list {
-		m, err := nl.ParseRouteAttrAsMap(act.Value)
-		if err != nil || kindOf(map[uint16]syscall.NetlinkRouteAttr{nl.TCA_KIND: m[nl.TCA_ACT_KIND]}) != "mirred" {
-			continue
+// redirectOf is the device a u32 node's mirred egress redirect (the
+// TCA_U32_ACT attribute) sends to.
+func (n *nlTC) redirectOf(acts []byte) string {
+	to := ""
+	eachAttr(acts, func(_ uint16, act []byte) {
+		var a, o attrs
+		parseAttrs(act, &a)
+		if to != "" || !kindIs(a[nl.TCA_ACT_KIND], "mirred") {
+			return
 		}
-		o, err := nl.ParseRouteAttrAsMap(m[nl.TCA_ACT_OPTIONS].Value)
-		if err != nil {
-			continue
-		}
-		p, ok := o[nl.TCA_MIRRED_PARMS]
+		parseAttrs(a[nl.TCA_ACT_OPTIONS], &o)
 		// struct tc_mirred { tc_gen (5 x 32 bits); int eaction; __u32
 		// ifindex; } (the library's SizeofTcMirred says 30: not used).
-		if !ok || len(p.Value) < 28 {
-			continue
+		p := o[nl.TCA_MIRRED_PARMS]
+		if len(p) < 28 || int32(u32At(p, 20)) != tcaEgressRedir {
+			return
 		}
-		if int32(binary.NativeEndian.Uint32(p.Value[20:24])) != tcaEgressRedir {
-			continue
+		if l, err := n.links.LinkByIndex(int(u32At(p, 24))); err == nil {
+			to = l.Attrs().Name
 		}
-		l, err := n.links.LinkByIndex(int(binary.NativeEndian.Uint32(p.Value[24:28])))
-		if err != nil {
-			return ""
-		}
-		return l.Attrs().Name
-	}
-	return ""
+	})
+	return to
 }
