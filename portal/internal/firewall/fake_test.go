@@ -460,12 +460,40 @@ func (n *fakeNL) IpsetAdd(e setElem, excl bool) error {
 	return nil
 }
 
-func (n *fakeNL) IpsetDel(set string, ip netip.Addr) error {
-	line := "del " + set + " " + ip.String()
+// IpsetDel records one line for the message; like the kernel, it stops
+// at an element that fails (fail matches "netlink del <set> <ip>").
+func (n *fakeNL) IpsetDel(set string, ips ...netip.Addr) error {
+	line := "del " + set
+	for _, ip := range ips {
+		line += " " + ip.String()
+	}
 	if err := n.record(line); err != nil {
 		return err
 	}
-	return n.f.element(strings.Fields(line), true)
+	for _, ip := range ips {
+		one := "del " + set + " " + ip.String()
+		if len(ips) > 1 {
+			if err := n.failing("netlink " + one); err != nil {
+				return err
+			}
+		}
+		if err := n.f.element(strings.Fields(one), true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// failing is the fail entry matching line, unrecorded.
+func (n *fakeNL) failing(line string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for prefix, out := range n.f.fail {
+		if strings.HasPrefix(line, prefix) {
+			return errors.New(out)
+		}
+	}
+	return nil
 }
 
 func (n *fakeNL) ConntrackList(f ctFilter) ([]ctFlow, error) {

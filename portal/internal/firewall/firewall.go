@@ -72,9 +72,12 @@ type Firewall interface {
 	// Allow authorises one client (or updates its grant, keeping counters).
 	// O(1): set elements only.
 	Allow(ctx context.Context, g Grant) error
-	// Revoke makes a client captive again at once: set elements removed AND
-	// its conntrack entries flushed. Revoking an unknown client is not an error.
-	Revoke(ctx context.Context, c Client) error
+	// Revoke makes clients captive again at once: set elements removed AND
+	// their UDP/ICMP conntrack entries flushed (TCP entries stay, see the
+	// README). Many clients in one call cost about what one costs. Revoking
+	// an unknown client is not an error; an error names its client, and one
+	// client's failure does not stop the others.
+	Revoke(ctx context.Context, cs ...Client) error
 	// Reconcile repairs drift (missing chains/jumps/sets, missing or extra
 	// elements) so the kernel matches want. Harmless to repeat. With a
 	// Guard, the kernel is read without it and repaired while holding it.

@@ -34,8 +34,11 @@ type nlKernel interface {
 	// without, it is rewritten (ipset's -exist): given counters and
 	// comment replace the kernel's, omitted counters are kept.
 	IpsetAdd(e setElem, excl bool) error
-	// IpsetDel removes one element (IPSET_CMD_DEL); a missing one is fine.
-	IpsetDel(set string, ip netip.Addr) error
+	// IpsetDel removes the elements of these addresses (at most
+	// ipsetBatchMax) with one IPSET_CMD_DEL; a missing one is fine. The
+	// kernel stops at an element it refuses: those before it are gone,
+	// the rest are not.
+	IpsetDel(set string, ips ...netip.Addr) error
 	// ConntrackList returns the IPv4 flows f matches. The kernel filters
 	// (CTA_FILTER, Linux 5.8+), so only those cross to user space; f is
 	// applied again here, so a kernel that ignores the filter only costs
@@ -365,14 +368,38 @@ func (c *nlConn) IpsetAdd(e setElem, excl bool) error {
 	return ipsetError(execute(c.ipset, req, nil))
 }
 
-func (c *nlConn) IpsetDel(set string, ip netip.Addr) error {
-	if !ip.Is4() {
-		return fmt.Errorf("address %s is not IPv4", ip)
+func (c *nlConn) IpsetDel(set string, ips ...netip.Addr) error {
+	req, err := c.ipsetDelRequest(set, ips)
+	if err != nil {
+		return err
 	}
-	// Without NLM_F_EXCL the kernel ignores a missing element (-exist).
-	req := c.ipsetRequest(nl.IPSET_CMD_DEL, 0, set)
-	req.AddData(ipsetData(ip))
 	return ipsetError(execute(c.ipset, req, nil))
+}
+
+// ipsetDelRequest is the IPSET_CMD_DEL of these addresses: one element's
+// IPSET_ATTR_DATA at the top, as ipset sends it; several in one
+// IPSET_ATTR_ADT, as `ipset restore` batches them. Without NLM_F_EXCL
+// the kernel ignores a missing element (-exist).
+func (c *nlConn) ipsetDelRequest(set string, ips []netip.Addr) (*nl.NetlinkRequest, error) {
+	if len(ips) == 0 || len(ips) > ipsetBatchMax {
+		return nil, fmt.Errorf("deleting %d elements in one message (1 to %d)", len(ips), ipsetBatchMax)
+	}
+	for _, ip := range ips {
+		if !ip.Is4() {
+			return nil, fmt.Errorf("address %s is not IPv4", ip)
+		}
+	}
+	req := c.ipsetRequest(nl.IPSET_CMD_DEL, 0, set)
+	if len(ips) == 1 {
+		req.AddData(ipsetData(ips[0]))
+		return req, nil
+	}
+	adt := nl.NewRtAttr(nl.IPSET_ATTR_ADT|unix.NLA_F_NESTED, nil)
+	for _, ip := range ips {
+		adt.AddChild(ipsetData(ip))
+	}
+	req.AddData(adt)
+	return req, nil
 }
 
 // ipsetError words the kernel's ipset errors as the ipset command does.

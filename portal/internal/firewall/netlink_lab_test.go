@@ -577,13 +577,13 @@ func TestKernelNetlinkCost(t *testing.T) {
 	}
 	ip := netip.AddrFrom4([4]byte{172, 16, 0, 7})
 	t0 = time.Now()
-	if err := cmdFW.flushConntrack(ctx, ip); err != nil {
+	if err := cmdFW.flushConntrackExec(ctx, ip); err != nil {
 		t.Fatal(err)
 	}
 	execFlush := time.Since(t0)
 	ip2 := netip.AddrFrom4([4]byte{172, 16, 0, 8})
 	t0 = time.Now()
-	if err := s.fw.flushConntrack(ctx, ip2); err != nil {
+	if err := s.fw.flushConntrack([]netip.Addr{ip2})[ip2]; err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("Revoke's conntrack flush at 50,000 entries: 4 conntrack commands %v, netlink %v", execFlush.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))

@@ -189,9 +189,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 		g.byIP[s.IP] = s
 	}
 	g.mu.Unlock()
-	for _, s := range ended {
-		g.revokeKernel(ctx, s)
-	}
+	g.revokeKernel(ctx, ended...) // one batch: thousands may have expired while down
 	if err := g.journal.Do(record{before: eventsOf(EventStop, ended), change: Change{Sessions: ended}}); err != nil {
 		return fmt.Errorf("recording expired sessions: %w", err)
 	}
@@ -519,10 +517,10 @@ func (g *Gateway) end(ctx context.Context, ended []*Session) (wait func() error)
 	// Ended sessions are no longer in the maps: nothing changes them.
 	t := g.journal.Add(record{before: eventsOf(EventStop, ended), change: Change{Sessions: copies(ended)}})
 	var errs []error
+	if err := g.revokeKernel(ctx, ended...); err != nil { // one batch: a closing time ends hundreds
+		errs = append(errs, err)
+	}
 	for _, s := range ended {
-		if err := g.revokeKernel(ctx, s); err != nil {
-			errs = append(errs, err)
-		}
 		g.o.Metrics.ended.WithLabelValues(s.EndReason).Inc()
 		g.log.Info("session ended", "session", s.ID, "mac", s.MAC.String(), "ip", s.IP, "reason", s.EndReason,
 			"bytes_down", s.BytesDown, "bytes_up", s.BytesUp)
@@ -535,13 +533,27 @@ func (g *Gateway) end(ctx context.Context, ended []*Session) (wait func() error)
 	}
 }
 
-func (g *Gateway) revokeKernel(ctx context.Context, s *Session) error {
-	var errs []error
-	if err := g.o.FW.Revoke(ctx, firewall.Client{IP: s.IP, MAC: s.MAC}); err != nil {
-		errs = append(errs, fmt.Errorf("revoking %s: %w", s.MAC, err))
+// revokeKernel makes the sessions' clients captive with one firewall
+// Revoke (its errors name each client), then removes their shaping.
+func (g *Gateway) revokeKernel(ctx context.Context, ss ...*Session) error {
+	if len(ss) == 0 {
+		return nil
 	}
-	if err := g.o.Shaper.Remove(ctx, s.IP); err != nil {
-		errs = append(errs, fmt.Errorf("unshaping %s: %w", s.IP, err))
+	var errs []error
+	cs := make([]firewall.Client, len(ss))
+	for i, s := range ss {
+		cs[i] = firewall.Client{IP: s.IP, MAC: s.MAC}
+	}
+	if err := g.o.FW.Revoke(ctx, cs...); err != nil {
+		if len(ss) == 1 {
+			err = fmt.Errorf("revoking %s: %w", ss[0].MAC, err)
+		}
+		errs = append(errs, err)
+	}
+	for _, s := range ss {
+		if err := g.o.Shaper.Remove(ctx, s.IP); err != nil {
+			errs = append(errs, fmt.Errorf("unshaping %s: %w", s.IP, err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -8,10 +8,12 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -29,7 +31,9 @@ type fakeFW struct {
 	allowed map[netip.Addr]firewall.Grant
 	usage   map[netip.Addr]firewall.Usage
 	revoked []netip.Addr
-	fail    error
+	// revokeCalls is the number of clients of each Revoke call.
+	revokeCalls []int
+	fail        error
 	// onUsage runs after Usage has read the state, before it returns.
 	onUsage func()
 	// onReconcileRead runs when Reconcile starts, before it reads the
@@ -53,12 +57,15 @@ func (f *fakeFW) Allow(_ context.Context, g firewall.Grant) error {
 	}
 	return nil
 }
-func (f *fakeFW) Revoke(_ context.Context, c firewall.Client) error {
+func (f *fakeFW) Revoke(_ context.Context, cs ...firewall.Client) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	delete(f.allowed, c.IP)
-	delete(f.usage, c.IP)
-	f.revoked = append(f.revoked, c.IP)
+	f.revokeCalls = append(f.revokeCalls, len(cs))
+	for _, c := range cs {
+		delete(f.allowed, c.IP)
+		delete(f.usage, c.IP)
+		f.revoked = append(f.revoked, c.IP)
+	}
 	return nil
 }
 
@@ -355,6 +362,70 @@ func TestRestartAdoptsSessionsWithCounters(t *testing.T) {
 	ended, _ := store.Ended()
 	if len(ended) != 1 || ended[0].IP != ip2 || ended[0].EndReason != "expired" {
 		t.Errorf("ended = %+v", ended)
+	}
+}
+
+// Sessions that end together are revoked with one firewall call: those of
+// one poll, and those that expired while the daemon was down.
+func TestEndsRevokeInOneCall(t *testing.T) {
+	ctx := context.Background()
+	short := testConfig().Limits
+	short.Session = time.Minute
+	open := func(r *rig) {
+		t.Helper()
+		for _, ip := range []netip.Addr{ip1, ip2} {
+			if _, err := r.gw.Open(ctx, Grant{IP: ip, Method: "ctl", Limits: short}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	both := []netip.Addr{ip1, ip2}
+	sorted := func(ips []netip.Addr) []netip.Addr {
+		ips = slices.Clone(ips)
+		slices.SortFunc(ips, netip.Addr.Compare)
+		return ips
+	}
+
+	r := newRig(t, "", nil)
+	open(r)
+	r.clk.add(61 * time.Second)
+	if err := r.gw.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]int{2}, r.fw.revokeCalls); diff != "" {
+		t.Errorf("clients of each Revoke after one poll ended two sessions (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(both, sorted(r.fw.revoked), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("revoked (-want +got):\n%s", diff)
+	}
+	if len(r.sh.limits) != 0 {
+		t.Errorf("still shaped: %v", r.sh.limits)
+	}
+
+	dir := t.TempDir()
+	r = newRig(t, dir, nil)
+	open(r)
+	r.store.Close()
+	store, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	fw := newFakeFW()
+	clk := &clock{t: r.clk.now().Add(2 * time.Minute)}
+	gw := New(Options{Config: testConfig(), FW: fw, Shaper: &fakeShaper{limits: map[netip.Addr]shaper.Limit{}}, Store: store,
+		Hosts: fakeHosts{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: clk.now})
+	if err := gw.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]int{2}, fw.revokeCalls); diff != "" {
+		t.Errorf("clients of each Revoke at a start after two sessions expired (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(both, sorted(fw.revoked), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("revoked at start (-want +got):\n%s", diff)
+	}
+	if ended, _ := store.Ended(); len(ended) != 2 {
+		t.Errorf("ended at start = %+v, want both", ended)
 	}
 }
 
