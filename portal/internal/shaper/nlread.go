@@ -319,6 +319,7 @@ func (n *nlTC) classes(idx int32) (map[uint32]classState, error) {
 func (n *nlTC) devClasses(dev string) (map[uint32]classState, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	delete(n.ifindex, dev) // the IFB device may have been re-made
 	idx, err := n.index(dev)
 	if err != nil {
 		return nil, err

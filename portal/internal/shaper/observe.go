@@ -123,7 +123,7 @@ type state struct {
 
 // observe reads the kernel's state of both devices.
 func (t *TC) observe(ctx context.Context) (state, error) {
-	if n := t.netlink(); n != nil {
+	if n := t.netlinkReader(); n != nil {
 		return t.observeNL(n)
 	}
 	var s state
@@ -452,7 +452,7 @@ func parseTCRate(s string) (uint64, error) {
 // qdiscs (not the thousands of classes, leaves and filters that Reconcile
 // reads), so the gateway can check often and reconcile in full rarely.
 func (t *TC) Intact(ctx context.Context) (bool, error) {
-	if n := t.netlink(); n != nil {
+	if n := t.netlinkReader(); n != nil {
 		return n.intact(t.cfg.ClientIf, t.cfg.IFB)
 	}
 	out, err := t.run.run(ctx, "", "ip", "-d", "-j", "link", "show", "dev", t.cfg.IFB)

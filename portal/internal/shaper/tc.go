@@ -61,10 +61,11 @@ type TC struct {
 
 	mu        sync.Mutex
 	installed map[netip.Addr]Limit // what the kernel has, as far as we know
-	nlMu      sync.Mutex           // guards the three below (observe runs without mu)
+	nlMu      sync.Mutex           // guards the four below (observe runs without mu)
 	useNL     bool                 // talk netlink (New; not the unit tests' fake runner)
-	nl        *nlTC                // opened on first use
-	nlErr     error                // why it could not be opened
+	nl        *nlTC                // for changes; opened on first use
+	nlr       *nlTC                // for reads: a Set never waits for a Reconcile's dumps
+	nlErr     error                // why they could not be opened
 }
 
 var _ Shaper = (*TC)(nil)
@@ -258,18 +259,32 @@ func (t *TC) exec(ctx context.Context, ops []op) error {
 	return nil
 }
 
-// netlink returns the netlink socket, opening it on first use; nil when it
-// is not to be used or cannot be opened (then tc does everything).
-func (t *TC) netlink() *nlTC {
+// netlink returns the netlink socket for changes, opening it on first
+// use; nil when netlink is not to be used or cannot be opened (then tc
+// does everything).
+func (t *TC) netlink() *nlTC { return t.openNL(false) }
+
+// netlinkReader returns the netlink socket for reads (dumps).
+func (t *TC) netlinkReader() *nlTC { return t.openNL(true) }
+
+func (t *TC) openNL(reader bool) *nlTC {
 	t.nlMu.Lock()
 	defer t.nlMu.Unlock()
-	if !t.useNL {
+	if !t.useNL || t.nlErr != nil {
 		return nil
 	}
-	if t.nl == nil && t.nlErr == nil {
-		if t.nl, t.nlErr = openNLTC(t.cfg.Netns); t.nlErr != nil {
-			t.log.Warn("netlink unavailable: using the tc command", "err", t.nlErr)
+	if t.nl == nil {
+		if t.nl, t.nlErr = openNLTC(t.cfg.Netns); t.nlErr == nil {
+			t.nlr, t.nlErr = openNLTC(t.cfg.Netns)
 		}
+		if t.nlErr != nil {
+			t.nl, t.nlr = nil, nil
+			t.log.Warn("netlink unavailable: using the tc command", "err", t.nlErr)
+			return nil
+		}
+	}
+	if reader {
+		return t.nlr
 	}
 	return t.nl
 }
@@ -843,7 +858,7 @@ func (t *TC) Teardown(ctx context.Context) error {
 
 // Stats returns the kernel's counters of every shaped client's classes.
 func (t *TC) Stats(ctx context.Context) (map[netip.Addr]ClassStats, error) {
-	n := t.netlink()
+	n := t.netlinkReader()
 	stats := map[netip.Addr]ClassStats{}
 	for _, dev := range []string{t.cfg.ClientIf, t.cfg.IFB} {
 		var classes map[uint32]classState
