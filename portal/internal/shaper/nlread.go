@@ -224,23 +224,7 @@ func (n *nlTC) observeDev(dev string, d *devState, client bool) error {
 				b.tables[t.Handle>>20] = int(u32At(o[nl.TCA_U32_DIVISOR], 0))
 				return nil
 			}
-			ns := nodeState{flowid: u32At(o[nl.TCA_U32_CLASSID], 0), link: u32At(o[nl.TCA_U32_LINK], 0) >> 20}
-			// struct tc_u32_sel { u8 flags, offshift, nkeys, pad; be16
-			// offmask; u16 off; s16 offoff, hoff; be32 hmask; keys[] },
-			// struct tc_u32_key { be32 mask, val; int off, offmask; }.
-			if sel := o[nl.TCA_U32_SEL]; len(sel) >= 16 {
-				ns.hashMask = binary.BigEndian.Uint32(sel[12:16])
-				if ns.hashMask != 0 {
-					ns.hashOff = int(int16(binary.NativeEndian.Uint16(sel[10:12])))
-				}
-				if sel[2] > 0 && len(sel) >= 16+16 {
-					k := sel[16:]
-					ns.mask = binary.BigEndian.Uint32(k[0:4])
-					ns.value = binary.BigEndian.Uint32(k[4:8])
-					ns.off = int(int32(binary.NativeEndian.Uint32(k[8:12])))
-				}
-			}
-			b.nodes[t.Handle] = ns
+			b.nodes[t.Handle] = nodeOf(&o)
 			return nil
 		})
 		if err != nil {
@@ -248,6 +232,27 @@ func (n *nlTC) observeDev(dev string, d *devState, client bool) error {
 		}
 	}
 	return nil
+}
+
+// nodeOf reads a u32 node from its options, as tc prints it.
+func nodeOf(o *attrs) nodeState {
+	ns := nodeState{flowid: u32At(o[nl.TCA_U32_CLASSID], 0), link: u32At(o[nl.TCA_U32_LINK], 0) >> 20}
+	// struct tc_u32_sel { u8 flags, offshift, nkeys, pad; be16
+	// offmask; u16 off; s16 offoff, hoff; be32 hmask; keys[] },
+	// struct tc_u32_key { be32 mask, val; int off, offmask; }.
+	if sel := o[nl.TCA_U32_SEL]; len(sel) >= 16 {
+		ns.hashMask = binary.BigEndian.Uint32(sel[12:16])
+		if ns.hashMask != 0 {
+			ns.hashOff = int(int16(binary.NativeEndian.Uint16(sel[10:12])))
+		}
+		if sel[2] > 0 && len(sel) >= 16+16 {
+			k := sel[16:]
+			ns.mask = binary.BigEndian.Uint32(k[0:4])
+			ns.value = binary.BigEndian.Uint32(k[4:8])
+			ns.off = int(int32(binary.NativeEndian.Uint32(k[8:12])))
+		}
+	}
+	return ns
 }
 
 // intact is TC.Intact through netlink: the IFB device is up, and the root

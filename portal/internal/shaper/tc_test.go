@@ -723,6 +723,26 @@ func FuzzParseFilters(f *testing.F) {
 	})
 }
 
+// FuzzNetlinkAttrs feeds the hand-written rtattr parsing (nlread.go) with
+// anything: it must not panic or read out of bounds.
+func FuzzNetlinkAttrs(f *testing.F) {
+	// A class's attributes: TCA_KIND "htb", TCA_OPTIONS { TCA_HTB_PARMS }.
+	f.Add([]byte{8, 0, 1, 0, 'h', 't', 'b', 0, 16, 0, 2, 0, 12, 0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8})
+	f.Add([]byte{4, 0, 5, 0, 255, 255, 255, 255})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var a attrs
+		parseAttrs(b, &a)
+		_, _ = htbClass(&a)
+		_ = htbDefault(b)
+		_ = nodeOf(&a)
+		for _, v := range a {
+			var o attrs
+			parseAttrs(v, &o)
+			_ = nodeOf(&o)
+		}
+	})
+}
+
 func TestNoInterface(t *testing.T) {
 	out := fresh()
 	out["ip -d -j link show"] = `[{"ifname":"lo","flags":["LOOPBACK","UP"]}]`
