@@ -1,8 +1,11 @@
 // Package shaper limits each client's bandwidth with tc: HTB classes on the
 // client interface for download, and on an IFB device (fed by an ingress
-// mirred redirect) for upload. A client's class is found in O(1) with
-// two-level u32 hash tables keyed on the client's IP (third octet, then
-// fourth), never by walking one filter per client.
+// mirred redirect) for upload, one HTB qdisc per /24 of the client subnet
+// under the root (creating an HTB class costs time that grows with the
+// classes of its qdisc). A client's class is found in O(1) with u32 hash
+// tables keyed on the client's IP (third octet, then fourth), never by
+// walking one filter per client. Changes and reads go through rtnetlink;
+// the tc command does the rest (Setup, repairs of the tree).
 package shaper
 
 import (

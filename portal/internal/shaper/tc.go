@@ -49,9 +49,9 @@ type ClassStats struct {
 	UpBytes, UpPackets, UpDrops       uint64
 }
 
-// TC is the Shaper built on tc (HTB, u32 hash tables, IFB). It keeps a
-// cache of the classes it installed so that Set and Remove cost one tc
-// exec; Setup and Reconcile refill the cache from the kernel.
+// TC is the Shaper built on tc (nested HTB, u32 hash tables, IFB). It keeps
+// a cache of the classes it installed so that Set and Remove cost one
+// netlink sendmsg; Setup and Reconcile refill the cache from the kernel.
 type TC struct {
 	cfg  Config
 	log  *slog.Logger
@@ -136,7 +136,8 @@ func (t *TC) Setup(ctx context.Context) error {
 	return nil
 }
 
-// Set adds or changes one client's classes and filters with one tc exec.
+// Set adds or changes one client's classes and filters with one netlink
+// sendmsg (or one tc exec without netlink).
 // A zero rate leaves that direction unshaped (removing an earlier limit).
 func (t *TC) Set(ctx context.Context, l Limit) error {
 	if err := checkClient(t.cfg.Subnet, l.IP); err != nil {
