@@ -125,16 +125,6 @@ func (n *nlTC) close() {
 	n.links.Close()
 }
 
-// nlCapable says whether every op can go through netlink.
-func nlCapable(ops []op) bool {
-	for _, o := range ops {
-		if o.kind == opLine {
-			return false
-		}
-	}
-	return true
-}
-
 // forget drops the cached interface indexes (the IFB device is re-made by
 // a repair with a new index).
 func (n *nlTC) forget() {
