@@ -399,6 +399,7 @@ type fakeNL struct {
 	mu    sync.Mutex // Revoke lists flows from two goroutines
 	f     *fakeKernel
 	flows []ctFlow
+	count int // what ConntrackCount says, when not 0
 }
 
 func (n *fakeNL) record(line string) error {
@@ -509,6 +510,19 @@ func (n *fakeNL) ConntrackList(f ctFilter) ([]ctFlow, error) {
 		}
 	}
 	return out, nil
+}
+
+// ConntrackCount is count if set, else the number of flows.
+func (n *fakeNL) ConntrackCount() (int, error) {
+	if err := n.record("conntrack count"); err != nil {
+		return 0, err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.count != 0 {
+		return n.count, nil
+	}
+	return len(n.flows), nil
 }
 
 func (n *fakeNL) ConntrackDelete(fl ctFlow) error {

@@ -44,6 +44,9 @@ type nlKernel interface {
 	// applied again here, so a kernel that ignores the filter only costs
 	// time, never a wrong flow.
 	ConntrackList(f ctFilter) ([]ctFlow, error)
+	// ConntrackCount is the number of entries in the conntrack table
+	// (IPCTNL_MSG_CT_GET_STATS: a counter, no walk).
+	ConntrackCount() (int, error)
 	// ConntrackDelete deletes one listed flow (by its original tuple and
 	// id, so a new flow reusing the tuple is not hit); a flow already gone
 	// is fine.
@@ -439,6 +442,9 @@ const (
 	ctaProtoSrcPort = 2 // CTA_PROTO_SRC_PORT
 	ctaProtoDstPort = 3 // CTA_PROTO_DST_PORT
 
+	ipctnlMsgCtGetStats   = 5 // IPCTNL_MSG_CT_GET_STATS
+	ctaStatsGlobalEntries = 1 // CTA_STATS_GLOBAL_ENTRIES
+
 	ctFilterIPSrc   = 1 << 0
 	ctFilterIPDst   = 1 << 1
 	ctFilterProto   = 1 << 3
@@ -532,6 +538,44 @@ func (c *nlConn) ConntrackList(f ctFilter) ([]ctFlow, error) {
 		return nil, fmt.Errorf("listing conntrack flows: %w", err)
 	}
 	return flows, nil
+}
+
+func (c *nlConn) ConntrackCount() (int, error) {
+	// The kernel flags its one answer NLM_F_MULTI and sends no
+	// NLMSG_DONE: the ack ends the exchange.
+	req := ctRequest(ipctnlMsgCtGetStats, unix.NLM_F_ACK)
+	n := -1
+	var perr error
+	socks := <-c.ct
+	defer func() { c.ct <- socks }()
+	err := execute(socks, req, func(msg []byte) bool {
+		n, perr = parseCount(msg)
+		return perr == nil
+	})
+	if err = errors.Join(err, perr); err != nil {
+		return 0, fmt.Errorf("counting conntrack entries: %w", err)
+	}
+	if n < 0 {
+		return 0, errors.New("counting conntrack entries: no answer")
+	}
+	return n, nil
+}
+
+// parseCount reads CTA_STATS_GLOBAL_ENTRIES of a stats answer.
+func parseCount(msg []byte) (int, error) {
+	if len(msg) < nl.SizeofNfgenmsg {
+		return 0, errors.New("short conntrack stats message")
+	}
+	attrs, err := parseAttrs(msg[nl.SizeofNfgenmsg:])
+	if err != nil {
+		return 0, fmt.Errorf("parsing conntrack stats: %w", err)
+	}
+	for _, a := range attrs {
+		if a.typ == ctaStatsGlobalEntries && len(a.val) == 4 {
+			return int(binary.BigEndian.Uint32(a.val)), nil
+		}
+	}
+	return 0, errors.New("conntrack stats without the entry count")
 }
 
 func (c *nlConn) ConntrackDelete(fl ctFlow) error {

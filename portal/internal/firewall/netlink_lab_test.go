@@ -590,4 +590,41 @@ func TestKernelNetlinkCost(t *testing.T) {
 	if got := count(); got != left-2 {
 		t.Errorf("%d conntrack entries after flushing two addresses' UDP flows, want %d", got, left-2)
 	}
+
+	// A batch Revoke's flush (protoWalks): k clients cost 2k walks
+	// filtered on the address, side by side in pairs, or two walks
+	// filtered on the protocol that hand over every UDP flow of the table.
+	if n, err := s.fw.nl.ConntrackCount(); err != nil || n != count() {
+		t.Errorf("ConntrackCount = %d, %v; want %d", n, err, count())
+	}
+	protoWalk := func() time.Duration {
+		t0 := time.Now()
+		for range 5 {
+			if _, err := s.fw.nl.ConntrackList(ctFilter{Proto: unix.IPPROTO_UDP}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return time.Since(t0) / 5
+	}
+	t.Logf("at 50,000 entries (49,800 UDP): one walk filtered on the address %v, one filtered on UDP (every UDP flow handed over) %v",
+		walk().Round(time.Microsecond), protoWalk().Round(time.Microsecond))
+	for _, k := range []int{1, 2, 3, 10, 14, 172} {
+		var ips []netip.Addr
+		for i := range k {
+			ips = append(ips, netip.AddrFrom4([4]byte{172, 16, 1, byte(i)}))
+		}
+		t0 := time.Now()
+		for ip, err := range s.fw.flushConntrack(ips) {
+			t.Fatalf("flushing %s: %v", ip, err)
+		}
+		took := time.Since(t0)
+		how := "walks filtered on each address"
+		if protoWalks(k, count()) {
+			how = "walks filtered on the protocol"
+		}
+		t.Logf("Revoke's flush of %d clients at 50,000 entries (%s): %v", k, how, took.Round(time.Millisecond))
+	}
+	if got := count(); got != left-2-172 {
+		t.Errorf("%d conntrack entries after flushing the UDP flows of 174 addresses, want %d", got, left-2-172)
+	}
 }

@@ -60,9 +60,10 @@ func count(cmds []string, prefix string) int {
 	return n
 }
 
-// A batch above revokeFilteredMax: one set message per set (cw-auth
-// first), two walks in all (UDP, ICMP), one delete per flow of the batch;
-// TCP flows and the flows of clients outside the batch stay.
+// A batch in a small table (protoWalks): one set message per set
+// (cw-auth first), the table's size read, two walks in all (UDP, ICMP),
+// one delete per flow of the batch; TCP flows and the flows of clients
+// outside the batch stay.
 func TestRevokeBatchMessages(t *testing.T) {
 	k, f, n, cs := allowed(t, 5)
 	batch, others := cs[:4], cs[4:]
@@ -97,14 +98,14 @@ func TestRevokeBatchMessages(t *testing.T) {
 		"netlink conntrack list {Proto:17 OrigSrc:invalid IP OrigDst:invalid IP OrigDport:0 ReplySrc:invalid IP ReplySport:0}",
 	}
 	got := slices.Clone(f.cmds)
-	if len(got) < 5 {
+	if len(got) < 6 {
 		t.Fatalf("Revoke's calls: %q", got)
 	}
-	slices.Sort(got[3:5]) // the two walks run side by side
-	if diff := cmp.Diff(append(dels, lists...), got[:5]); diff != "" {
+	slices.Sort(got[4:6]) // the two walks run side by side
+	if diff := cmp.Diff(append(append(dels, "netlink conntrack count"), lists...), got[:6]); diff != "" {
 		t.Errorf("Revoke's set messages and walks (-want +got):\n%s", diff)
 	}
-	if d := count(got, "netlink conntrack delete"); d != 4*4+1 || len(got) != 5+d {
+	if d := count(got, "netlink conntrack delete"); d != 4*4+1 || len(got) != 6+d {
 		t.Errorf("Revoke made %d deletes (want 17) and %d calls in all: %q", d, len(got), got)
 	}
 	for _, set := range []string{AuthSet, AcctSet, DownSet} {
@@ -117,10 +118,11 @@ func TestRevokeBatchMessages(t *testing.T) {
 	}
 }
 
-// Up to revokeFilteredMax clients: two walks per client, filtered on its
+// A few clients in a large table: two walks per client, filtered on its
 // address by the kernel, as for one.
 func TestRevokeSmallBatchFiltersOnTheAddress(t *testing.T) {
-	k, f, n, cs := allowed(t, revokeFilteredMax)
+	k, f, n, cs := allowed(t, 3)
+	n.count = 50_000
 	for _, c := range cs {
 		gone, _ := clientFlows(c.IP.String())
 		n.flows = append(n.flows, gone...)
@@ -147,6 +149,20 @@ func TestRevokeSmallBatchFiltersOnTheAddress(t *testing.T) {
 	slices.Sort(lists)
 	if diff := cmp.Diff(want, lists); diff != "" {
 		t.Errorf("walks (-want +got):\n%s", diff)
+	}
+}
+
+func TestProtoWalks(t *testing.T) {
+	for _, tc := range []struct {
+		clients, entries int
+		want             bool
+	}{
+		{1, 0, false}, {2, 0, true}, {2, 5000, true}, {2, 6000, false},
+		{13, 50_000, false}, {14, 50_000, true}, {200, 50_000, true}, {200, 1_000_000, false},
+	} {
+		if got := protoWalks(tc.clients, tc.entries); got != tc.want {
+			t.Errorf("protoWalks(%d clients, %d entries) = %v, want %v", tc.clients, tc.entries, got, tc.want)
+		}
 	}
 }
 
@@ -344,5 +360,21 @@ func TestIpsetDelRequest(t *testing.T) {
 	}
 	if _, err := c.ipsetDelRequest(AcctSet, []netip.Addr{netip.MustParseAddr("2001:db8::1")}); err == nil {
 		t.Error("an IPv6 element was built")
+	}
+}
+
+// The entry count of a stats answer (nfgenmsg, CTA_STATS_GLOBAL_ENTRIES
+// and CTA_STATS_GLOBAL_MAX_ENTRIES, big endian); malformed ones refused.
+func TestParseCount(t *testing.T) {
+	msg := (&nl.Nfgenmsg{NfgenFamily: unix.AF_UNSPEC}).Serialize()
+	msg = append(msg, nl.NewRtAttr(ctaStatsGlobalEntries, nl.BEUint32Attr(50_001)).Serialize()...)
+	msg = append(msg, nl.NewRtAttr(ctaStatsGlobalEntries+1, nl.BEUint32Attr(262_144)).Serialize()...)
+	if n, err := parseCount(msg); err != nil || n != 50_001 {
+		t.Errorf("parseCount = %d, %v; want 50001", n, err)
+	}
+	for _, bad := range [][]byte{nil, msg[:2], msg[:nl.SizeofNfgenmsg], msg[:len(msg)-3]} {
+		if n, err := parseCount(bad); err == nil {
+			t.Errorf("parseCount(%x) = %d, want an error", bad, n)
+		}
 	}
 }
