@@ -43,6 +43,8 @@ func TestSessionEvents(t *testing.T) {
 	ctx := context.Background()
 	var log eventLog
 	r := newRig(t, "", nil, func(o *Options) { o.Events = log.record; o.InterimInterval = time.Minute })
+	// Start events leave on their own goroutine: wait for them.
+	take := func() []string { r.gw.events.syncAll(); return log.take() }
 	l := testConfig().Limits
 	l.Quota = 10_000
 	if _, err := r.gw.Open(ctx, Grant{MAC: mac1, Method: "ctl", Limits: l}); err != nil {
@@ -52,7 +54,7 @@ func TestSessionEvents(t *testing.T) {
 	if _, err := r.gw.Open(ctx, Grant{MAC: mac1, Method: "ctl", Limits: l}); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"start 02:00:00:00:00:01 0/0"}, log.take()); diff != "" {
+	if diff := cmp.Diff([]string{"start 02:00:00:00:00:01 0/0"}, take()); diff != "" {
 		t.Errorf("after open (-want +got):\n%s", diff)
 	}
 	// Traffic: no interim before the interval, one after, none if the
@@ -62,21 +64,21 @@ func TestSessionEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.gw.flush()
-	if got := log.take(); len(got) != 0 {
+	if got := take(); len(got) != 0 {
 		t.Errorf("interim before the interval: %q", got)
 	}
 	r.clk.add(61 * time.Second)
 	r.gw.flush()
 	r.clk.add(61 * time.Second)
 	r.gw.flush()
-	if diff := cmp.Diff([]string{"interim 02:00:00:00:00:01 2000/1000"}, log.take()); diff != "" {
+	if diff := cmp.Diff([]string{"interim 02:00:00:00:00:01 2000/1000"}, take()); diff != "" {
 		t.Errorf("interim (-want +got):\n%s", diff)
 	}
 	// Another device takes the address: a stop for the first, a start.
 	if _, err := r.gw.Open(ctx, Grant{MAC: mac2, IP: ip1, Method: "ctl", Limits: l}); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"stop 02:00:00:00:00:01 2000/1000 replaced", "start 02:00:00:00:00:02 0/0"}, log.take()); diff != "" {
+	if diff := cmp.Diff([]string{"stop 02:00:00:00:00:01 2000/1000 replaced", "start 02:00:00:00:00:02 0/0"}, take()); diff != "" {
 		t.Errorf("displaced (-want +got):\n%s", diff)
 	}
 	// Quota: the stop carries the final totals and the reason.
@@ -84,7 +86,7 @@ func TestSessionEvents(t *testing.T) {
 	if err := r.gw.poll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"stop 02:00:00:00:00:02 9000/1001 quota"}, log.take()); diff != "" {
+	if diff := cmp.Diff([]string{"stop 02:00:00:00:00:02 9000/1001 quota"}, take()); diff != "" {
 		t.Errorf("quota (-want +got):\n%s", diff)
 	}
 	// A refused open reports nothing.
@@ -94,7 +96,7 @@ func TestSessionEvents(t *testing.T) {
 	if _, err := r.gw.Open(ctx, Grant{MAC: mac2, IP: ip2, Method: "ctl", Limits: l}); err == nil {
 		t.Fatal("open succeeded with a failing firewall")
 	}
-	if got := log.take(); len(got) != 0 {
+	if got := take(); len(got) != 0 {
 		t.Errorf("events of a refused open: %q", got)
 	}
 }
