@@ -677,3 +677,19 @@ func summary(ds []time.Duration) string {
 	return fmt.Sprintf("mean %v p50 %v p99 %v (n=%d)", (sum / time.Duration(len(s))).Round(time.Microsecond),
 		s[len(s)/2].Round(time.Microsecond), s[len(s)*99/100].Round(time.Microsecond), len(s))
 }
+
+// A /24's qdisc deleted from outside does not keep that /24's residents
+// from logging in: the next Set repairs the structure and shapes.
+func TestKernelSetRepairsLostQdisc(t *testing.T) {
+	s := newSite(t, 1)
+	ctx := context.Background()
+	ip := s.Clients[0].IP
+	parent := fmt.Sprintf("1:%x", 0x100+int(ip.As4()[2]))
+	if _, err := s.Gateway.Run(ctx, "tc", "qdisc", "del", "dev", s.LANIf, "parent", parent); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.sh.Set(ctx, shaper.Limit{IP: ip, Down: 2 * quantity.Mbit, Up: 2 * quantity.Mbit}); err != nil {
+		t.Fatalf("Set after the /24's qdisc was deleted: %v", err)
+	}
+	s.measureWithin(t, "shaped client down after the repair", 0, true, 2*quantity.Mbit)
+}

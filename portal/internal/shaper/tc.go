@@ -184,7 +184,13 @@ func (t *TC) apply(ctx context.Context, l Limit) error {
 		if oerr != nil {
 			return errors.Join(err, oerr)
 		}
-		t.learn(s)
+		// Damage to the structure (a /24's qdisc deleted from outside)
+		// would fail every Set in that part of the subnet until the next
+		// full reconcile: repair it first (this also learns the clients'
+		// classes as they are).
+		if _, rerr := t.applyPlan(ctx, s, nil, false); rerr != nil {
+			return errors.Join(err, rerr)
+		}
 		ops = t.clientOps(l.IP, t.installed[l.IP], l)
 		if len(ops) == 0 {
 			return nil
