@@ -562,6 +562,10 @@ func (g *Gateway) revokeKernel(ctx context.Context, ss ...*Session) error {
 // (only those: with thousands of idle sessions a full write would hold the
 // store, and every allow waiting on it, for a long time).
 func (g *Gateway) flush() error {
+	// Under kmu from the snapshot to the record: an open, extension or
+	// policy change cannot slip between them (its newer record would be
+	// overwritten by this older copy), nor a stop ahead of the interims.
+	g.kmu.Lock()
 	g.mu.Lock()
 	now := g.now()
 	var snap, interim []*Session
@@ -579,13 +583,10 @@ func (g *Gateway) flush() error {
 	}
 	g.mu.Unlock()
 	if len(interim) == 0 && len(snap) == 0 {
+		g.kmu.Unlock()
 		return nil
 	}
-	// A session that ended after the snapshot must not be written back
-	// as active: IfActive skips sessions no longer in the active bucket.
-	// Added under kmu, so that no stop of these sessions can overtake the
-	// interims.
-	g.kmu.Lock()
+	// IfActive: a session whose end is already recorded stays ended.
 	t := g.journal.Add(record{before: eventsOf(EventInterim, interim), change: Change{Sessions: snap, IfActive: true}})
 	g.kmu.Unlock()
 	return t.Wait()
@@ -754,6 +755,14 @@ func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr,
 		}
 		return nil, fmt.Errorf("authorising %s: %w", mac, err)
 	}
+	// Touched again now that the kernel has it: a reconcile that took its
+	// list while the kernel work ran (mu was free) must leave it alone.
+	g.mu.Lock()
+	if g.sessions[s.ID] == s {
+		s.gen = g.touch(ip)
+		o.gen = s.gen
+	}
+	g.mu.Unlock()
 	var after []Event
 	if prev == nil {
 		after = eventsOf(EventStart, []*Session{&o.c})

@@ -134,11 +134,18 @@ func (f *fakeFW) set(ip netip.Addr, u firewall.Usage) {
 type fakeShaper struct {
 	mu     sync.Mutex
 	limits map[netip.Addr]shaper.Limit
-	setErr error // Set fails with it when set
+	setErr error  // Set fails with it when set
+	onSet  func() // runs at the start of Set, without s.mu
 }
 
 func (s *fakeShaper) Setup(context.Context) error { return nil }
 func (s *fakeShaper) Set(_ context.Context, l shaper.Limit) error {
+	s.mu.Lock()
+	hook := s.onSet
+	s.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.setErr != nil {

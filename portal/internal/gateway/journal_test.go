@@ -189,3 +189,56 @@ func TestStoreFailureUndoesOpen(t *testing.T) {
 		}
 	}
 }
+
+// A reconcile that takes its list while an open is in the kernel (mu is
+// free then) leaves that client alone: it would otherwise "repair" a
+// client it read before the open's allow, with the counters of that read.
+func TestReconcileDuringOpenLeavesItAlone(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, "", nil)
+	inSet, proceed := make(chan struct{}), make(chan struct{})
+	r.sh.mu.Lock()
+	r.sh.onSet = func() {
+		r.sh.mu.Lock()
+		r.sh.onSet = nil
+		r.sh.mu.Unlock()
+		close(inSet)
+		<-proceed
+	}
+	r.sh.mu.Unlock()
+	read := make(chan struct{})
+	r.fw.mu.Lock()
+	r.fw.onReconcileRead = func() {
+		r.fw.mu.Lock()
+		r.fw.onReconcileRead = nil
+		r.fw.mu.Unlock()
+		close(read)
+	}
+	r.fw.mu.Unlock()
+
+	opened := make(chan error, 1)
+	go func() {
+		_, err := r.gw.Open(ctx, Grant{MAC: mac1, IP: ip1, Method: "ctl", Limits: testConfig().Limits})
+		opened <- err
+	}()
+	<-inSet // the open holds kmu, mu is free, the firewall has no ip1 yet
+	// The firewall's half of reconcile (its poll takes kmu first; an open
+	// can start right after it, before the list is taken).
+	repairs := make(chan int, 1)
+	go func() {
+		grants, _, gen := r.gw.grants()
+		rep, err := r.fw.Reconcile(ctx, grants, &guard{g: r.gw, gen: gen})
+		if err != nil {
+			t.Error(err)
+		}
+		repairs <- rep.Total()
+	}()
+	<-read // the reconcile has its list and read the kernel without ip1
+	close(proceed)
+	if err := <-opened; err != nil {
+		t.Fatal(err)
+	}
+	if n := <-repairs; n != 0 {
+		t.Errorf("reconcile repaired %d things of an open in flight, want 0", n)
+	}
+}

@@ -177,7 +177,6 @@ type fakeGateway struct {
 	macs     map[netip.Addr]net.HardwareAddr
 	sessions map[netip.Addr]gateway.Grant
 	opened   []gateway.Grant
-	closed   []string // reasons
 	refuse   error
 }
 
@@ -223,17 +222,6 @@ func (g *fakeGateway) Logout(_ context.Context, ip netip.Addr) error {
 	defer g.mu.Unlock()
 	delete(g.sessions, ip)
 	return nil
-}
-
-func (g *fakeGateway) Close(_ context.Context, mac net.HardwareAddr, ip netip.Addr, reason string) (*gateway.Session, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if _, ok := g.sessions[ip]; !ok {
-		return nil, errors.New("no session")
-	}
-	delete(g.sessions, ip)
-	g.closed = append(g.closed, reason)
-	return &gateway.Session{ID: "s1", MAC: mac, IP: ip, EndReason: reason}, nil
 }
 
 func (g *fakeGateway) openedList() []gateway.Grant {

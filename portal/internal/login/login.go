@@ -58,9 +58,6 @@ type Gateway interface {
 	Open(ctx context.Context, req gateway.Grant) (*gateway.Session, error)
 	// Limits are the site's defaults, for what a grant leaves at zero.
 	Limits() config.Limits
-	// Close ends the client's session (a login that could not be
-	// recorded is taken back).
-	Close(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, reason string) (*gateway.Session, error)
 }
 
 // Config of the service.
@@ -80,10 +77,11 @@ type Service struct {
 	log *slog.Logger
 	db  *bolt.DB
 	now func() time.Time
-	// mu guards claimed: grant ids being recorded now, so that a grant
-	// presented twice at once is used once.
+	// mu guards claimed: grant ids being recorded now (zero time), so that
+	// a grant presented twice at once is used once, and ids that could not
+	// be written (until they expire).
 	mu      sync.Mutex
-	claimed map[string]bool
+	claimed map[string]time.Time
 	// used records grant ids, grouping concurrent logins into one write.
 	used *groupcommit.Log[usedGrant]
 	last time.Time // last prune; only used's writer touches it
@@ -125,7 +123,7 @@ func New(cfg Config, ctl Controller, gw Gateway, log *slog.Logger) (*Service, er
 		db.Close()
 		return nil, fmt.Errorf("initialising %s: %w", path, err)
 	}
-	s := &Service{cfg: cfg, ctl: ctl, gw: gw, log: log, db: db, now: cfg.Now, idpsTTL: 10 * time.Minute, claimed: map[string]bool{}}
+	s := &Service{cfg: cfg, ctl: ctl, gw: gw, log: log, db: db, now: cfg.Now, idpsTTL: 10 * time.Minute, claimed: map[string]time.Time{}}
 	s.used = groupcommit.New(s.writeUsed)
 	return s, nil
 }
@@ -267,20 +265,16 @@ func (s *Service) Use(ctx context.Context, g apiclient.Grant, mac, ip string) er
 		return err
 	}
 	// The id goes to disk while the session opens (two fsyncs side by
-	// side, not one after the other); the login succeeds only once both
-	// are durable. Claimed, the id cannot be used by anyone else meanwhile.
+	// side, not one after the other); the login answers once both are
+	// done. Claimed, the id cannot be used again by this process. If it
+	// cannot be written, the session stays (the grant only ever opens this
+	// device's session again, and only until it expires, a minute): a
+	// failing disk must not lock out the resident.
 	recorded := make(chan error, 1)
 	go func() { recorded <- s.record(g) }()
 	sess, err := s.gw.Open(ctx, gateway.Grant{MAC: hw, IP: addr, Method: g.Method, User: g.User, Limits: s.limits(g)})
 	if rerr := <-recorded; rerr != nil {
-		if err == nil {
-			// The grant could be used again after a restart: take the
-			// session back (the resident tries again).
-			if _, cerr := s.gw.Close(ctx, hw, addr, "failed"); cerr != nil {
-				s.log.Error("closing a session whose grant could not be recorded", "session", sess.ID, "err", cerr)
-			}
-		}
-		return rerr
+		s.log.Error("recording a used grant; it stays refused until this process stops", "grant", g.ID, "err", rerr)
 	}
 	if err != nil {
 		if errors.Is(err, gateway.ErrRefused) {
@@ -325,7 +319,13 @@ type usedGrant struct {
 func (s *Service) claim(g apiclient.Grant) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	seen := s.claimed[g.ID]
+	now := s.now()
+	for id, until := range s.claimed {
+		if !until.IsZero() && now.After(until) {
+			delete(s.claimed, id) // an id that could not be written, expired
+		}
+	}
+	_, seen := s.claimed[g.ID]
 	if !seen {
 		if err := s.db.View(func(tx *bolt.Tx) error {
 			seen = tx.Bucket(bucketGrants).Get([]byte(g.ID)) != nil
@@ -337,7 +337,7 @@ func (s *Service) claim(g apiclient.Grant) error {
 	if seen {
 		return fmt.Errorf("grant %q: %w", g.ID, ErrReplay)
 	}
-	s.claimed[g.ID] = true
+	s.claimed[g.ID] = time.Time{}
 	return nil
 }
 
@@ -346,7 +346,11 @@ func (s *Service) claim(g apiclient.Grant) error {
 func (s *Service) record(g apiclient.Grant) error {
 	err := s.used.Do(usedGrant{id: g.ID, expires: g.ExpiresAt})
 	s.mu.Lock()
-	delete(s.claimed, g.ID) // on disk now, or free again after a failure
+	if err == nil {
+		delete(s.claimed, g.ID) // on disk now
+	} else {
+		s.claimed[g.ID] = g.ExpiresAt // refused in memory until it expires
+	}
 	s.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("recording grant %s: %w", g.ID, err)
