@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -96,24 +95,6 @@ func OpenStore(dir string) (*Store, error) {
 
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }
-
-func encode(sess *Session) ([]byte, error) {
-	return json.Marshal(sessionJSON{Session: *sess, MACText: sess.MAC.String()})
-}
-
-func decode(b []byte) (*Session, error) {
-	var sj sessionJSON
-	if err := json.Unmarshal(b, &sj); err != nil {
-		return nil, err
-	}
-	mac, err := net.ParseMAC(sj.MACText)
-	if err != nil {
-		return nil, err
-	}
-	s := sj.Session
-	s.MAC = mac
-	return &s, nil
-}
 
 // Put writes sessions: active ones to the active bucket, ended ones moved to
 // the ended bucket. One transaction for all.
