@@ -313,8 +313,15 @@ func TestSessionEnds(t *testing.T) {
 			if _, ok := r.fw.allowed[ip1]; ok {
 				t.Error("still allowed in the firewall")
 			}
+			// Its shaping class is parked for the address's next
+			// session, and removed once unused for parkFor.
+			if _, ok := r.gw.parked[ip1]; !ok {
+				t.Error("shaping class not parked")
+			}
+			r.clk.add(parkFor)
+			r.gw.unpark(ctx, 256)
 			if _, ok := r.sh.limits[ip1]; ok {
-				t.Error("still shaped")
+				t.Error("still shaped after parkFor")
 			}
 			ended, _ := r.store.Ended()
 			if len(ended) != 1 || ended[0].EndReason != tc.reason {
@@ -405,8 +412,10 @@ func TestEndsRevokeInOneCall(t *testing.T) {
 	if diff := cmp.Diff(both, sorted(r.fw.revoked), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Errorf("revoked (-want +got):\n%s", diff)
 	}
+	r.clk.add(parkFor)
+	r.gw.unpark(ctx, 256)
 	if len(r.sh.limits) != 0 {
-		t.Errorf("still shaped: %v", r.sh.limits)
+		t.Errorf("still shaped after parkFor: %v", r.sh.limits)
 	}
 
 	dir := t.TempDir()
@@ -754,8 +763,8 @@ func TestAllowsAndKicksDuringAReconcileRead(t *testing.T) {
 	_, shaped1 := r.sh.limits[ip1]
 	_, shaped2 := r.sh.limits[ip2]
 	r.sh.mu.Unlock()
-	if shaped1 || !shaped2 {
-		t.Errorf("after the reconcile: kicked client shaped=%v (want false), new client shaped=%v (want true)", shaped1, shaped2)
+	if !shaped1 || !shaped2 {
+		t.Errorf("after the reconcile: kicked client shaped=%v (want true: parked), new client shaped=%v (want true)", shaped1, shaped2)
 	}
 	// The next round sees them settled: nothing to repair, nothing left
 	// marked as touched.

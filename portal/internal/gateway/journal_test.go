@@ -242,3 +242,36 @@ func TestReconcileDuringOpenLeavesItAlone(t *testing.T) {
 		t.Errorf("reconcile repaired %d things of an open in flight, want 0", n)
 	}
 }
+
+// An ended session's shaping class is parked for its address: the next
+// session of the address takes it over (set to its rates, or removed when
+// it has none), and the reconcile keeps it meanwhile.
+func TestParkedShaping(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, "", nil)
+	l := testConfig().Limits
+	if _, err := r.gw.Open(ctx, Grant{MAC: mac1, IP: ip1, Method: "ctl", Limits: l}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.gw.Close(ctx, nil, ip1, "kicked"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.gw.reconcile(ctx, true); err != nil || n != 0 {
+		t.Fatalf("reconcile with a parked class: %d repairs, %v; want 0", n, err)
+	}
+	if got := r.sh.limits[ip1]; got.Down != l.Down {
+		t.Fatalf("parked class: %+v, want the session's %s", got, l.Down)
+	}
+	// The next session of the address has no rates: the class goes.
+	unshaped := l
+	unshaped.Down, unshaped.Up = 0, 0
+	if _, err := r.gw.Open(ctx, Grant{MAC: mac2, IP: ip1, Method: "ctl", Limits: unshaped}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.sh.limits[ip1]; ok {
+		t.Error("an unshaped session on the address is shaped by the parked class")
+	}
+	if _, ok := r.gw.parked[ip1]; ok {
+		t.Error("the address's class is still parked while a session has it")
+	}
+}
