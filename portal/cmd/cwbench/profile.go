@@ -151,8 +151,8 @@ func (b *bench) execCosts(ctx context.Context, scale int) error {
 	}
 	defer b.l.Gateway.Run(context.WithoutCancel(ctx), "ipset", "destroy", scratch)
 	for _, c := range []struct{ what, script string }{
-		{"one `ipset -exist add` exec (an allow runs 3)", "ipset -exist add " + scratch + " 10.20.5.$((i % 250 + 1)) packets 0 bytes 0"},
-		{"one `tc` exec (`tc qdisc show dev lo`; a shaped allow runs one `tc -batch`)", "tc qdisc show dev lo >/dev/null"},
+		{"one `ipset -exist add` exec (for comparison: an allow now writes its 3 elements by netlink)", "ipset -exist add " + scratch + " 10.20.5.$((i % 250 + 1)) packets 0 bytes 0"},
+		{"one `tc` exec (`tc qdisc show dev lo`; for comparison: an allow now shapes by netlink)", "tc qdisc show dev lo >/dev/null"},
 		{"one `/bin/true` exec (fork+exec floor)", "/bin/true"},
 	} {
 		d, err := b.shTime(ctx, 200, c.script)
@@ -181,7 +181,7 @@ func (b *bench) execCosts(ctx context.Context, scale int) error {
 		lat = append(lat, time.Since(t))
 	}
 	st := summarise(lat)
-	b.prof("4 KiB write + fsync in the state directory (bbolt: 2 per allow)", scale,
+	b.prof("4 KiB write + fsync in the state directory (bbolt: 2 per commit; allows arriving together share one)", scale,
 		fmt.Sprintf("mean %s, p99 %s (n=100)", fmtDur(st.mean), fmtDur(st.p99)))
 	return nil
 }
@@ -191,11 +191,11 @@ func (b *bench) execCosts(ctx context.Context, scale int) error {
 // allow's shaper call waits for it) while it reads and parses tc state.
 func (b *bench) kernelReads(ctx context.Context, scale int) error {
 	for _, c := range []struct{ what, script string }{
-		{"`ipset list cw-acct` (poll: every 1 s, with cw-dl)", "ipset list cw-acct >/dev/null"},
-		{"`ipset list cw-auth` (reconcile: every 2 s, with cw-acct and cw-dl)", "ipset list cw-auth >/dev/null"},
-		{"`tc class show dev br-cw` (reconcile, per direction)", "tc class show dev br-cw >/dev/null"},
-		{"`tc filter show dev br-cw` (reconcile, per direction)", "tc filter show dev br-cw >/dev/null"},
-		{"`tc -s class show dev cwifb0`", "tc -s class show dev cwifb0 >/dev/null"},
+		{"`ipset list cw-acct` command, for comparison (the daemon reads cw-acct and cw-dl every 1 s through netlink)", "ipset list cw-acct >/dev/null"},
+		{"`ipset list cw-auth` command, for comparison (the reconcile reads the three sets every 2 s through netlink)", "ipset list cw-auth >/dev/null"},
+		{"`tc class show dev br-cw` command, for comparison (the full reconcile reads classes through netlink)", "tc class show dev br-cw >/dev/null"},
+		{"`tc filter show dev br-cw` command, for comparison (idem, filters)", "tc filter show dev br-cw >/dev/null"},
+		{"`tc -s class show dev cwifb0` command, for comparison", "tc -s class show dev cwifb0 >/dev/null"},
 	} {
 		d, err := b.shTime(ctx, 3, c.script)
 		if err != nil {
