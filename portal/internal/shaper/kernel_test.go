@@ -62,6 +62,7 @@ func newSite(t *testing.T, n int) *site {
 		if err := sh.Teardown(context.Background()); err != nil {
 			t.Error(err)
 		}
+		sh.Close() // its sockets would keep the lab's namespace alive
 	})
 	return &site{Lab: l, sh: sh}
 }

@@ -296,6 +296,20 @@ func (t *TC) openNL(reader bool) *nlTC {
 	return t.nl
 }
 
+// Close releases the shaper's netlink sockets; the kernel state stays. A
+// later call opens them again.
+func (t *TC) Close() error {
+	t.nlMu.Lock()
+	defer t.nlMu.Unlock()
+	for _, n := range []*nlTC{t.nl, t.nlr} {
+		if n != nil {
+			n.close()
+		}
+	}
+	t.nl, t.nlr = nil, nil
+	return nil
+}
+
 // batch runs lines with one `tc -batch -`.
 func (t *TC) batch(ctx context.Context, lines []string) error {
 	_, err := t.run.run(ctx, strings.Join(lines, "\n")+"\n", "tc", "-batch", "-")
