@@ -518,20 +518,28 @@ func (c *nlConn) ConntrackList(f ctFilter) ([]ctFlow, error) {
 	var perr error
 	socks := <-c.ct
 	defer func() { c.ct <- socks }()
-	err := execute(socks, req, func(msg []byte) bool {
-		fl, err := parseFlow(msg)
-		if err != nil {
-			perr = err
-			return false
+	var err error
+	// The table may change during the dump (a resize can make the walk
+	// skip flows that were there all along): the kernel says so, and the
+	// dump is taken again, up to three times; then what was read stands.
+	for attempt := 1; ; attempt++ {
+		flows, perr = nil, nil
+		err = execute(socks, req, func(msg []byte) bool {
+			fl, err := parseFlow(msg)
+			if err != nil {
+				perr = err
+				return false
+			}
+			if f.match(fl) {
+				flows = append(flows, fl)
+			}
+			return true
+		})
+		if !errors.Is(err, nl.ErrDumpInterrupted) || attempt == 3 {
+			break
 		}
-		if f.match(fl) {
-			flows = append(flows, fl)
-		}
-		return true
-	})
+	}
 	if errors.Is(err, nl.ErrDumpInterrupted) {
-		// The table changed during the dump: what was read is still
-		// true, a flow missed is one that came or went meanwhile.
 		err = nil
 	}
 	if err = errors.Join(err, perr); err != nil {
