@@ -5,6 +5,10 @@
 // hundreds of microseconds, a hundred logins arriving together cost a few
 // fsyncs instead of a hundred, and no caller waits for a timer.
 //
+// bbolt's own DB.Batch groups too, but it waits up to MaxBatchDelay for
+// company, may run a function twice, and does not keep the callers' order,
+// which the gateway's records need (a session's start before its stop).
+//
 // Add never blocks on the disk, so a caller can add under a lock that
 // fixes the order of its items (the gateway's kernel lock) and wait after
 // releasing it.

@@ -178,23 +178,13 @@ func (n *nlTC) observeDev(dev string, d *devState, client bool) error {
 	if err != nil {
 		return fmt.Errorf("reading qdiscs of %s: %w", dev, err)
 	}
-	var parents []uint16
 	if d.rootKind == "htb" {
 		if d.classes, err = n.classes(idx); err != nil {
 			return fmt.Errorf("reading classes of %s: %w", dev, err)
 		}
-		parents = append(parents, 1)
-		for _, l := range sortedLeaves(d.leaves) {
-			if l.kind == "htb" && l.major != 1 {
-				parents = append(parents, l.major)
-			}
-		}
-	}
-	if client && d.ingressOK {
-		parents = append(parents, 0xffff)
 	}
 	var o attrs
-	for _, p := range parents {
+	for _, p := range filterParents(d, client) {
 		ingress := p == 0xffff
 		var b *blockState
 		if !ingress {

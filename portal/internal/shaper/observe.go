@@ -177,25 +177,12 @@ func (t *TC) observeNL(n *nlTC) (state, error) {
 	return s, nil
 }
 
-func (t *TC) observeDev(ctx context.Context, dev string, d *devState, client bool) error {
-	out, err := t.run.run(ctx, "", "tc", "-j", "qdisc", "show", "dev", dev)
-	if err != nil {
-		return err
-	}
-	if err := parseQdiscs(out, d); err != nil {
-		return fmt.Errorf("parsing qdiscs of %s: %w", dev, err)
-	}
-	// The filters of the root and of every /24 qdisc (and the ingress
-	// redirect), in one tc exec.
+// filterParents are the qdiscs whose filters a reading takes: the root and
+// every /24 qdisc when the root is HTB, and the ingress redirect on the
+// client interface.
+func filterParents(d *devState, client bool) []uint16 {
 	var parents []uint16
 	if d.rootKind == "htb" {
-		out, err = t.run.run(ctx, "", "tc", "-s", "class", "show", "dev", dev)
-		if err != nil {
-			return err
-		}
-		if d.classes, err = parseClasses(out); err != nil {
-			return fmt.Errorf("parsing classes of %s: %w", dev, err)
-		}
 		parents = append(parents, 1)
 		for _, l := range sortedLeaves(d.leaves) {
 			if l.kind == "htb" && l.major != 1 {
@@ -206,6 +193,28 @@ func (t *TC) observeDev(ctx context.Context, dev string, d *devState, client boo
 	if client && d.ingressOK {
 		parents = append(parents, 0xffff)
 	}
+	return parents
+}
+
+func (t *TC) observeDev(ctx context.Context, dev string, d *devState, client bool) error {
+	out, err := t.run.run(ctx, "", "tc", "-j", "qdisc", "show", "dev", dev)
+	if err != nil {
+		return err
+	}
+	if err := parseQdiscs(out, d); err != nil {
+		return fmt.Errorf("parsing qdiscs of %s: %w", dev, err)
+	}
+	if d.rootKind == "htb" {
+		out, err = t.run.run(ctx, "", "tc", "-s", "class", "show", "dev", dev)
+		if err != nil {
+			return err
+		}
+		if d.classes, err = parseClasses(out); err != nil {
+			return fmt.Errorf("parsing classes of %s: %w", dev, err)
+		}
+	}
+	// The filters of every parent, in one tc exec.
+	parents := filterParents(d, client)
 	if len(parents) == 0 {
 		return nil
 	}
