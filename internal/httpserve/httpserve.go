@@ -15,8 +15,9 @@ const ShutdownTimeout = 3 * time.Second
 
 // Serve serves h on ln until ctx ends, then shuts down gracefully (on a
 // context detached from ctx, bounded by ShutdownTimeout). It returns nil
-// on a clean stop.
-func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+// on a clean stop. Each option adjusts the server before it starts (for
+// example its ConnState hook).
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, opts ...func(*http.Server)) error {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -24,6 +25,9 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       30 * time.Second,
 		MaxHeaderBytes:    16 << 10,
+	}
+	for _, o := range opts {
+		o(srv)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -6,9 +6,15 @@ package main
 // kernel (iptables, ipset, tc, conntrack) and a real dnsmasq.
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -518,5 +524,63 @@ func TestShapingThroughTheDaemon(t *testing.T) {
 				t.Errorf("measured %.2f Mbit/s, want %.0f ±5%%", got/1e6, tc.want/1e6)
 			}
 		})
+	}
+}
+
+// TestLoginClosesPreLoginConnections: a browser keeps connections that the
+// firewall sent to the portal before login (kept alive after a probe, or
+// opened ahead as spares); after login the portal closes them, so the
+// next request goes out on a new connection to the site. The phone's
+// own connection to the portal stays.
+func TestLoginClosesPreLoginConnections(t *testing.T) {
+	s := newSite(t, 1)
+	l := s.l
+	c := l.Clients[0]
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	dial := func(addr string) net.Conn {
+		t.Helper()
+		conn, err := c.Dial(ctx, "tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	get := func(conn net.Conn, host, path string) (*http.Response, error) {
+		conn.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := io.WriteString(conn, "GET "+path+" HTTP/1.1\r\nHost: "+host+"\r\n\r\n"); err != nil {
+			return nil, err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			return nil, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp, nil
+	}
+	other := netip.AddrPortFrom(l.OtherIP, 80).String()
+	probe, spare := dial(other), dial(other)
+	if resp, err := get(probe, "connectivitycheck.gstatic.com", "/generate_204"); err != nil || resp.StatusCode != 302 || resp.Close {
+		t.Fatalf("probe before login: %v, %v; want a 302 on a kept-alive connection", resp, err)
+	}
+	own := dial(netip.AddrPortFrom(l.GatewayIP, 2050).String())
+	if resp, err := get(own, l.GatewayIP.String(), "/portal/"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("landing page before login: %v, %v", resp, err)
+	}
+
+	s.allow("--ip", c.IP.String())
+	for name, conn := range map[string]net.Conn{"probe's kept-alive": probe, "spare": spare} {
+		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if n, err := conn.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+			t.Errorf("%s connection after login: read %d bytes, %v; want it closed by the portal (EOF)", name, n, err)
+		}
+	}
+	if resp, err := get(own, l.GatewayIP.String(), "/portal/status"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("the phone's own connection to the portal after login: %v, %v; want it kept", resp, err)
+	}
+	if r := fetch(c.NS, 3*time.Second, "http://"+other+"/"); !r.upstream() {
+		t.Errorf("a new connection after login: %v; want the site", r)
 	}
 }

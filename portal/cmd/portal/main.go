@@ -333,8 +333,12 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			cfg.Limits = l // the defaults the restored sessions followed
 		}
 	}
+	// The portal's plain-HTTP connections: a login closes the ones the
+	// firewall translated to the portal before it.
+	conns := captive.NewConns()
 	gw = gateway.New(gateway.Options{
 		Config: cfg, Version: version, FW: p.fw, Shaper: p.sh, Store: store, Hosts: hosts,
+		Opened: func(ip netip.Addr) { conns.Cut(ip) },
 		Neighbors:  func() ([]discovery.Host, error) { return discovery.Neighbors(cfg.ClientIf) },
 		DNSRunning: p.dns.Running,
 		// Forwarding goes on only once the firewall is in place: fail
@@ -356,7 +360,7 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	// The portal's files (certificate, logo, key) are checked before the
 	// gateway touches the kernel: a bad one stops the start cleanly.
-	srv, err := newPortal(cfg, gate{gw}, logins, log.With("component", "captive"))
+	srv, err := newPortal(cfg, gate{gw}, logins, conns, log.With("component", "captive"))
 	if err != nil {
 		return err
 	}
@@ -421,11 +425,12 @@ func portalConfig(cfg *config.Config) (captive.Config, error) {
 	return pc, nil
 }
 
-func newPortal(cfg *config.Config, g captive.Gate, logins *login.Service, log *slog.Logger) (*captive.Server, error) {
+func newPortal(cfg *config.Config, g captive.Gate, logins *login.Service, conns *captive.Conns, log *slog.Logger) (*captive.Server, error) {
 	pc, err := portalConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
+	pc.Conns = conns
 	if logins != nil {
 		pc.Login = logins
 	}

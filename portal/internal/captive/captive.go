@@ -94,6 +94,11 @@ type Config struct {
 	// offered follow SetOffer.
 	Login Login
 
+	// Conns, if set, is the tracker of the plain-HTTP connections whose
+	// Cut the gateway calls when a session opens (NewConns); nil: the
+	// server keeps its own (Server.Conns).
+	Conns *Conns
+
 	Key  []byte // HMAC key (LoadKey)
 	Rate int    // requests per second per client (bursts of twice that); 0: no limit
 	Now  func() time.Time
@@ -121,6 +126,7 @@ type Server struct {
 	pages       *pageSet
 	bufs        sync.Pool
 	offer       atomic.Pointer[Offer]
+	conns       *Conns
 }
 
 // New builds the server. It fails on a bad API URL or key, and on a
@@ -135,7 +141,11 @@ func New(cfg Config, gate Gate, log *slog.Logger) (*Server, error) {
 	s := &Server{
 		cfg: cfg, gate: gate, log: log, now: cfg.Now,
 		probes: newProbeTable(), sign: newSigner(cfg.Key), lim: newLimiter(cfg.Rate),
-		bufs: sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }},
+		bufs:  sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }},
+		conns: cfg.Conns,
+	}
+	if s.conns == nil {
+		s.conns = NewConns()
 	}
 	name := cfg.GatewayIP.String()
 	httpsHost := net.JoinHostPort(name, strconv.Itoa(int(cfg.HTTPSPort)))
@@ -178,6 +188,9 @@ func New(cfg Config, gate Gate, log *slog.Logger) (*Server, error) {
 	return s, nil
 }
 
+// Conns is the tracker of the server's plain-HTTP connections.
+func (s *Server) Conns() *Conns { return s.conns }
+
 // Handler is the whole portal as one handler (for tests and Run).
 func (s *Server) Handler() http.Handler { return s }
 
@@ -202,7 +215,8 @@ func (s *Server) Run(ctx context.Context) error {
 // serve serves plain HTTP on ln and HTTPS on tln (if not nil).
 func (s *Server) serve(ctx context.Context, ln, tln net.Listener) error {
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return httpserve.Serve(ctx, ln, s) })
+	track := func(srv *http.Server) { srv.ConnState = s.conns.track }
+	g.Go(func() error { return httpserve.Serve(ctx, ln, s, track) })
 	if tln != nil {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.cert.get}
 		g.Go(func() error { return httpserve.Serve(ctx, tls.NewListener(tln, tc), s) })

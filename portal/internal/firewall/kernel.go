@@ -115,17 +115,7 @@ type Kernel struct {
 	ipt4 ipt
 	ipt6 ipt
 	nl   nlKernel // nil: the hot paths use the ipset and conntrack commands too
-	// cutNL is nl with the cut worker's own conntrack socket; nil: nl.
-	cutNL nlKernel
-	now   func() time.Time
-	// cuts, when set, queues the deletion of an allowed client's
-	// pre-login portal connections to one worker, off the allow's path:
-	// finding them means a walk over the whole conntrack table, which a
-	// gateway with thousands of clients must not pay on every login. The
-	// worker takes every queued client at once and walks the table once
-	// for all of them. Nil (the unit tests' fake kernel): done inline.
-	cuts     chan netip.Addr
-	cutsOnce sync.Once
+	now  func() time.Time
 }
 
 var _ Firewall = (*Kernel)(nil)
@@ -162,12 +152,11 @@ func New(cfg Config, log *slog.Logger) (*Kernel, error) {
 		return nil, fmt.Errorf("configuring the firewall: ip6tables: %w", err)
 	}
 	k := newKernel(cfg, log, r, i4, i6)
-	k.cuts = make(chan netip.Addr, cutQueue)
 	c, err := openNL(cfg.Netns)
 	if err != nil {
 		return nil, fmt.Errorf("configuring the firewall: netlink: %w", err)
 	}
-	k.nl, k.cutNL = c, c.cutter()
+	k.nl = c
 	return k, nil
 }
 
@@ -542,9 +531,6 @@ func (k *Kernel) FlushGarden(ctx context.Context) error {
 // ErrExpired is returned by Allow for a grant whose Expires has passed.
 var ErrExpired = errors.New("grant already expired")
 
-// cutQueue is how many allowed clients may wait for the cut worker.
-const cutQueue = 4096
-
 // Allow authorises one client, or updates its grant keeping its counters.
 func (k *Kernel) Allow(ctx context.Context, g Grant) error {
 	if err := checkGrant(k.cfg, g); err != nil {
@@ -562,18 +548,6 @@ func (k *Kernel) Allow(ctx context.Context, g Grant) error {
 		return fmt.Errorf("allowing %s: %w", g.IP, err)
 	}
 	k.log.Info("client allowed", "ip", g.IP, "mac", g.MAC.String(), "timeout_s", timeout, "quota", g.QuotaBytes)
-	if k.cuts == nil {
-		k.cutPortalConnections(ctx, []netip.Addr{g.IP})
-		return nil
-	}
-	k.cutsOnce.Do(func() { go k.cutWorker() })
-	select {
-	case k.cuts <- g.IP:
-	default:
-		// A burst of thousands of logins: the portal sends a request on
-		// a stale connection to its URL again anyway (see captive).
-		k.log.Debug("not cutting pre-login connections: queue full", "ip", g.IP)
-	}
 	return nil
 }
 
@@ -639,81 +613,6 @@ func (k *Kernel) updateCountersNL(ctx context.Context, g Grant, timeout int64) e
 		}
 	}
 	return nil
-}
-
-// cutWorker runs the queued cuts for the process's life: every client
-// queued meanwhile in one batch.
-func (k *Kernel) cutWorker() {
-	for ip := range k.cuts {
-		batch := []netip.Addr{ip}
-	drain:
-		for len(batch) < cutQueue {
-			select {
-			case ip, ok := <-k.cuts:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, ip)
-			default:
-				break drain
-			}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		k.cutPortalConnections(ctx, batch)
-		cancel()
-	}
-}
-
-// cutPortalConnections deletes the clients' conntrack entries of HTTP
-// connections that were DNATed to the portal before login. A browser keeps
-// such connections open (keep-alive, preconnected spares) and would send
-// its first request after login over one, to the portal again instead of
-// the site. Without the entry, the next segment of that connection is no
-// longer translated: the real server resets it, and the browser retries on
-// a new connection that goes out. Best effort: the clients are allowed
-// already, so a failure is only logged.
-//
-// Through netlink, one walk of the table serves the whole batch: the
-// kernel hands over only the portal's translated connections (tcp to port
-// 80 answered by GatewayIP:PortalHTTPPort), those of the batch's clients
-// are deleted one by one.
-func (k *Kernel) cutPortalConnections(ctx context.Context, ips []netip.Addr) {
-	if k.nl == nil {
-		for _, ip := range ips {
-			out, err := k.run.Run(ctx, "", "conntrack", "-D", "-p", "tcp", "-s", ip.String(), "--dport", "80",
-				"--reply-src", k.cfg.GatewayIP.String(), "--reply-port-src", strconv.Itoa(int(k.cfg.PortalHTTPPort)))
-			if err != nil && !strings.Contains(out, "0 flow entries") {
-				k.log.Warn("cutting the client's connections to the portal", "ip", ip, "err", err)
-			}
-		}
-		return
-	}
-	batch := make(map[netip.Addr]bool, len(ips))
-	for _, ip := range ips {
-		batch[ip] = true
-	}
-	nlk := k.nl
-	if k.cutNL != nil {
-		nlk = k.cutNL
-	}
-	flows, err := nlk.ConntrackList(ctFilter{Proto: unix.IPPROTO_TCP, OrigDport: 80,
-		ReplySrc: k.cfg.GatewayIP, ReplySport: k.cfg.PortalHTTPPort})
-	if err != nil {
-		k.log.Warn("cutting the clients' connections to the portal", "clients", len(ips), "err", err)
-		return
-	}
-	cut := 0
-	for _, fl := range flows {
-		if !batch[fl.OrigSrc] {
-			continue
-		}
-		if err := nlk.ConntrackDelete(fl); err != nil {
-			k.log.Warn("cutting a client's connection to the portal", "ip", fl.OrigSrc, "flow", fl.String(), "err", err)
-			continue
-		}
-		cut++
-	}
-	k.log.Debug("cut pre-login portal connections", "clients", len(ips), "portal_flows", len(flows), "cut", cut)
 }
 
 // updateCounters rewrites the elements of a client already (partly) there:

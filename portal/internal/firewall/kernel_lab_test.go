@@ -1,12 +1,10 @@
 package firewall
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -648,96 +646,4 @@ func TestKernelSessionExpiresInTheKernel(t *testing.T) {
 	time.Sleep(time.Until(g.Expires) + 1500*time.Millisecond)
 	wantBody(t, "after the session's end", s.curl(t, c1.NS, other), "portal\n")
 	wantFastFail(t, "https after the session's end", s.curl(t, c1.NS, "https://"+s.OtherIP.String()+"/"))
-}
-
-// TestKernelAllowCutsPortalConnections: a browser's HTTP connection opened
-// before login (DNATed to the portal, kept alive) must not carry the first
-// request after login to the portal again. Allow cuts it (the real server
-// resets it), and a new connection reaches the site.
-func TestKernelAllowCutsPortalConnections(t *testing.T) {
-	s := newSite(t)
-	s.setup(t)
-	c := s.Clients[0]
-	other := netip.AddrPortFrom(s.OtherIP, 80).String()
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	get := func(conn net.Conn) (string, error) {
-		conn.SetDeadline(time.Now().Add(3 * time.Second))
-		if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: "+s.OtherIP.String()+"\r\n\r\n"); err != nil {
-			return "", err
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		return string(b), err
-	}
-	kept, err := c.Dial(ctx, "tcp", other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer kept.Close()
-	spare, err := c.Dial(ctx, "tcp", other) // a preconnected spare, never used before login
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer spare.Close()
-	if body, err := get(kept); err != nil || body != "portal\n" {
-		t.Fatalf("before login: %q, %v; want the portal", body, err)
-	}
-	// Control: a gateway connection (the portal's own address) is left alone.
-	gw, err := c.Dial(ctx, "tcp", "10.20.0.1:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gw.Close()
-	// And a walled-garden connection (not translated) keeps its entry.
-	garden, err := c.Dial(ctx, "tcp", netip.AddrPortFrom(s.GardenIP, 80).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer garden.Close()
-	if body, err := get(garden); err != nil || body != "upstream ok\n" {
-		t.Fatalf("garden before login: %q, %v", body, err)
-	}
-
-	s.allow(t, s.grant(0))
-	// The cut runs just after Allow returns (a worker, off the allow's
-	// path): wait until no translated entry of the client is left.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		out, _ := s.Gateway.Run(ctx, "conntrack", "-L", "-p", "tcp", "-s", c.IP.String(), "--reply-src", s.GatewayIP.String(),
-			"--reply-port-src", strconv.Itoa(portalHTTPPort))
-		if !strings.Contains(out, "dport=80") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the client's pre-login portal connections are still tracked 5 s after Allow:\n%s", out)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-
-	out, err := s.Gateway.Run(ctx, "conntrack", "-L", "-p", "tcp", "-s", c.IP.String(), "-d", s.GardenIP.String())
-	if err != nil || !strings.Contains(out, "dport=80") {
-		t.Errorf("the garden connection's conntrack entry is gone after Allow: %v\n%s", err, out)
-	}
-
-	for name, conn := range map[string]net.Conn{"kept-alive": kept, "spare": spare} {
-		if body, err := get(conn); err == nil {
-			t.Errorf("%s connection after login answered %q, want it cut", name, body)
-		}
-	}
-	if body, err := get(gw); err != nil || body != "portal\n" {
-		t.Errorf("connection to the gateway's own :80 after login: %q, %v; want the portal still", body, err)
-	}
-	fresh, err := c.Dial(ctx, "tcp", other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fresh.Close()
-	if body, err := get(fresh); err != nil || body != "upstream ok\n" {
-		t.Errorf("new connection after login: %q, %v; want the site", body, err)
-	}
 }

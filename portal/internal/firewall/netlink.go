@@ -137,19 +137,12 @@ func (fl ctFlow) String() string {
 // time, and neither a listing (the counters poll) nor a conntrack dump (a
 // walk of the whole table in the kernel, milliseconds) may hold up an
 // Allow's adds. Conntrack requests take a socket from a pool of two, so
-// Revoke's two walks run side by side; the cut worker has a pool of its own.
+// Revoke's two walks run side by side.
 type nlConn struct {
 	ipset   map[int]*nl.SocketHandle
 	list    map[int]*nl.SocketHandle // set listings (the counters poll), apart from the writes
 	ct      chan map[int]*nl.SocketHandle
-	cut     chan map[int]*nl.SocketHandle // ct of the cutter
 	sockets []*nl.NetlinkSocket
-}
-
-// cutter is the same connection with the cut worker's own conntrack
-// socket, so that its walks never hold up a Revoke's.
-func (c *nlConn) cutter() *nlConn {
-	return &nlConn{ipset: c.ipset, list: c.list, ct: c.cut}
 }
 
 // nlTimeout bounds every netlink request: a dump of a large conntrack
@@ -169,7 +162,7 @@ func openNL(netnsName string) (*nlConn, error) {
 		defer ns.Close()
 	}
 	var err error
-	c := &nlConn{ct: make(chan map[int]*nl.SocketHandle, 2), cut: make(chan map[int]*nl.SocketHandle, 1)}
+	c := &nlConn{ct: make(chan map[int]*nl.SocketHandle, 2)}
 	open := func() (map[int]*nl.SocketHandle, error) {
 		s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_NETFILTER)
 		if err != nil {
@@ -190,7 +183,7 @@ func openNL(netnsName string) (*nlConn, error) {
 		c.Close()
 		return nil, err
 	}
-	for _, pool := range []chan map[int]*nl.SocketHandle{c.ct, c.ct, c.cut} {
+	for _, pool := range []chan map[int]*nl.SocketHandle{c.ct, c.ct} {
 		socks, err := open()
 		if err != nil {
 			c.Close()

@@ -3,7 +3,6 @@ package firewall
 import (
 	"encoding/binary"
 	"net/netip"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -103,18 +102,16 @@ func TestAllowNetlinkMessages(t *testing.T) {
 	}
 	g := Grant{Client: Client{IP: netip.MustParseAddr("10.20.0.11"), MAC: mac("02:00:00:00:00:01")},
 		Expires: t0.Add(time.Hour), QuotaBytes: 1_000_000, UsedBytes: 3000, UsedDownBytes: 2000}
-	cut := "netlink conntrack list {Proto:6 OrigSrc:invalid IP OrigDst:invalid IP OrigDport:80 ReplySrc:10.20.0.1 ReplySport:8080}"
 	f.cmds = nil
 	if err := k.Allow(ctx, g); err != nil {
 		t.Fatal(err)
 	}
 	// A new client: three exclusive adds, counted before authorised, no
-	// read, no exec; then one filtered conntrack walk for the cut.
+	// read, no exec, no walk of the conntrack table.
 	if diff := cmp.Diff([]string{
 		`netlink add cw-acct 10.20.0.11 timeout 3600 packets 0 bytes 4611686018426390904 comment "q=1000000" (excl)`,
 		`netlink add cw-dl 10.20.0.11 timeout 3600 packets 0 bytes 2000 (excl)`,
 		`netlink add cw-auth 10.20.0.11,02:00:00:00:00:01 timeout 3600 (excl)`,
-		cut,
 	}, f.cmds); diff != "" {
 		t.Errorf("a new client's Allow (-want +got):\n%s", diff)
 	}
@@ -133,7 +130,6 @@ func TestAllowNetlinkMessages(t *testing.T) {
 		`netlink add cw-acct 10.20.0.11 timeout 7200 comment "q=1000000"`,
 		`netlink add cw-dl 10.20.0.11 timeout 7200`,
 		`netlink add cw-auth 10.20.0.11,02:00:00:00:00:01 timeout 7200`,
-		cut,
 	}, f.cmds); diff != "" {
 		t.Errorf("a known client's Allow (-want +got):\n%s", diff)
 	}
@@ -244,57 +240,6 @@ func TestRevokeNetlinkFlushesUDPAndICMP(t *testing.T) {
 	f.fail["netlink conntrack list"] = "netlink socket gone"
 	if err := k.Revoke(ctx, c); err == nil || !strings.Contains(err.Error(), "revoking 10.20.0.11: flushing UDP and ICMP flows: netlink socket gone") {
 		t.Errorf("Revoke with a failing conntrack = %v", err)
-	}
-}
-
-// One walk of the table for a batch of clients: their portal flows go, the
-// captive client's and every other flow stay.
-func TestCutPortalConnectionsBatch(t *testing.T) {
-	ctx := t.Context()
-	k, f, n := newFakeNL(t)
-	portal := func(src string, sport uint16) ctFlow {
-		return flow(unix.IPPROTO_TCP, src, "198.51.100.11", sport, 80, "10.20.0.1", 8080)
-	}
-	n.flows = []ctFlow{
-		portal("10.20.0.11", 40001), portal("10.20.0.11", 40002), portal("10.20.0.12", 40001), portal("10.20.0.13", 40001),
-		portal("10.20.0.14", 40001), // still captive: its portal connection stays
-		flow(unix.IPPROTO_TCP, "10.20.0.11", "198.51.100.10", 40003, 80, "198.51.100.10", 80), // walled garden, not translated
-		flow(unix.IPPROTO_TCP, "10.20.0.12", "10.20.0.1", 40004, 8080, "10.20.0.1", 8080),     // the portal's own port
-		flow(unix.IPPROTO_UDP, "10.20.0.13", "198.51.100.11", 40001, 80, "10.20.0.1", 8080),   // not tcp
-	}
-	want := slices.Clone(n.flows[4:])
-	k.cutPortalConnections(ctx, []netip.Addr{netip.MustParseAddr("10.20.0.11"), netip.MustParseAddr("10.20.0.12"), netip.MustParseAddr("10.20.0.13")})
-	if diff := cmp.Diff(want, n.flows, cmp.AllowUnexported(ctFlow{}), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
-		t.Errorf("flows after the cut (-want +got):\n%s", diff)
-	}
-	lists := 0
-	for _, c := range f.cmds {
-		if strings.HasPrefix(c, "netlink conntrack list") {
-			lists++
-		}
-	}
-	if lists != 1 {
-		t.Errorf("the cut of 3 clients walked the table %d times, want once: %q", lists, f.cmds)
-	}
-}
-
-// The worker takes every client queued meanwhile in one batch.
-func TestCutWorkerBatches(t *testing.T) {
-	k, f, n := newFakeNL(t)
-	k.cuts = make(chan netip.Addr, cutQueue)
-	for i := range 5 {
-		ip := netip.AddrFrom4([4]byte{10, 20, 0, byte(11 + i)})
-		n.flows = append(n.flows, flow(unix.IPPROTO_TCP, ip.String(), "198.51.100.11", 40000, 80, "10.20.0.1", 8080))
-		k.cuts <- ip
-	}
-	close(k.cuts) // the worker returns once the queue is empty
-	k.cutWorker()
-	if len(n.flows) != 0 {
-		t.Errorf("flows left after the worker: %v", n.flows)
-	}
-	if diff := cmp.Diff([]string{"netlink conntrack list {Proto:6 OrigSrc:invalid IP OrigDst:invalid IP OrigDport:80 ReplySrc:10.20.0.1 ReplySport:8080}"},
-		f.cmds[:1]); diff != "" || len(f.cmds) != 6 {
-		t.Errorf("worker's calls, want one list and 5 deletes: %q", f.cmds)
 	}
 }
 

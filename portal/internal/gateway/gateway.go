@@ -69,6 +69,10 @@ type Options struct {
 	// InterimInterval is how often an active session's totals are
 	// reported while they move (default 5m).
 	InterimInterval time.Duration
+	// Opened, if set, is called with a client's address once a session
+	// for it is open (kernel and store), with no lock held: the portal
+	// closes the connections the firewall sent it before login. Quick.
+	Opened func(ip netip.Addr)
 	// Controller, if set, adds the controller link's state to Status.
 	Controller func() *control.ControllerStatus
 	Now        func() time.Time
@@ -913,6 +917,9 @@ func (g *Gateway) settle(ctx context.Context, o *opening) (*Session, error) {
 	g.o.Metrics.allowSeconds.Observe(time.Since(o.t0).Seconds())
 	g.log.Info("session opened", "session", s.ID, "mac", s.MAC.String(), "ip", s.IP, "method", s.Method,
 		"expires", s.Expires, "quota", s.QuotaBytes, "down", quantity.Rate(s.DownRate), "up", quantity.Rate(s.UpRate))
+	if g.o.Opened != nil {
+		g.o.Opened(s.IP)
+	}
 	return s, nil
 }
 
