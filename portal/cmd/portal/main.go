@@ -338,7 +338,7 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	conns := captive.NewConns()
 	gw = gateway.New(gateway.Options{
 		Config: cfg, Version: version, FW: p.fw, Shaper: p.sh, Store: store, Hosts: hosts,
-		Opened: func(ip netip.Addr) { conns.Cut(ip) },
+		Opened:     func(ip netip.Addr) { conns.Cut(ip) },
 		Neighbors:  func() ([]discovery.Host, error) { return discovery.Neighbors(cfg.ClientIf) },
 		DNSRunning: p.dns.Running,
 		// Forwarding goes on only once the firewall is in place: fail
