@@ -8,6 +8,7 @@ package gateway
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -84,10 +85,17 @@ type Gateway struct {
 	log *slog.Logger
 	now func() time.Time
 
-	// kmu serialises every change to the kernel (Open, Close, ends,
+	// kmu orders every change to the kernel (Open, Close, ends,
 	// reconcile), so a reconcile never works from a list that an Open or
-	// Close made stale. Taken before mu.
-	kmu sync.Mutex
+	// Close made stale. Taken before mu. Open takes it shared, with the
+	// lock of its address (addrLock): an open's kernel work concerns its
+	// address only, so residents logging in together do not queue behind
+	// each other's netlink round trips (nor behind an opener the CPU
+	// scheduler put aside); everything else takes it exclusive.
+	kmu sync.RWMutex
+	// addrMu serialises opens of one address (and of the others that
+	// share its lock); see addrLock.
+	addrMu [64]sync.Mutex
 
 	mu       sync.Mutex
 	gen      uint64              // bumped by every open and end; see poll and reconcile
@@ -718,13 +726,26 @@ func (g *Gateway) Open(ctx context.Context, req Grant) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.kmu.Lock()
+	am := g.addrLock(ip)
+	g.kmu.RLock()
+	am.Lock()
 	o, err := g.open(ctx, mac, ip, req)
-	g.kmu.Unlock()
+	am.Unlock()
+	g.kmu.RUnlock()
 	if err != nil {
 		return nil, err
 	}
 	return g.settle(ctx, o)
+}
+
+// addrLock is the lock an Open of ip takes under kmu held shared.
+// Everything an open changes belongs to its address: the session at it
+// (and one it displaces, at the same address), its parked class, its
+// kernel elements and classes, its touch. Records of different addresses
+// may reach the journal in either order; those of one address keep theirs.
+func (g *Gateway) addrLock(ip netip.Addr) *sync.Mutex {
+	b := ip.As16()
+	return &g.addrMu[int(binary.BigEndian.Uint16(b[14:]))%len(g.addrMu)]
 }
 
 // ClickThrough lets a captive device in by itself, with the site's default
@@ -790,7 +811,8 @@ type opening struct {
 	already *Session // ClickThrough: the device was in already
 }
 
-// open does the work of Open under kmu: the decision (under mu), the kernel
+// open does the work of Open under kmu (shared, with the address's lock;
+// ClickThrough holds kmu exclusive): the decision (under mu), the kernel
 // (mu released: readers of the sessions need not wait for the kernel), and
 // the record handed to the journal. The caller releases kmu and settles.
 func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, req Grant) (*opening, error) {

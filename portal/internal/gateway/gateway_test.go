@@ -39,6 +39,8 @@ type fakeFW struct {
 	// onReconcileRead runs when Reconcile starts, before it reads the
 	// state (want is already taken) and before it takes the guard.
 	onReconcileRead func()
+	// onAllow, if set, runs at the start of Allow (outside mu).
+	onAllow func(g firewall.Grant)
 }
 
 func newFakeFW() *fakeFW {
@@ -46,6 +48,9 @@ func newFakeFW() *fakeFW {
 }
 func (f *fakeFW) Setup(context.Context) error { return nil }
 func (f *fakeFW) Allow(_ context.Context, g firewall.Grant) error {
+	if f.onAllow != nil {
+		f.onAllow(g)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.fail != nil {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"net/netip"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/civicwifi/civicwifi/internal/quantity"
 	"github.com/civicwifi/civicwifi/portal/internal/config"
+	"github.com/civicwifi/civicwifi/portal/internal/firewall"
 )
 
 // A burst of logins shares the journal's writes: while one write is held
@@ -273,5 +275,85 @@ func TestParkedShaping(t *testing.T) {
 	}
 	if _, ok := r.gw.parked[ip1]; ok {
 		t.Error("the address's class is still parked while a session has it")
+	}
+}
+
+// Opens of different addresses run side by side: one held inside the
+// kernel (the firewall's Allow) keeps another address's open from waiting,
+// but a second open of its own address, and a reconcile's repairs, wait
+// for it.
+func TestOpensOfDifferentAddressesSideBySide(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, "", nil)
+	l := config.Limits{Down: 2 * quantity.Mbit, Session: time.Hour}
+	addr := func(i byte) netip.Addr { return netip.AddrFrom4([4]byte{10, 20, 1, i}) }
+	open := func(i, m byte) error {
+		_, err := r.gw.Open(ctx, Grant{MAC: net.HardwareAddr{2, 9, 0, 0, 0, m}, IP: addr(i), Method: "ctl", Limits: l})
+		return err
+	}
+	if err := open(3, 3); err != nil {
+		t.Fatal(err)
+	}
+	held, release := make(chan struct{}), make(chan struct{})
+	var once, released sync.Once
+	free := func() { released.Do(func() { close(release) }) }
+	defer free() // a failing test lets the held open go
+	r.fw.onAllow = func(g firewall.Grant) {
+		if g.IP == addr(1) {
+			once.Do(func() {
+				close(held)
+				<-release
+			})
+		}
+	}
+	first := make(chan error, 1)
+	go func() { first <- open(1, 1) }()
+	<-held
+	// Another address: through at once, while the first is held.
+	other := make(chan error, 1)
+	go func() { other <- open(2, 2) }()
+	select {
+	case err := <-other:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("an open of another address waited for the held one")
+	}
+	// The same address (another device taking it over) waits for it.
+	same := make(chan error, 1)
+	go func() { same <- open(1, 11) }()
+	// So does a reconcile's repair phase (exclusive).
+	rec := make(chan error, 1)
+	go func() { _, err := r.gw.reconcile(ctx, true); rec <- err }()
+	select {
+	case err := <-same:
+		t.Fatalf("a second open of the held address finished (%v) before the first", err)
+	case err := <-rec:
+		t.Fatalf("a reconcile finished (%v) while an open was in the kernel", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	free()
+	for _, c := range []chan error{first, same, rec} {
+		select {
+		case err := <-c:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("blocked after the release")
+		}
+	}
+	r.fw.mu.Lock()
+	defer r.fw.mu.Unlock()
+	if g := r.fw.allowed[addr(1)]; !bytes.Equal(g.MAC, net.HardwareAddr{2, 9, 0, 0, 0, 11}) {
+		t.Errorf("%s allowed for %v, want the second device (its open came last)", addr(1), g.MAC)
+	}
+	if _, ok := r.fw.allowed[addr(2)]; !ok {
+		t.Errorf("%s not allowed", addr(2))
+	}
+	sess := r.gw.Sessions()
+	if len(sess) != 3 {
+		t.Errorf("%d sessions, want 3", len(sess))
 	}
 }
