@@ -111,8 +111,8 @@ func New(cfg Config) (*Client, error) {
 		// with 64 idle slots, 36 were closed after every burst and dialled
 		// again at the next. (Over HTTPS the transport speaks HTTP/2 to
 		// the controller: one connection carries them all.)
-		t.MaxIdleConnsPerHost = 256
-		t.ResponseHeaderTimeout = 0 // long polls; each request's context bounds it
+		t.MaxIdleConns, t.MaxIdleConnsPerHost = 256, 256 // (the default transport keeps 100 in all)
+		t.ResponseHeaderTimeout = 0                      // long polls; each request's context bounds it
 		c.hc = &http.Client{Transport: t}
 	}
 	if c.log == nil {

@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -160,5 +162,68 @@ func TestLoginAnswers(t *testing.T) {
 				t.Errorf("got %q, want %q", s, tc.want)
 			}
 		})
+	}
+}
+
+// A burst of logins larger than the default transport's idle pool (100)
+// reuses its connections at the next burst instead of dialling again.
+func TestBurstsReuseConnections(t *testing.T) {
+	const n = 150
+	var mu sync.Mutex
+	dials := 0
+	inFlight, all := 0, make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		inFlight++
+		if inFlight == n {
+			close(all)
+		}
+		mu.Unlock()
+		select { // every request of a burst holds its connection until all arrived
+		case <-all:
+		case <-time.After(5 * time.Second):
+		}
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			mu.Lock()
+			dials++
+			mu.Unlock()
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	_, gwKey, _ := ed25519.GenerateKey(nil)
+	ctlPub, _, _ := ed25519.GenerateKey(nil)
+	c, err := New(Config{BaseURL: srv.URL, Site: "parco", GatewayID: "gw1", Key: gwKey, ControllerKey: ctlPub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	burst := func() int {
+		mu.Lock()
+		inFlight, all = 0, make(chan struct{})
+		mu.Unlock()
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() {
+				resp, err := c.hc.Get(srv.URL + "/")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			})
+		}
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return dials
+	}
+	if d := burst(); d != n {
+		t.Fatalf("first burst of %d opened %d connections, want %d", n, d, n)
+	}
+	if d := burst(); d != n {
+		t.Errorf("second burst dialled %d more connections, want none (all %d kept idle)", d-n, n)
 	}
 }

@@ -96,6 +96,21 @@ func TestSMSWrongCodes(t *testing.T) {
 	}
 }
 
+// A guess at a request id writes nothing to the store: tries are counted
+// only for a request that exists.
+func TestSMSUnknownIDWritesNothing(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	ctx := context.Background()
+	id := strings.Repeat("ab", 16)
+	_, err := e.gw["parco"].VerifySMS(ctx, apiclient.SMSVerifyRequest{RequestID: id, ClientMAC: mac1, ClientIP: ip1, Code: "123456"})
+	if got := loginErr(err); got != "expired" {
+		t.Fatalf("unknown id: %s, want expired", got)
+	}
+	if _, err := e.st.Get(ctx, "sms/tries/"+id); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a try at an unknown id left a counter: %v", err)
+	}
+}
+
 func atoi(s string) int {
 	n := 0
 	for _, c := range s {

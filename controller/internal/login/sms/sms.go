@@ -324,19 +324,7 @@ func (s *Service) verify(ctx context.Context, site, mac, id, code string) (Verif
 		return Verified{}, expired
 	}
 	key := "sms/req/" + id
-	// The request and its try counter are two round trips to the store,
-	// taken side by side (a login waits for one, not two; under a burst
-	// each one queues). A try at an unknown or expired id is counted too,
-	// harmlessly: the counter expires with the code.
-	var tries int64
-	var terr error
-	counted := make(chan struct{})
-	go func() {
-		defer close(counted)
-		tries, terr = s.cfg.Store.Incr(ctx, "sms/tries/"+id, 1, 2*CodeTTL)
-	}()
 	val, err := s.cfg.Store.Get(ctx, key)
-	<-counted
 	if errors.Is(err, store.ErrNotFound) {
 		return Verified{}, expired
 	}
@@ -350,8 +338,12 @@ func (s *Service) verify(ctx context.Context, site, mac, id, code string) (Verif
 	if !s.cfg.Now().Before(rec.Expires) {
 		return Verified{}, expired
 	}
-	if terr != nil {
-		return Verified{}, fmt.Errorf("counting tries: %w", terr)
+	// Counted only for a request that exists: a guess at ids writes
+	// nothing. The counter is left to expire (every request has its own
+	// id): deleting it was one more round trip on every login.
+	tries, err := s.cfg.Store.Incr(ctx, "sms/tries/"+id, 1, 2*CodeTTL)
+	if err != nil {
+		return Verified{}, fmt.Errorf("counting tries: %w", err)
 	}
 	if tries > MaxTries {
 		return Verified{}, &apiclient.LoginError{Code: apiclient.CodeTooManyTries, Message: "too many wrong codes: ask for a new one"}
@@ -362,16 +354,7 @@ func (s *Service) verify(ctx context.Context, site, mac, id, code string) (Verif
 		return Verified{}, &apiclient.LoginError{Code: apiclient.CodeWrongCode, Message: "wrong code", TriesLeft: MaxTries - int(tries)}
 	}
 	// Single use: of two concurrent right answers only one Take succeeds.
-	// The counter goes at the same time (if the Take fails, the request
-	// is gone anyway).
-	deleted := make(chan struct{})
-	go func() {
-		defer close(deleted)
-		_ = s.cfg.Store.Delete(ctx, "sms/tries/"+id)
-	}()
-	_, err = s.cfg.Store.Take(ctx, key)
-	<-deleted
-	if errors.Is(err, store.ErrNotFound) {
+	if _, err := s.cfg.Store.Take(ctx, key); errors.Is(err, store.ErrNotFound) {
 		return Verified{}, expired
 	} else if err != nil {
 		return Verified{}, fmt.Errorf("using sms request: %w", err)
