@@ -565,9 +565,15 @@ func TestLoginClosesPreLoginConnections(t *testing.T) {
 	if resp, err := get(probe, "connectivitycheck.gstatic.com", "/generate_204"); err != nil || resp.StatusCode != 302 || resp.Close {
 		t.Fatalf("probe before login: %v, %v; want a 302 on a kept-alive connection", resp, err)
 	}
+	// The phone's own connections to the portal: to its port, and to the
+	// gateway's :80, which the firewall translates to that port (the
+	// address stays: not a connection meant for another host).
 	own := dial(netip.AddrPortFrom(l.GatewayIP, 2050).String())
-	if resp, err := get(own, l.GatewayIP.String(), "/portal/"); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("landing page before login: %v, %v", resp, err)
+	own80 := dial(netip.AddrPortFrom(l.GatewayIP, 80).String())
+	for _, conn := range []net.Conn{own, own80} {
+		if resp, err := get(conn, l.GatewayIP.String(), "/portal/"); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("landing page before login: %v, %v", resp, err)
+		}
 	}
 
 	s.allow("--ip", c.IP.String())
@@ -577,8 +583,10 @@ func TestLoginClosesPreLoginConnections(t *testing.T) {
 			t.Errorf("%s connection after login: read %d bytes, %v; want it closed by the portal (EOF)", name, n, err)
 		}
 	}
-	if resp, err := get(own, l.GatewayIP.String(), "/portal/status"); err != nil || resp.StatusCode != 200 {
-		t.Errorf("the phone's own connection to the portal after login: %v, %v; want it kept", resp, err)
+	for name, conn := range map[string]net.Conn{"to the portal's port": own, "to the gateway's :80": own80} {
+		if resp, err := get(conn, l.GatewayIP.String(), "/portal/status"); err != nil || resp.StatusCode != 200 {
+			t.Errorf("the phone's own connection %s after login: %v, %v; want it kept", name, resp, err)
+		}
 	}
 	if r := fetch(c.NS, 3*time.Second, "http://"+other+"/"); !r.upstream() {
 		t.Errorf("a new connection after login: %v; want the site", r)

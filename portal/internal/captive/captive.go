@@ -96,7 +96,7 @@ type Config struct {
 
 	// Conns, if set, is the tracker of the plain-HTTP connections whose
 	// Cut the gateway calls when a session opens (NewConns); nil: the
-	// server keeps its own (Server.Conns).
+	// server keeps its own, which nothing cuts.
 	Conns *Conns
 
 	Key  []byte // HMAC key (LoadKey)
@@ -187,9 +187,6 @@ func New(cfg Config, gate Gate, log *slog.Logger) (*Server, error) {
 	s.e = s.newEcho()
 	return s, nil
 }
-
-// Conns is the tracker of the server's plain-HTTP connections.
-func (s *Server) Conns() *Conns { return s.conns }
 
 // Handler is the whole portal as one handler (for tests and Run).
 func (s *Server) Handler() http.Handler { return s }

@@ -2,6 +2,7 @@ package captive
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -88,8 +89,15 @@ func (c *Conns) track(conn net.Conn, st http.ConnState) {
 // Cut closes the client's connections that were translated to the portal
 // (their original destination is another host): an idle or unused one at
 // once, one carrying a request as soon as it is answered. Connections the
-// client opened to the portal itself stay. It returns how many it closed
-// or marked.
+// client opened to the portal itself stay (to its address, whatever the
+// port: the gateway's own :80 is translated to the portal's port too). It
+// returns how many it closed or marked.
+//
+// A request whose header is still arriving counts as idle (net/http says
+// active only once the header is read), and one may start between the
+// check and the close: such a request gets no answer, the browser sends
+// it again on a new connection, which goes out (as a browser does on any
+// kept-alive connection the server closed).
 func (c *Conns) Cut(ip netip.Addr) int {
 	ip = ip.Unmap()
 	c.mu.Lock()
@@ -166,6 +174,9 @@ func originalDst(fd int) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	b := m.Multiaddr
+	b := m.Multiaddr // sin_family (host order), sin_port, sin_addr
+	if family := binary.NativeEndian.Uint16(b[0:2]); family != unix.AF_INET {
+		return netip.AddrPort{}, fmt.Errorf("SO_ORIGINAL_DST: address family %d", family)
+	}
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), binary.BigEndian.Uint16(b[2:4])), nil
 }

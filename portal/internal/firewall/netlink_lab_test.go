@@ -20,7 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Tier 2 tests of the netlink path (Allow, Revoke, the cut worker): the
+// Tier 2 tests of the netlink path (Allow, Revoke): the
 // real kernel, proven with real traffic and with what `ipset list` and
 // `conntrack -L` show.
 
