@@ -214,10 +214,14 @@ func decodeClientElem(b []byte) (e clientElem, ok bool, err error) {
 		case f.typ == nl.IPSET_ATTR_IP:
 			a := attrIter{b: v}
 			for a.next() {
-				switch {
-				case a.typ == nl.IPSET_ATTR_IPADDR_IPV4 && len(a.val) == 4:
+				// As parseIpsetElem: the length says the family.
+				if a.typ != nl.IPSET_ATTR_IPADDR_IPV4 && a.typ != nl.IPSET_ATTR_IPADDR_IPV6 {
+					continue
+				}
+				switch len(a.val) {
+				case 4:
 					e.ip, haveIP, v6 = binary.BigEndian.Uint32(a.val), true, false
-				case a.typ == nl.IPSET_ATTR_IPADDR_IPV6 && len(a.val) == 16:
+				case 16:
 					haveIP, v6 = true, true
 				}
 			}
