@@ -86,11 +86,13 @@ func (b *bench) run(ctx context.Context) error {
 	if err := b.setup(ctx); err != nil {
 		return err
 	}
-	if err := b.redirect(ctx); err != nil {
-		return fmt.Errorf("measuring redirects: %w", err)
-	}
-	if err := b.portal(ctx); err != nil {
-		return fmt.Errorf("measuring the portal: %w", err)
+	if !b.o.idleOnly {
+		if err := b.redirect(ctx); err != nil {
+			return fmt.Errorf("measuring redirects: %w", err)
+		}
+		if err := b.portal(ctx); err != nil {
+			return fmt.Errorf("measuring the portal: %w", err)
+		}
 	}
 	if b.o.portalOnly {
 		return nil
@@ -119,8 +121,11 @@ func (b *bench) run(ctx context.Context) error {
 		if err := b.rss(ctx, scale); err != nil {
 			return err
 		}
-		if err := b.idleCPU(ctx, scale, 5*time.Second); err != nil {
+		if err := b.idleCPU(ctx, scale, b.o.idle); err != nil {
 			return err
+		}
+		if b.o.idleOnly {
+			continue
 		}
 		switch i {
 		case 0:

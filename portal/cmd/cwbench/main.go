@@ -22,6 +22,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -40,6 +42,8 @@ type options struct {
 	fillUp     string
 	timeout    time.Duration
 	portalOnly bool
+	idle       time.Duration // how long each idle-CPU row watches the daemon
+	idleOnly   bool
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -52,6 +56,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	small := fs.Bool("small", false, "quick run: scales 10, 100, 1000 instead of 10, 1000, 10000")
 	fs.DurationVar(&o.timeout, "timeout", 15*time.Minute, "abort (and clean up) after this long")
 	fs.BoolVar(&o.portalOnly, "portal-only", false, "only the captive portal's rows (redirects, probe storm, landing page TTFB): about a minute")
+	scales := fs.String("scales", "", "comma-separated client counts to measure at, ascending (default 10,1000,10000)")
+	fs.DurationVar(&o.idle, "idle", 5*time.Second, "how long each idle-CPU row watches the daemon")
+	fs.BoolVar(&o.idleOnly, "idle-only", false, "only the rows of each scale up to the idle CPU (fill, allow latency, drift repairs, RSS, idle CPU): no portal, forwarding, shaping or restart rows")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -62,6 +69,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	o.scales = []int{10, 1000, 10000}
 	if *small {
 		o.scales = []int{10, 100, 1000}
+	}
+	if *scales != "" {
+		var err error
+		if o.scales, err = parseScales(*scales); err != nil {
+			fmt.Fprintln(stderr, "cwbench: -scales:", err)
+			return 2
+		}
+	}
+	if o.idle < time.Second {
+		fmt.Fprintln(stderr, "cwbench: -idle must be at least 1s")
+		return 2
 	}
 	o.fillDown, o.fillUp = "10mbit", "2mbit"
 	if os.Geteuid() != 0 {
@@ -134,4 +152,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// parseScales reads -scales: client counts, each at least 2 (the bench's
+// own two real clients) and larger than the one before.
+func parseScales(v string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a number", f)
+		}
+		if n < 2 || n > 16000 {
+			return nil, fmt.Errorf("%d: a scale must be 2..16000", n)
+		}
+		if len(out) > 0 && n <= out[len(out)-1] {
+			return nil, fmt.Errorf("%d: scales must ascend", n)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

@@ -98,6 +98,8 @@ func TestRestartKeepsResidentsAndRepairsDrift(t *testing.T) {
 		{"flushed chain", []string{"iptables", "-F", "cw-fwd"}, []string{"iptables", "-S", "cw-fwd"}, "cw-captive"},
 		{"flushed nat chain", []string{"iptables", "-t", "nat", "-F", "cw-pre"}, []string{"iptables", "-t", "nat", "-S", "cw-pre"}, "DNAT"},
 		{"flushed set", []string{"ipset", "flush", "cw-auth"}, []string{"ipset", "list", "cw-auth"}, c1.IP.String()},
+		{"deleted counter element", []string{"ipset", "del", "cw-acct", c1.IP.String()}, []string{"ipset", "list", "cw-acct"}, c1.IP.String()},
+		{"changed MAC", []string{"ipset", "add", "-exist", "cw-auth", c1.IP.String() + ",02:00:00:00:00:99"}, []string{"ipset", "list", "cw-auth"}, c1.IP.String() + "," + c1.MAC.String()},
 		{"deleted jump", []string{"iptables", "-D", "FORWARD", "-j", "cw-fwd"}, []string{"iptables", "-S", "FORWARD"}, "-j cw-fwd"},
 		{"deleted qdisc", []string{"tc", "qdisc", "del", "dev", "br-cw", "root"}, []string{"tc", "qdisc", "show", "dev", "br-cw"}, "htb"},
 	} {

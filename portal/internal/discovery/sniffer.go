@@ -3,14 +3,17 @@ package discovery
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
@@ -98,15 +101,41 @@ func (s *Sniffer) capture(ctx context.Context, log *slog.Logger) error {
 // packetSocket is an AF_PACKET socket bound to one interface, with a
 // socket filter, read through the Go runtime's poller: a read parks the
 // goroutine instead of blocking a thread, and interrupt (or Close) wakes it.
+//
+// The frames arrive in a TPACKET_V3 ring shared with the kernel: it fills
+// a block of frames and wakes the reader only when the block is full or
+// ringWait has passed since its first frame, never per frame. A client's
+// 5,000 frames/s, each waking the daemon through the poller, took 15% of a
+// core; in blocks they cost ~100 wake-ups a second, none when nothing
+// arrives.
 type packetSocket struct {
 	f    *os.File
 	rc   syscall.RawConn
 	mac  net.HardwareAddr // the interface's own address
-	buf  []byte           // frames longer than the buffer are cut short
-	n    int              // result of the last recv
-	err  error            // (set by recv)
-	recv func(fd uintptr) bool
+	snap int              // frames longer than this are cut short
+	ring []byte           // ringBlocks blocks of ringBlockSize bytes
+	// block is the block read next (or now, when held); off and left say
+	// where its next frame is and how many remain.
+	block      int
+	held       bool
+	off        int
+	left       uint32
+	ready      func(fd uintptr) bool
+	err        error // the socket's error (set by take)
+	blocksRead int   // blocks taken from the kernel (tests)
 }
+
+// The ring: 4 blocks of 128 KiB (512 KiB of the daemon's RSS once
+// touched). A frame cut to headerSnap takes ~170 bytes of a block (its
+// tpacket3_hdr and sockaddr_ll first), so the ring holds ~3,000 of them:
+// 30 ms of a busy site's 100,000 frames/s, three times ringWait. ARP and
+// DHCP frames take up to fullSnap.
+const (
+	ringBlockSize = 128 << 10
+	ringBlocks    = 4
+	ringFrameSize = 2048 // only checked by the kernel: V3 frames take what they need
+	ringWait      = 10   // ms: a block is handed over at most this long after its first frame
+)
 
 // openPacketSocket opens a packet socket that receives the frames of
 // ifname that prog accepts (all of them, both directions, before prog),
@@ -132,44 +161,116 @@ func openPacketSocket(ifname string, prog []bpf.RawInstruction, snap int) (*pack
 		unix.Close(fd)
 		return nil, fmt.Errorf("attaching socket filter: %w", os.NewSyscallError("setsockopt", err))
 	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V3); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("choosing TPACKET_V3: %w", os.NewSyscallError("setsockopt", err))
+	}
+	req := unix.TpacketReq3{Block_size: ringBlockSize, Block_nr: ringBlocks, Frame_size: ringFrameSize,
+		Frame_nr: ringBlockSize / ringFrameSize * ringBlocks, Retire_blk_tov: ringWait}
+	if err := unix.SetsockoptTpacketReq3(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("setting up the receive ring: %w", os.NewSyscallError("setsockopt", err))
+	}
+	ring, err := unix.Mmap(fd, 0, ringBlockSize*ringBlocks, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("mapping the receive ring: %w", os.NewSyscallError("mmap", err))
+	}
 	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
+		unix.Munmap(ring)
 		unix.Close(fd)
 		return nil, os.NewSyscallError("bind", err)
 	}
-	s := &packetSocket{f: os.NewFile(uintptr(fd), "packet:"+ifname), mac: ifi.HardwareAddr, buf: make([]byte, snap)}
+	s := &packetSocket{f: os.NewFile(uintptr(fd), "packet:"+ifname), mac: ifi.HardwareAddr, snap: snap, ring: ring}
 	if s.rc, err = s.f.SyscallConn(); err != nil {
-		s.f.Close()
+		s.Close()
 		return nil, err
 	}
-	s.recv = s.recvOnce
+	s.ready = s.take
 	return s, nil
+}
+
+// blockStatus is the status word of block i (struct tpacket_block_desc:
+// version, offset_to_priv, then tpacket_hdr_v1's block_status).
+func (s *packetSocket) blockStatus(i int) *uint32 {
+	return (*uint32)(unsafe.Pointer(&s.ring[i*ringBlockSize+8]))
 }
 
 // read returns the next frame, valid until the next read.
 func (s *packetSocket) read() ([]byte, error) {
-	if err := s.rc.Read(s.recv); err != nil {
-		return nil, err
-	}
-	if s.err != nil {
-		return nil, os.NewSyscallError("recv", s.err)
-	}
-	return s.buf[:s.n], nil
-}
-
-// recvOnce reads one frame; false asks the poller to wait for the next.
-func (s *packetSocket) recvOnce(fd uintptr) bool {
 	for {
-		s.n, s.err = unix.Read(int(fd), s.buf)
-		if s.err != unix.EINTR {
-			return s.err != unix.EAGAIN
+		if s.held && s.left > 0 {
+			return s.next()
+		}
+		if s.held { // done with it: back to the kernel
+			atomic.StoreUint32(s.blockStatus(s.block), unix.TP_STATUS_KERNEL)
+			s.held, s.block = false, (s.block+1)%ringBlocks
+		}
+		if err := s.rc.Read(s.ready); err != nil {
+			return nil, err
+		}
+		if s.err != nil {
+			return nil, os.NewSyscallError("recv", s.err)
 		}
 	}
+}
+
+// take takes the block due if the kernel has handed it over; false asks
+// the poller to wait (the kernel signals each block it hands over, and an
+// error such as ENETDOWN when the interface goes).
+func (s *packetSocket) take(fd uintptr) bool {
+	if atomic.LoadUint32(s.blockStatus(s.block))&unix.TP_STATUS_USER == 0 {
+		e, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		switch {
+		case err != nil:
+			s.err = err
+		case e != 0:
+			s.err = unix.Errno(e)
+		}
+		return s.err != nil
+	}
+	b := s.ring[s.block*ringBlockSize:]
+	s.left = binary.NativeEndian.Uint32(b[12:16])                             // num_pkts
+	s.off = s.block*ringBlockSize + int(binary.NativeEndian.Uint32(b[16:20])) // offset_to_first_pkt
+	s.held = true
+	s.blocksRead++
+	return true
+}
+
+// next returns the frame at off in the held block (struct tpacket3_hdr:
+// tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status,
+// tp_mac). A header pointing out of its block ends the block.
+func (s *packetSocket) next() ([]byte, error) {
+	end := (s.block + 1) * ringBlockSize
+	h := s.ring[s.off:end]
+	if len(h) < 26 {
+		s.left = 0
+		return nil, errors.New("reading the receive ring: a frame header out of its block")
+	}
+	nextOff := int(binary.NativeEndian.Uint32(h[0:4]))
+	snap := int(binary.NativeEndian.Uint32(h[12:16]))
+	mac := int(binary.NativeEndian.Uint16(h[24:26]))
+	if mac+snap > len(h) || (s.left > 1 && (nextOff <= 0 || nextOff >= len(h))) {
+		s.left = 0
+		return nil, errors.New("reading the receive ring: a frame out of its block")
+	}
+	s.left--
+	s.off += nextOff
+	snap = min(snap, s.snap)
+	return h[mac : mac+snap : mac+snap], nil
 }
 
 // interrupt makes a blocked read, and every later one, fail at once.
 func (s *packetSocket) interrupt() { s.f.SetReadDeadline(time.Unix(1, 0)) }
 
-func (s *packetSocket) Close() error { return s.f.Close() }
+func (s *packetSocket) Close() error {
+	err := s.f.Close()
+	if s.ring != nil {
+		unix.Munmap(s.ring)
+		s.ring = nil
+	}
+	return err
+}
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 

@@ -183,7 +183,7 @@ func (f *fakeKernel) ipset(args []string, stdin string) (string, error) {
 	args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "-exist" })
 	switch args[0] {
 	case "list":
-		if args[1] == "-t" { // -t -o save: the create line of every set
+		if args[1] == "-t" { // the headers of every set, as ipset 7.17 prints them
 			names := []string{}
 			for n := range f.sets {
 				names = append(names, n)
@@ -191,7 +191,8 @@ func (f *fakeKernel) ipset(args []string, stdin string) (string, error) {
 			sort.Strings(names)
 			var b strings.Builder
 			for _, n := range names {
-				fmt.Fprintf(&b, "create %s %s\n", n, f.sets[n].header())
+				typ, opts, _ := strings.Cut(f.sets[n].header(), " ")
+				fmt.Fprintf(&b, "Name: %s\nType: %s\nRevision: 3\nHeader: %s\nSize in memory: 4216\nReferences: 1\nNumber of entries: %d\n", n, typ, opts, len(f.sets[n].elems))
 			}
 			return b.String(), nil
 		}
@@ -438,6 +439,14 @@ func (n *fakeNL) IpsetList(name string, only netip.Addr) ([]entry, error) {
 		}
 	}
 	return out, nil
+}
+
+func (n *fakeNL) IpsetElems(name string, into []clientElem) ([]clientElem, error) {
+	es, err := n.IpsetList(name, netip.Addr{})
+	if err != nil {
+		return into[:0], err
+	}
+	return appendEntries(into[:0], es), nil
 }
 
 func (n *fakeNL) IpsetAdd(e setElem, excl bool) error {

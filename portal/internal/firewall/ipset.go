@@ -63,6 +63,32 @@ func parseHeaders(out string) map[string]header {
 	return hs
 }
 
+// parseTerse reads `ipset list -t`: per set, "Name: x", "Type: y" and
+// "Header: <create options>" lines (among others), which say what the
+// create line of `ipset save` says.
+func parseTerse(out string) map[string]header {
+	hs := map[string]header{}
+	var name, typ string
+	for _, l := range strings.Split(out, "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		switch k {
+		case "Name":
+			name, typ = v, ""
+		case "Type":
+			typ = v
+		case "Header":
+			if name != "" && typ != "" {
+				hs[name] = parseHeader(append([]string{typ}, strings.Fields(v)...))
+			}
+		}
+	}
+	return hs
+}
+
 // parseHeader parses a set type and its create options.
 func parseHeader(f []string) header {
 	h := header{typ: f[0], opts: map[string]string{}}
@@ -298,13 +324,18 @@ func acctOffset(quota uint64) uint64 {
 
 // usageOf turns the cw-acct and cw-dl elements of one client into Usage.
 func usageOf(acct entry, dl entry) Usage {
-	q := parseQuotaComment(acct.Comment)
-	off := acctOffset(q)
-	u := Usage{Packets: acct.Packets, DownBytes: dl.Bytes}
-	if acct.Bytes > off {
-		u.Bytes = acct.Bytes - off
+	return usage(acct.Bytes, acct.Packets, parseQuotaComment(acct.Comment), dl.Bytes)
+}
+
+// usage is usageOf of the figures: cw-acct's bytes, packets and quota,
+// cw-dl's bytes.
+func usage(acctBytes, acctPackets, quota, dlBytes uint64) Usage {
+	off := acctOffset(quota)
+	u := Usage{Packets: acctPackets, DownBytes: dlBytes}
+	if acctBytes > off {
+		u.Bytes = acctBytes - off
 	}
-	u.OverQuota = q > 0 && acct.Bytes > QuotaBase
+	u.OverQuota = quota > 0 && acctBytes > QuotaBase
 	return u
 }
 

@@ -547,7 +547,7 @@ func TestRestoreSetsSkipsABadLine(t *testing.T) {
 
 	stranger := map[string][]entry{AuthSet: {{Key: "10.20.0.99", MAC: "02:00:00:00:00:99"}}}
 	g := Grant{Client: Client{IP: netip.MustParseAddr("10.20.0.11"), MAC: mac("02:00:00:00:00:01")}}
-	lines, n := k.diffElements([]Grant{g}, stranger, nil)
+	lines, n := k.diffElements([]Grant{g}, clientSetsOf(k.cfg.Subnet, stranger), nil)
 	if diff := cmp.Diff([]string{
 		"del cw-auth 10.20.0.99",
 		"add cw-acct 10.20.0.11 timeout 0 packets 0 bytes 0 comment \"q=0\"",
@@ -724,4 +724,15 @@ func FuzzParseSave(f *testing.F) {
 			}
 		}
 	})
+}
+
+// clientSetsOf makes the readings of the client sets of these entries.
+func clientSetsOf(subnet netip.Prefix, sets map[string][]entry) *clientSets {
+	cs := &clientSets{}
+	for name, s := range map[string]*clientSet{AuthSet: &cs.auth, AcctSet: &cs.acct, DownSet: &cs.dl} {
+		s.start(subnet)
+		s.elems = appendEntries(s.elems, sets[name])
+		s.index()
+	}
+	return cs
 }

@@ -29,6 +29,10 @@ type nlKernel interface {
 	// IpsetList reads the elements of one set, as `ipset list -o save`
 	// shows them; with only valid, just the element of that address.
 	IpsetList(name string, only netip.Addr) ([]entry, error)
+	// IpsetElems reads the elements of a client set (cw-auth, cw-acct,
+	// cw-dl) appended to into[:0], which it reuses: the poll's and the
+	// reconcile's readings allocate nothing once into has grown.
+	IpsetElems(name string, into []clientElem) ([]clientElem, error)
 	// IpsetAdd adds one element (IPSET_CMD_ADD). With excl an element
 	// already there is refused with errElemExists and left as it is;
 	// without, it is rewritten (ipset's -exist): given counters and
@@ -141,6 +145,7 @@ func (fl ctFlow) String() string {
 type nlConn struct {
 	ipset   map[int]*nl.SocketHandle
 	list    map[int]*nl.SocketHandle // set listings (the counters poll), apart from the writes
+	dump    *nlDump                  // listings of the client sets (IpsetElems)
 	ct      chan map[int]*nl.SocketHandle
 	sockets []*nl.NetlinkSocket
 }
@@ -183,6 +188,10 @@ func openNL(netnsName string) (*nlConn, error) {
 		c.Close()
 		return nil, err
 	}
+	if c.dump, err = openNLDump(ns); err != nil {
+		c.Close()
+		return nil, err
+	}
 	for _, pool := range []chan map[int]*nl.SocketHandle{c.ct, c.ct} {
 		socks, err := open()
 		if err != nil {
@@ -196,6 +205,9 @@ func openNL(netnsName string) (*nlConn, error) {
 
 // Close closes the sockets.
 func (c *nlConn) Close() {
+	if c.dump != nil {
+		c.dump.close()
+	}
 	for _, s := range c.sockets {
 		s.Close()
 	}

@@ -128,6 +128,10 @@ type Gateway struct {
 	started time.Time
 	lastRec time.Time
 	repairs uint64
+	// polled is when the last poll read the counters (monotonic clock):
+	// the poll tick and the reconcile's own poll, which fall due together
+	// every other second, share one reading (see fresh).
+	polled time.Time
 }
 
 // New makes a Gateway; Run starts it.
@@ -261,6 +265,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 			g.events.syncAll()
 			return nil
 		case <-poll.C:
+			if g.fresh() {
+				continue // the reconcile has just polled
+			}
 			if err := g.poll(ctx); err != nil {
 				g.o.Metrics.errors.WithLabelValues("poll").Inc()
 				g.log.Error("polling counters", "err", err)
@@ -376,8 +383,10 @@ func limitOf(s *Session) shaper.Limit {
 // is read without kmu (see guard): an allow waits only for repairs.
 func (g *Gateway) reconcile(ctx context.Context, full bool) (int, error) {
 	g.unpark(ctx, 256)
-	if err := g.poll(ctx); err != nil {
-		g.log.Warn("reading counters before reconcile", "err", err)
+	if !g.fresh() {
+		if err := g.poll(ctx); err != nil {
+			g.log.Warn("reading counters before reconcile", "err", err)
+		}
 	}
 	grants, limits, gen := g.grants()
 	defer func() {
@@ -426,6 +435,14 @@ func (g *Gateway) reconcile(ctx context.Context, full bool) (int, error) {
 	return n, nil
 }
 
+// fresh reports whether the counters were read less than half a poll
+// interval ago: reading them again would only repeat the kernel's work
+// (two listings of 10,000 elements). Idle, quota and expiry checks still
+// run at least once per poll interval. Only the Run goroutine polls.
+func (g *Gateway) fresh() bool {
+	return !g.polled.IsZero() && time.Since(g.polled) < g.o.PollInterval/2
+}
+
 // poll reads the kernel counters and ends sessions that ran out.
 func (g *Gateway) poll(ctx context.Context) error {
 	// The kernel is read without holding kmu (with thousands of clients
@@ -440,6 +457,7 @@ func (g *Gateway) poll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	g.polled = time.Now()
 	g.kmu.Lock()
 	now := g.now()
 	var ending []*Session

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -782,4 +783,54 @@ func TestAllowsAndKicksDuringAReconcileRead(t *testing.T) {
 	if left != 0 {
 		t.Errorf("%d clients still marked touched after two rounds", left)
 	}
+}
+
+// The poll tick and the reconcile (which polls first) fall due together
+// every other tick: Run reads the counters once for both, and still at
+// least once per poll interval, so a session out of quota ends as soon.
+func TestRunPollsOncePerInterval(t *testing.T) {
+	const poll = 100 * time.Millisecond
+	fw := newFakeFW()
+	var reads atomic.Int64
+	fw.onUsage = func() { reads.Add(1) }
+	r := newRig(t, "", fw, func(o *Options) {
+		o.PollInterval, o.ReconcileInterval, o.FullReconcileInterval = poll, 2*poll, time.Hour
+	})
+	l := testConfig().Limits
+	l.Quota = 1000
+	if _, err := r.gw.Open(t.Context(), Grant{MAC: mac1, Method: "ctl", Limits: l}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- r.gw.Run(ctx) }()
+	time.Sleep(50 * time.Millisecond)
+	reads.Store(0)
+	t0 := time.Now()
+	time.Sleep(20 * poll)
+	n, took := reads.Load(), time.Since(t0)
+	// Over quota: ended by the next poll.
+	r.fw.set(ip1, firewall.Usage{Bytes: 1001, Packets: 3})
+	t1 := time.Now()
+	for {
+		if _, ok := r.gw.SessionFor(ip1); !ok {
+			break
+		}
+		if time.Since(t1) > 5*poll {
+			t.Errorf("a session out of quota still open %v later", time.Since(t1))
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ended := time.Since(t1)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// One reading per interval: ~20; reading again for each reconcile
+	// would make ~30.
+	if want := float64(took) / float64(poll); float64(n) < want*0.6 || float64(n) > want*1.25 {
+		t.Errorf("%d readings of the counters in %v, want one per %v (~%.0f)", n, took.Round(time.Millisecond), poll, want)
+	}
+	t.Logf("%d readings in %v; quota end after %v", n, took.Round(time.Millisecond), ended.Round(time.Millisecond))
 }
