@@ -92,12 +92,9 @@ func (e setElem) String() string {
 // ctFilter selects IPv4 conntrack flows; zero fields match anything. At
 // least one field must be set.
 type ctFilter struct {
-	Proto      uint8 // unix.IPPROTO_TCP, ...
-	OrigSrc    netip.Addr
-	OrigDst    netip.Addr
-	OrigDport  uint16
-	ReplySrc   netip.Addr
-	ReplySport uint16
+	Proto   uint8 // unix.IPPROTO_TCP, ...
+	OrigSrc netip.Addr
+	OrigDst netip.Addr
 }
 
 func (f ctFilter) empty() bool { return f == ctFilter{} }
@@ -105,10 +102,7 @@ func (f ctFilter) empty() bool { return f == ctFilter{} }
 func (f ctFilter) match(fl ctFlow) bool {
 	return (f.Proto == 0 || f.Proto == fl.Proto) &&
 		(!f.OrigSrc.IsValid() || f.OrigSrc == fl.OrigSrc) &&
-		(!f.OrigDst.IsValid() || f.OrigDst == fl.OrigDst) &&
-		(f.OrigDport == 0 || f.OrigDport == fl.OrigDport) &&
-		(!f.ReplySrc.IsValid() || f.ReplySrc == fl.ReplySrc) &&
-		(f.ReplySport == 0 || f.ReplySport == fl.ReplySport)
+		(!f.OrigDst.IsValid() || f.OrigDst == fl.OrigDst)
 }
 
 // ctFlow is one conntrack entry, as much of it as the firewall looks at.
@@ -442,7 +436,6 @@ func ipsetError(err error) error {
 const (
 	ctaFilter          = 25 // CTA_FILTER
 	ctaFilterOrigFlags = 1  // CTA_FILTER_ORIG_FLAGS
-	ctaFilterReplyFlag = 2  // CTA_FILTER_REPLY_FLAGS
 
 	ctaProtoSrcPort = 2 // CTA_PROTO_SRC_PORT
 	ctaProtoDstPort = 3 // CTA_PROTO_DST_PORT
@@ -499,24 +492,12 @@ func (c *nlConn) ConntrackList(f ctFilter) ([]ctFlow, error) {
 	if f.empty() {
 		return nil, errors.New("listing conntrack flows: empty filter")
 	}
-	if (f.OrigDport != 0 || f.ReplySport != 0) && f.Proto == 0 {
-		return nil, errors.New("listing conntrack flows: a port filter needs a protocol")
-	}
 	req := ctRequest(nl.IPCTNL_MSG_CT_GET, unix.NLM_F_DUMP)
-	var replyProto uint8
-	if f.ReplySport != 0 {
-		replyProto = f.Proto
-	}
-	orig, origFlags := ctTuple(nl.CTA_TUPLE_ORIG, f.Proto, f.OrigSrc, f.OrigDst, 0, f.OrigDport)
-	reply, replyFlags := ctTuple(nl.CTA_TUPLE_REPLY, replyProto, f.ReplySrc, netip.Addr{}, f.ReplySport, 0)
+	orig, origFlags := ctTuple(nl.CTA_TUPLE_ORIG, f.Proto, f.OrigSrc, f.OrigDst, 0, 0)
 	filter := nl.NewRtAttr(ctaFilter|unix.NLA_F_NESTED, nil)
 	if origFlags != 0 {
 		req.AddData(orig)
 		filter.AddRtAttr(ctaFilterOrigFlags, nl.Uint32Attr(origFlags))
-	}
-	if replyFlags != 0 {
-		req.AddData(reply)
-		filter.AddRtAttr(ctaFilterReplyFlag, nl.Uint32Attr(replyFlags))
 	}
 	req.AddData(filter)
 	var flows []ctFlow

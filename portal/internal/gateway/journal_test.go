@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -330,7 +331,12 @@ func TestOpensOfDifferentAddressesSideBySide(t *testing.T) {
 	go func() {
 		gd := &guard{g: r.gw}
 		gd.Lock()
+		stale := gd.Stale(addr(1)) // the held open touched it after gen 0
 		gd.Unlock()
+		if !stale {
+			rec <- fmt.Errorf("%s not stale for a guard taken after its open", addr(1))
+			return
+		}
 		rec <- nil
 	}()
 	select {
