@@ -64,20 +64,11 @@ func TestPacketSocketLab(t *testing.T) {
 
 	// Everything the socket queued, until 500 ms pass without a frame.
 	got := map[string][]int{} // kind -> captured lengths
-	for i := 0; ; i++ {
-		if i == 1000 {
-			t.Fatalf("more than 1000 frames captured: %v", got)
-		}
-		sock.f.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		f, err := sock.read()
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	if n := readQuiet(t, sock, 500*time.Millisecond, 1000, func(f []byte) {
 		k := frameKind(f, gwMAC)
 		got[k] = append(got[k], len(f))
+	}); n == 1000 {
+		t.Fatalf("1000 frames captured without a pause: %v", got)
 	}
 	t.Logf("captured: %v", got)
 
@@ -143,6 +134,25 @@ func TestPacketSocketInterruptLab(t *testing.T) {
 	if _, err := sock.read(); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("read after interrupt: %v, want %v", err, os.ErrDeadlineExceeded)
 	}
+}
+
+// readQuiet hands f every frame the socket gives until quiet passes
+// without one, or max frames; it returns how many it read.
+func readQuiet(t *testing.T, sock *packetSocket, quiet time.Duration, max int, f func([]byte)) int {
+	t.Helper()
+	n := 0
+	for ; n < max; n++ {
+		sock.f.SetReadDeadline(time.Now().Add(quiet))
+		frame, err := sock.read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		f(frame)
+	}
+	return n
 }
 
 // openLab opens a packet socket on the lab's client bridge, in the
@@ -225,19 +235,11 @@ func TestPacketSocketRingLab(t *testing.T) {
 	// and the blocks they came in.
 	count := func() (frames, blocks int) {
 		b0 := sock.blocksRead
-		for i := 0; i < 10000; i++ {
-			sock.f.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-			f, err := sock.read()
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
+		readQuiet(t, sock, 300*time.Millisecond, 10000, func(f []byte) {
 			if frameKind(f, sock.mac) == "in udp to 9" && len(f) == headerSnap {
 				frames++
 			}
-		}
+		})
 		return frames, sock.blocksRead - b0
 	}
 

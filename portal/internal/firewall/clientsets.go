@@ -257,17 +257,7 @@ func quotaOfComment(v []byte) uint64 {
 	if i := slices.Index(v, 0); i >= 0 {
 		v = v[:i]
 	}
-	if len(v) < 3 || v[0] != 'q' || v[1] != '=' {
-		return 0
-	}
-	var q uint64
-	for _, c := range v[2:] {
-		if c < '0' || c > '9' || q > (QuotaBase-uint64(c-'0'))/10 {
-			return 0 // not a number, or above QuotaBase (as parseQuotaComment)
-		}
-		q = q*10 + uint64(c-'0')
-	}
-	return q
+	return parseQuotaComment(v)
 }
 
 // nlDump lists the client sets: a blocking NETLINK_NETFILTER socket of its

@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -16,16 +15,7 @@ import (
 // changed MAC), and Usage is what the ipset command's figures give.
 func TestKernelClientSetsReadAsIpsetShows(t *testing.T) {
 	s := newSite(t)
-	s.setup(t)
-	if s.fw.nl == nil {
-		t.Fatal("the kernel firewall has no netlink handle")
-	}
-	g1 := s.grant(0)
-	g1.Expires, g1.QuotaBytes, g1.UsedBytes, g1.UsedDownBytes = time.Now().Add(time.Hour), 50_000_000, 90_000, 60_000
-	g2 := s.grant(1)
-	s.allow(t, g1)
-	s.allow(t, g2)
-	wantBody(t, "client1 through", s.curl(t, s.Clients[0].NS, "http://"+s.OtherIP.String()+"/"), "upstream ok\n")
+	twoClientsThrough(t, s)
 
 	// Timeouts tick between two reads: compared within a second.
 	approx := cmp.Comparer(func(a, b clientElem) bool {
@@ -35,18 +25,7 @@ func TestKernelClientSetsReadAsIpsetShows(t *testing.T) {
 	})
 	check := func(t *testing.T, step string) {
 		t.Helper()
-		shown := map[string][]entry{}
-		for _, set := range []string{AuthSet, AcctSet, DownSet} {
-			text, err := s.Gateway.Run(t.Context(), "ipset", "list", set, "-o", "save")
-			if err != nil {
-				t.Fatal(err)
-			}
-			m, err := parseSave(text)
-			if err != nil {
-				t.Fatal(err)
-			}
-			shown[set] = m[set]
-		}
+		shown := ipsetSaved(t, s)
 		cs := &s.fw.sets
 		for _, r := range []struct {
 			name string

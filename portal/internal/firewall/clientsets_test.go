@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -101,8 +102,19 @@ func FuzzAppendClientElems(f *testing.F) {
 func TestQuotaOfComment(t *testing.T) {
 	for _, c := range []string{"q=0", "q=1000", "q=007", "q=", "q=-1", "q=+5", "q=1_000", "q=1 ", "x=5", "q", "",
 		"q=4611686018427387904", "q=4611686018427387905", "q=18446744073709551615", "q=18446744073709551616", "q=99999999999999999999999"} {
-		if got, want := quotaOfComment([]byte(c+"\x00junk")), parseQuotaComment(c); got != want {
-			t.Errorf("quotaOfComment(%q) = %d, parseQuotaComment = %d", c, got, want)
+		// The meaning, written the obvious way: a decimal number after
+		// "q=", up to QuotaBase; anything else is no quota.
+		var want uint64
+		if v, ok := strings.CutPrefix(c, "q="); ok {
+			if q, err := strconv.ParseUint(v, 10, 64); err == nil && q <= QuotaBase {
+				want = q
+			}
+		}
+		if got := parseQuotaComment(c); got != want {
+			t.Errorf("parseQuotaComment(%q) = %d, want %d", c, got, want)
+		}
+		if got := quotaOfComment([]byte(c + "\x00junk")); got != want {
+			t.Errorf("quotaOfComment(%q) = %d, want %d", c, got, want)
 		}
 	}
 }

@@ -301,15 +301,19 @@ func splitQuoted(line string) ([]string, error) {
 func quotaComment(quota uint64) string { return "q=" + strconv.FormatUint(quota, 10) }
 
 // parseQuotaComment is the inverse of quotaComment; a missing or foreign
-// comment means unlimited.
-func parseQuotaComment(c string) uint64 {
-	v, ok := strings.CutPrefix(c, "q=")
-	if !ok {
+// comment means unlimited. It reads the comment as ipset prints it or, in
+// place, as a netlink listing carries it (quotaOfComment).
+func parseQuotaComment[T string | []byte](c T) uint64 {
+	if len(c) < 3 || c[0] != 'q' || c[1] != '=' {
 		return 0
 	}
-	q, err := strconv.ParseUint(v, 10, 64)
-	if err != nil || q > QuotaBase {
-		return 0
+	var q uint64
+	for i := 2; i < len(c); i++ {
+		d := c[i]
+		if d < '0' || d > '9' || q > (QuotaBase-uint64(d-'0'))/10 {
+			return 0 // not a number, or above QuotaBase
+		}
+		q = q*10 + uint64(d-'0')
 	}
 	return q
 }

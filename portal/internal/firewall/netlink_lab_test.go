@@ -24,10 +24,11 @@ import (
 // real kernel, proven with real traffic and with what `ipset list` and
 // `conntrack -L` show.
 
-// ipsetShows reads our three client sets with the ipset command.
-func ipsetShows(t *testing.T, s *site) map[string]map[netip.Addr]entry {
+// ipsetSaved reads our three client sets with the ipset command, in its
+// order.
+func ipsetSaved(t *testing.T, s *site) map[string][]entry {
 	t.Helper()
-	out := map[string]map[netip.Addr]entry{}
+	out := map[string][]entry{}
 	for _, set := range []string{AuthSet, AcctSet, DownSet} {
 		text, err := s.Gateway.Run(t.Context(), "ipset", "list", set, "-o", "save")
 		if err != nil {
@@ -37,9 +38,35 @@ func ipsetShows(t *testing.T, s *site) map[string]map[netip.Addr]entry {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out[set] = indexByIP(m[set])
+		out[set] = m[set]
 	}
 	return out
+}
+
+// ipsetShows is ipsetSaved by address.
+func ipsetShows(t *testing.T, s *site) map[string]map[netip.Addr]entry {
+	t.Helper()
+	out := map[string]map[netip.Addr]entry{}
+	for set, es := range ipsetSaved(t, s) {
+		out[set] = indexByIP(es)
+	}
+	return out
+}
+
+// twoClientsThrough sets the site up with its first two clients allowed,
+// the first with a quota and counters carried over from an earlier
+// session, and sends the first one's traffic upstream.
+func twoClientsThrough(t *testing.T, s *site) {
+	t.Helper()
+	s.setup(t)
+	if s.fw.nl == nil {
+		t.Fatal("the kernel firewall has no netlink handle")
+	}
+	g1 := s.grant(0)
+	g1.Expires, g1.QuotaBytes, g1.UsedBytes, g1.UsedDownBytes = time.Now().Add(time.Hour), 50_000_000, 90_000, 60_000
+	s.allow(t, g1)
+	s.allow(t, s.grant(1))
+	wantBody(t, "client1 through", s.curl(t, s.Clients[0].NS, "http://"+s.OtherIP.String()+"/"), "upstream ok\n")
 }
 
 // roundTimeout makes a timeout that counts down comparable: within 5 s

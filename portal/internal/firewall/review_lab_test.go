@@ -375,16 +375,7 @@ func TestKernelRestoreSkipsABadLine(t *testing.T) {
 // comments, also after real traffic.
 func TestKernelNetlinkListingMatchesIpset(t *testing.T) {
 	s := newSite(t)
-	s.setup(t)
-	if s.fw.nl == nil {
-		t.Fatal("the kernel firewall has no netlink handle")
-	}
-	g1 := s.grant(0)
-	g1.Expires, g1.QuotaBytes, g1.UsedBytes, g1.UsedDownBytes = time.Now().Add(time.Hour), 50_000_000, 90_000, 60_000
-	g2 := s.grant(1)
-	s.allow(t, g1)
-	s.allow(t, g2)
-	wantBody(t, "client1 through", s.curl(t, s.Clients[0].NS, "http://"+s.OtherIP.String()+"/"), "upstream ok\n")
+	twoClientsThrough(t, s)
 	names := []string{AuthSet, AcctSet, DownSet}
 	viaNL, err := s.fw.listNL(netip.Addr{}, names...)
 	if err != nil {

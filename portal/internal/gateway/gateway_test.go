@@ -746,13 +746,10 @@ func TestAllowsAndKicksDuringAReconcileRead(t *testing.T) {
 			_, err := r.gw.Allow(ctx, control.AllowRequest{IP: ip2.String(), MAC: mac2.String()})
 			done <- err
 		}()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Error(err)
-			}
-		case <-time.After(5 * time.Second):
+		if ok, err := within(done, 5*time.Second); !ok {
 			t.Error("kick and allow blocked behind the reconcile's read")
+		} else if err != nil {
+			t.Error(err)
 		}
 	}
 	if _, err := r.gw.reconcile(ctx, true); err != nil {
@@ -833,4 +830,14 @@ func TestRunPollsOncePerInterval(t *testing.T) {
 		t.Errorf("%d readings of the counters in %v, want one per %v (~%.0f)", n, took.Round(time.Millisecond), poll, want)
 	}
 	t.Logf("%d readings in %v; quota end after %v", n, took.Round(time.Millisecond), ended.Round(time.Millisecond))
+}
+
+// within waits up to d for what c says; ok is false if nothing came.
+func within(c <-chan error, d time.Duration) (ok bool, err error) {
+	select {
+	case err := <-c:
+		return true, err
+	case <-time.After(d):
+		return false, nil
+	}
 }

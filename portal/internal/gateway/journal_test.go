@@ -314,13 +314,10 @@ func TestOpensOfDifferentAddressesSideBySide(t *testing.T) {
 	// Another address: through at once, while the first is held.
 	other := make(chan error, 1)
 	go func() { other <- open(2, 2) }()
-	select {
-	case err := <-other:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
+	if ok, err := within(other, 5*time.Second); !ok {
 		t.Fatal("an open of another address waited for the held one")
+	} else if err != nil {
+		t.Fatal(err)
 	}
 	// The same address (another device taking it over) waits for it.
 	same := make(chan error, 1)
@@ -348,13 +345,10 @@ func TestOpensOfDifferentAddressesSideBySide(t *testing.T) {
 	}
 	free()
 	for _, c := range []chan error{first, same, rec} {
-		select {
-		case err := <-c:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(5 * time.Second):
+		if ok, err := within(c, 5*time.Second); !ok {
 			t.Fatal("blocked after the release")
+		} else if err != nil {
+			t.Fatal(err)
 		}
 	}
 	r.fw.mu.Lock()
