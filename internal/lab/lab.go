@@ -39,6 +39,10 @@ type Options struct {
 	// that have no firewall). By default, as on the real internet, client
 	// IPv4 must be NATed by the gateway to get answers.
 	RouteIPv4 bool
+	// ClientBits is the prefix length of the client network 10.20.0.1/N
+	// (16..24); 0 means 22. A wider one leaves room for extra devices
+	// (Client.AddDevices) beyond the client namespaces' own addresses.
+	ClientBits int
 }
 
 // Fixed addresses of the lab. They are the same in every run: the
@@ -76,7 +80,7 @@ type Lab struct {
 	GatewayWANIP6 netip.Addr   // 2001:db8:100::2 on wan0
 	GatewayIP     netip.Addr   // 10.20.0.1 on br-cw
 	GatewayIP6    netip.Addr   // 2001:db8:20::1 on br-cw
-	ClientPrefix  netip.Prefix // 10.20.0.1/22: the gateway's address on the client network
+	ClientPrefix  netip.Prefix // 10.20.0.1/22 (Options.ClientBits): the gateway's address on the client network
 	ClientPrefix6 netip.Prefix // 2001:db8:20::1/64
 	WANPrefix     netip.Prefix // 198.51.100.1/24: the upstream's address on the WAN link
 	WANPrefix6    netip.Prefix // 2001:db8:100::1/64
@@ -98,6 +102,7 @@ type Lab struct {
 	upstream *upstream
 	marker   string
 	dhcp     bool
+	devices  int // AddDevices so far
 }
 
 // Client is one resident's device: a namespace with eth0 bridged to the
@@ -134,11 +139,18 @@ func New(ctx context.Context, opts Options) (*Lab, error) {
 	if opts.Clients < 0 || opts.Clients > MaxClients {
 		return nil, fmt.Errorf("building lab: %d clients, want 1..%d", opts.Clients, MaxClients)
 	}
+	cp := clientPrefix
+	if opts.ClientBits != 0 {
+		if opts.ClientBits < 16 || opts.ClientBits > 24 {
+			return nil, fmt.Errorf("building lab: client network /%d, want /16../24", opts.ClientBits)
+		}
+		cp = netip.PrefixFrom(gatewayIP, opts.ClientBits)
+	}
 	l := &Lab{
 		UpstreamIP: upstreamIP, GardenIP: gardenIP, OtherIP: otherIP, UpstreamIP6: upstreamIP6,
 		GatewayWANIP: gatewayWANIP, GatewayWANIP6: gatewayWANIP6,
 		GatewayIP: gatewayIP, GatewayIP6: gatewayIP6,
-		ClientPrefix: clientPrefix, ClientPrefix6: clientPrefix6,
+		ClientPrefix: cp, ClientPrefix6: clientPrefix6,
 		WANPrefix: wanPrefix, WANPrefix6: wanPrefix6,
 		WANIf: "wan0", LANIf: "br-cw", UpstreamIf: "up0",
 	}
@@ -234,12 +246,12 @@ func (l *Lab) build(ctx context.Context, opts Options) error {
 		{"ip", "-n", gw, "route", "add", "default", "via", upstreamIP.String()},
 		{"ip", "-n", gw, "-6", "route", "add", "default", "via", upstreamIP6.String()},
 		{"ip", "-n", gw, "link", "add", "br-cw", "address", "02:00:00:00:01:01", "type", "bridge", "stp_state", "0", "forward_delay", "0"},
-		{"ip", "-n", gw, "addr", "add", clientPrefix.String(), "dev", "br-cw"},
+		{"ip", "-n", gw, "addr", "add", l.ClientPrefix.String(), "dev", "br-cw"},
 		{"ip", "-n", gw, "-6", "addr", "add", clientPrefix6.String(), "dev", "br-cw", "nodad"},
 		{"ip", "-n", gw, "link", "set", "br-cw", "up"},
 	}
 	if opts.RouteIPv4 {
-		steps = append(steps, []string{"ip", "-n", up, "route", "add", clientPrefix.Masked().String(), "via", gatewayWANIP.String()})
+		steps = append(steps, []string{"ip", "-n", up, "route", "add", l.ClientPrefix.Masked().String(), "via", gatewayWANIP.String()})
 	}
 	for _, argv := range steps {
 		if _, err := run(ctx, argv...); err != nil {
@@ -307,7 +319,7 @@ func (l *Lab) addClient(ctx context.Context, i int, dhcp bool) (*Client, error) 
 	}
 	if !dhcp {
 		steps = append(steps,
-			[]string{"ip", "-n", ns, "addr", "add", netip.PrefixFrom(c.IP, clientPrefix.Bits()).String(), "dev", "eth0"},
+			[]string{"ip", "-n", ns, "addr", "add", netip.PrefixFrom(c.IP, l.ClientPrefix.Bits()).String(), "dev", "eth0"},
 			[]string{"ip", "-n", ns, "route", "add", "default", "via", gatewayIP.String()},
 		)
 	}
