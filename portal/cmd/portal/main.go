@@ -22,7 +22,6 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -259,40 +258,6 @@ func (g gate) ClickThrough(ctx context.Context, ip netip.Addr) error {
 	return err
 }
 
-// kernelSettings are the sysctls a gateway needs in its network namespace.
-// IPv4 forwarding, of course. And br_netfilter off: when the client network
-// is a bridge, bridge-nf-call-iptables makes bridged frames pass iptables at
-// the bridge too, and with the IFB redirect that shapes uploads the
-// conntrack entry of a captive client's DNAT to the portal is lost, so the
-// portal's replies go out un-NATed. The gateway routes, it does not need to
-// filter bridged frames (the access points isolate clients from each other).
-var kernelSettings = []struct{ path, value string }{
-	{"/proc/sys/net/ipv4/ip_forward", "1"},
-	{"/proc/sys/net/bridge/bridge-nf-call-iptables", "0"},
-	{"/proc/sys/net/bridge/bridge-nf-call-ip6tables", "0"},
-	{"/proc/sys/net/bridge/bridge-nf-call-arptables", "0"},
-}
-
-func tuneKernel(log *slog.Logger) error {
-	for _, s := range kernelSettings {
-		cur, err := os.ReadFile(s.path)
-		if errors.Is(err, os.ErrNotExist) {
-			continue // br_netfilter not loaded: nothing to turn off
-		}
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", s.path, err)
-		}
-		if strings.TrimSpace(string(cur)) == s.value {
-			continue
-		}
-		if err := os.WriteFile(s.path, []byte(s.value), 0o644); err != nil {
-			return fmt.Errorf("setting %s to %s: %w", s.path, s.value, err)
-		}
-		log.Info("kernel setting changed", "path", s.path, "from", strings.TrimSpace(string(cur)), "to", s.value)
-	}
-	return nil
-}
-
 func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err := checkUplink(cfg); err != nil {
 		return err
@@ -343,7 +308,7 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		DNSRunning: p.dns.Running,
 		// Forwarding goes on only once the firewall is in place: fail
 		// closed at boot (keep net.ipv4.ip_forward=0 in /etc/sysctl.conf).
-		FirewallReady: func() error { return tuneKernel(log) },
+		FirewallReady: func() error { return tuneKernel(log, "/proc/sys", cfg.ClientSubnet) },
 		Metrics:       gateway.NewMetrics(reg),
 		Events:        events,
 		Controller:    controllerStatus(link),
