@@ -366,6 +366,19 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return control.NewServer(gw, log.With("component", "control")).Serve(ctx, cfg.ControlSocket)
 	})
 	g.Go(func() error { return srv.Run(ctx) })
+	g.Go(func() error {
+		// Shaper classes for the DHCP range, made ahead in the background
+		// so that a login changes a class instead of making one.
+		start := time.Now()
+		n, err := p.sh.Warm(ctx, cfg.DHCPStart, cfg.DHCPEnd)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.Warn("making shaper classes ahead", "err", err)
+		case n > 0:
+			log.Info("shaper classes made ahead", "component", "shaper", "classes", n, "from", cfg.DHCPStart, "to", cfg.DHCPEnd, "took", time.Since(start).Round(time.Millisecond))
+		}
+		return nil
+	})
 	if cfg.MetricsListen != "" {
 		g.Go(func() error { return serveMetrics(ctx, cfg.MetricsListen, reg) })
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -217,18 +218,34 @@ func TestKernelUnclassifiedAndRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	unshaped(t, "removed client down", s.measure(t, 0, true))
-	out, err := s.Gateway.Run(context.Background(), "tc", "class", "show", "dev", s.LANIf)
+	// Its filters are gone, its class stays parked: 10.20.0.11 is 100:10b.
+	ctx := context.Background()
+	for _, argv := range [][]string{
+		{"tc", "filter", "show", "dev", s.LANIf, "parent", "1:"}, {"tc", "filter", "show", "dev", s.LANIf, "parent", "100:"},
+	} {
+		out, err := s.Gateway.Run(ctx, argv...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out, "0a14000b/ffffffff") {
+			t.Errorf("after Remove, %q still matches the client:\n%s", argv, out)
+		}
+	}
+	out, err := s.Gateway.Run(ctx, "tc", "class", "show", "dev", s.LANIf)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		if !strings.HasPrefix(line, "class htb 1:") { // the /24 classes stay
-			t.Errorf("after Remove, class on %s: %q; want only the /24 classes", s.LANIf, line)
+		if !strings.HasPrefix(line, "class htb 1:") && !strings.HasPrefix(line, "class htb 100:10b ") {
+			t.Errorf("after Remove, class on %s: %q; want the /24 classes and the parked 100:10b", s.LANIf, line)
 		}
 	}
-	if err := s.sh.Remove(context.Background(), s.Clients[0].IP); err != nil {
+	if err := s.sh.Remove(ctx, s.Clients[0].IP); err != nil {
 		t.Errorf("second Remove: %v", err)
 	}
+	// The next client at that address gets the parked class, at its rate.
+	s.set(t, shaper.Limit{IP: s.Clients[0].IP, Down: 5 * quantity.Mbit})
+	s.measureWithin(t, "parked class shaped again, down", 0, true, 5*quantity.Mbit)
 }
 
 func TestKernelReconcile(t *testing.T) {
@@ -286,10 +303,10 @@ func TestKernelReconcile(t *testing.T) {
 	s.measureWithin(t, "repaired up", 0, false, 2*quantity.Mbit)
 
 	// A client shaped behind the store's back (Set, not in want) is
-	// removed by Reconcile, and then unshaped.
+	// removed by Reconcile (its class parked), and then unshaped.
 	s.set(t, shaper.Limit{IP: s.Clients[1].IP, Down: 5 * quantity.Mbit})
-	if n, err := s.sh.Reconcile(ctx, want, nil); err != nil || n != 3 {
-		t.Errorf("Reconcile of a stray client = %d, %v; want 3 (2 filters, class)", n, err)
+	if n, err := s.sh.Reconcile(ctx, want, nil); err != nil || n != 2 {
+		t.Errorf("Reconcile of a stray client = %d, %v; want 2 (its 2 filters)", n, err)
 	}
 	unshaped(t, "stray client removed, down", s.measure(t, 1, true))
 }
@@ -434,8 +451,14 @@ func TestKernelNetlinkAgrees(t *testing.T) {
 			t.Errorf("after %+v: netlink differs from tc (-tc +netlink):\n%s", steps[i], diff)
 		}
 	}
-	if got[true][len(steps)-1] != empty {
-		t.Errorf("after Remove through netlink:\n%s\nbefore:\n%s", got[true][len(steps)-1], empty)
+	// After Remove: as before the first Set but for the parked classes
+	// (and their leaves).
+	parked := regexp.MustCompile(`(?m)^(class htb 100:10b |qdisc pfifo \* parent 100:10b ).*\n`)
+	if after := parked.ReplaceAllString(got[true][len(steps)-1], ""); after != empty {
+		t.Errorf("after Remove through netlink (parked classes left out):\n%s\nbefore:\n%s", after, empty)
+	}
+	if n := len(parked.FindAllString(got[true][len(steps)-1], -1)); n != 4 {
+		t.Errorf("after Remove: %d parked classes 100:10b and leaves, want 4 (both devices)", n)
 	}
 	// And the netlink-made classes shape.
 	s.sh.UseNetlink(true)
@@ -693,4 +716,53 @@ func TestKernelSetRepairsLostQdisc(t *testing.T) {
 		t.Fatalf("Set after the /24's qdisc was deleted: %v", err)
 	}
 	s.measureWithin(t, "shaped client down after the repair", 0, true, 2*quantity.Mbit)
+}
+
+// TestKernelWarm: classes made ahead for a range are parked (their
+// addresses stay unshaped), a client shaped before keeps its rate, a
+// second Warm makes none, and a login in the range shapes through the
+// parked class: "class replace" changes it, with no new class.
+func TestKernelWarm(t *testing.T) {
+	s := newSite(t, 2)
+	ctx := context.Background()
+	// Client 1 (10.20.0.11) shaped before; client 2 (10.20.0.12) not.
+	s.set(t, shaper.Limit{IP: s.Clients[0].IP, Down: 2 * quantity.Mbit, Up: 2 * quantity.Mbit})
+	first, last := netip.MustParseAddr("10.20.0.10"), netip.MustParseAddr("10.20.0.40")
+	n, err := s.sh.Warm(ctx, first, last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 60 { // 31 addresses, 30 without classes, 2 devices
+		t.Errorf("Warm made %d classes, want 60", n)
+	}
+	if n, err := s.sh.Warm(ctx, first, last); err != nil || n != 0 {
+		t.Errorf("second Warm = %d, %v; want 0", n, err)
+	}
+	classes := func() string {
+		var b strings.Builder
+		for _, dev := range []string{s.LANIf, "cwifb0"} {
+			out, err := s.Gateway.Run(ctx, "tc", "class", "show", "dev", dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.WriteString(out)
+		}
+		return b.String()
+	}
+	got := classes()
+	if c := strings.Count(got, "class htb 100:1"); c != 62 {
+		t.Errorf("%d client classes, want 62 (31 addresses, 2 devices):\n%s", c, got)
+	}
+	if !strings.Contains(got, "class htb 100:10b root leaf") || !strings.Contains(got, "rate 2091Kbit ceil 2091Kbit") {
+		t.Errorf("client 1's class lost its 2mbit rate:\n%s", got)
+	}
+	unshaped(t, "parked client 2 down", s.measure(t, 1, true))
+	unshaped(t, "parked client 2 up", s.measure(t, 1, false))
+
+	s.set(t, shaper.Limit{IP: s.Clients[1].IP, Down: 2 * quantity.Mbit, Up: 2 * quantity.Mbit})
+	if c := strings.Count(classes(), "class htb 100:1"); c != 62 {
+		t.Errorf("after a Set in the range: %d client classes, want still 62", c)
+	}
+	s.measureWithin(t, "warmed client 2 down", 1, true, 2*quantity.Mbit)
+	s.measureWithin(t, "warmed client 2 up", 1, false, 2*quantity.Mbit)
 }

@@ -156,7 +156,10 @@ func (t *TC) Set(ctx context.Context, l Limit) error {
 	return nil
 }
 
-// Remove deletes one client's classes and filters; unknown IPs are fine.
+// Remove deletes one client's filters; unknown IPs are fine. Its classes
+// stay, parked (no filter sends a packet to them): making a class costs
+// time that grows with every HTB class on the machine (README.md), so the
+// next client at this address only changes them.
 func (t *TC) Remove(ctx context.Context, ip netip.Addr) error {
 	if checkClient(t.cfg.Subnet, ip) != nil {
 		return nil // never shaped
@@ -211,7 +214,9 @@ func (t *TC) apply(ctx context.Context, l Limit) error {
 
 // clientOps take one client from old to new. A new class gets its leaf and
 // then its filters, inner first: once the root's filter sends the client
-// to its /24, the /24's qdisc knows the client. Removal goes the other way.
+// to its /24, the /24's qdisc knows the client. "class replace" makes the
+// class, or changes a parked one. Removal deletes the filters, outer
+// first, and parks the class.
 func (t *TC) clientOps(ip netip.Addr, old, new Limit) []op {
 	var ops []op
 	for _, x := range []struct {
@@ -232,8 +237,7 @@ func (t *TC) clientOps(ip netip.Addr, old, new Limit) []op {
 		case x.old != 0:
 			ops = append(ops,
 				nodeDelOp(x.d.dev, 1, outerHostHandle(ip)),
-				nodeDelOp(x.d.dev, group(third(ip)), innerHostHandle(ip)),
-				classOp(opClassDel, x.d.dev, ip, 0))
+				nodeDelOp(x.d.dev, group(third(ip)), innerHostHandle(ip)))
 		}
 	}
 	return ops
@@ -316,13 +320,18 @@ func (t *TC) batch(ctx context.Context, lines []string) error {
 	return err
 }
 
-// learn fills the cache from the kernel's client classes.
+// learn fills the cache from the kernel's client classes that a root
+// filter sends packets to (the others are parked).
 func (t *TC) learn(s state) {
 	t.installed = map[netip.Addr]Limit{}
-	add := func(classes map[uint32]classState, down bool) {
-		for id, c := range classes {
+	add := func(d devState, down bool) {
+		root := d.blocks[1]
+		for id, c := range d.classes {
 			ip, ok := addrOfClass(t.cfg.Subnet, id)
-			if !ok {
+			if !ok || root == nil {
+				continue
+			}
+			if _, shaped := root.nodes[outerHostHandle(ip)]; !shaped {
 				continue
 			}
 			l := t.installed[ip]
@@ -335,8 +344,8 @@ func (t *TC) learn(s state) {
 			t.installed[ip] = l
 		}
 	}
-	add(s.down.classes, true)
-	add(s.up.classes, false)
+	add(s.down, true)
+	add(s.up, false)
 }
 
 // Reconcile repairs drift so tc matches want: the IFB device, qdiscs, hash
@@ -800,9 +809,11 @@ func (t *TC) plan(s state, want map[netip.Addr]Limit, clients bool) (plan, error
 			}
 		}
 		if clients {
+			// Client classes not wanted stay, parked (their filters go);
+			// other classes in a /24's qdisc are someone else's.
 			var extra []uint32
 			for id := range st.classes {
-				if _, ok := wantClasses[id]; !ok && id>>16 != 1 {
+				if _, client := addrOfClass(t.cfg.Subnet, id); !client && id>>16 != 1 {
 					extra = append(extra, id)
 				}
 			}
@@ -902,6 +913,81 @@ func (t *TC) Teardown(ctx context.Context) error {
 	return nil
 }
 
+// warmChunk is how many addresses Warm makes classes for under one hold
+// of the lock that Set takes (2 classes each): a login waits for one
+// chunk at most, a few ms.
+const warmChunk = 16
+
+// WarmMax bounds the addresses Warm makes classes for: each costs the
+// kernel about 6 KB (two classes, two leaves), so 4,096 cost ~25 MB.
+// Addresses past it get their classes at their first login, and keep them.
+const WarmMax = 4096
+
+// Warm makes parked classes ahead, in both directions, for the client
+// addresses from first to last (the DHCP range; its first WarmMax), so that a login there
+// changes a class instead of making one: making one costs time that grows
+// with every HTB class on the machine (README.md), and a login must not
+// pay for thousands. It reads tc once, then makes the missing classes in
+// chunks, each under the lock Set and Remove take; a client Set meanwhile
+// keeps its own. It returns the classes made; on error or when ctx ends,
+// those made so far stay (parked classes are harmless) and the next call
+// goes on.
+func (t *TC) Warm(ctx context.Context, first, last netip.Addr) (int, error) {
+	s, err := t.observe(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("making classes ahead: %w", err)
+	}
+	var todo []netip.Addr
+	seen := 0
+	for ip := first.Unmap(); ip.IsValid() && ip.Compare(last.Unmap()) <= 0 && seen < WarmMax; ip = ip.Next() {
+		if checkClient(t.cfg.Subnet, ip) != nil {
+			continue
+		}
+		seen++
+		id := clientClass(ip)
+		_, down := s.down.classes[id]
+		_, up := s.up.classes[id]
+		if !down || !up {
+			todo = append(todo, ip)
+		}
+	}
+	made := 0
+	for len(todo) > 0 {
+		if err := ctx.Err(); err != nil {
+			return made, err
+		}
+		chunk := todo[:min(warmChunk, len(todo))]
+		todo = todo[len(chunk):]
+		t.mu.Lock()
+		var ops []op
+		for _, ip := range chunk {
+			if _, shaped := t.installed[ip]; shaped {
+				continue // Set made or changed its classes meanwhile
+			}
+			id := clientClass(ip)
+			for _, x := range []struct {
+				d    direction
+				have map[uint32]classState
+			}{{t.down, s.down.classes}, {t.up, s.up.classes}} {
+				if _, ok := x.have[id]; !ok {
+					// With its own pfifo leaf: a login then changes the
+					// leaf's limit in place, where replacing HTB's default
+					// leaf would make a qdisc (a search of the device's
+					// qdisc hash for a free handle).
+					ops = append(ops, classOp(opClass, x.d.dev, ip, groupRate), leafOp(x.d.dev, ip, groupRate))
+				}
+			}
+		}
+		err := t.exec(ctx, ops)
+		t.mu.Unlock()
+		if err != nil {
+			return made, fmt.Errorf("making classes ahead: %w", err)
+		}
+		made += len(ops) / 2
+	}
+	return made, nil
+}
+
 // Stats returns the kernel's counters of every shaped client's classes.
 func (t *TC) Stats(ctx context.Context) (map[netip.Addr]ClassStats, error) {
 	n := t.netlinkReader()
@@ -934,6 +1020,13 @@ func (t *TC) Stats(ctx context.Context) (map[netip.Addr]ClassStats, error) {
 				s.UpBytes, s.UpPackets, s.UpDrops = c.bytes, c.packets, c.drops
 			}
 			stats[ip] = s
+		}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for ip := range stats {
+		if _, shaped := t.installed[ip]; !shaped {
+			delete(stats, ip) // parked
 		}
 	}
 	return stats, nil

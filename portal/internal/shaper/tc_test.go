@@ -343,7 +343,7 @@ func TestReconcile(t *testing.T) {
 			{IP: ip("10.20.2.7"), Up: quantity.Mbit},                               // new
 			{IP: ip("10.20.9.9"), Up: quantity.Mbit},                               // outside: ignored
 			{IP: ip("10.20.0.13")},                                                 // no limits: ignored
-		}, 7}, // 100:10b down change (3mbit keeps the leaf limit); 10.20.2.7 up class + 2 filters; 10.20.0.12 down 2 filters + class
+		}, 6}, // 100:10b down change (3mbit keeps the leaf limit); 10.20.2.7 up class + 2 filters; 10.20.0.12 down 2 filters (its class parked)
 		{"root qdisc deleted", nil, func(m map[string]string) {
 			m["tc -j qdisc show dev br-cw"] = `[{"kind":"noqueue","handle":"0:","root":true,"refcnt":2,"options":{}},{"kind":"ingress","handle":"ffff:","parent":"ffff:fff1","options":{}}]`
 			m["tc -s class show dev br-cw"] = ``
@@ -359,6 +359,9 @@ func TestReconcile(t *testing.T) {
 			m["tc -s class show dev br-cw"] += "class htb 1:fff root prio 0 rate 1Mbit ceil 1Mbit burst 1600b cburst 1600b\n"
 		}, same, 1 + 8 + 9 + 2 + 13},
 		{"stray class in a /24", nil, func(m map[string]string) {
+			// 102:ff is no client's (minors start at 0x100); 102:1ff,
+			// 10.20.2.255's, would be a parked class and stay.
+			m["tc -s class show dev br-cw"] += "class htb 102:ff root prio 0 rate 1Mbit ceil 1Mbit burst 1600b cburst 1600b\n"
 			m["tc -s class show dev br-cw"] += "class htb 102:1ff root prio 0 rate 1Mbit ceil 1Mbit burst 1600b cburst 1600b\n"
 		}, same, 1},
 		{"/24 qdisc deleted", nil, func(m map[string]string) {
@@ -545,13 +548,24 @@ func TestTeardown(t *testing.T) {
 
 func TestStats(t *testing.T) {
 	tc, _ := newFake(t, lab22, captured(t))
-	got, err := tc.Stats(context.Background())
+	ctx := context.Background()
+	if err := tc.Setup(ctx); err != nil { // learns the two clients
+		t.Fatal(err)
+	}
+	got, err := tc.Stats(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	a, b := got[ip("10.20.0.11")], got[ip("10.20.0.12")]
 	if len(got) != 2 || a.DownBytes == 0 || a.DownPackets == 0 || a.UpBytes == 0 || b.DownBytes != 0 || b.UpBytes != 0 {
 		t.Errorf("Stats = %+v", got)
+	}
+	// A removed client's classes stay, parked: not a client's stats.
+	if err := tc.Remove(ctx, ip("10.20.0.12")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = tc.Stats(ctx); err != nil || len(got) != 1 || got[ip("10.20.0.11")].DownBytes == 0 {
+		t.Errorf("Stats after Remove of 10.20.0.12 = %+v, %v; want 10.20.0.11's only", got, err)
 	}
 }
 
@@ -803,5 +817,47 @@ func TestNoInterface(t *testing.T) {
 	}
 	if f.batches != 0 {
 		t.Errorf("ran %d batches without the interface", f.batches)
+	}
+}
+
+// Warm makes a class and a leaf per address and device, for at most
+// WarmMax addresses of the range, skipping the subnet's network address,
+// clients already shaped and (through the reading) existing classes.
+func TestWarm(t *testing.T) {
+	tc, f := newFake(t, netip.MustParsePrefix("10.20.0.0/16"), fresh())
+	ctx := context.Background()
+	if err := tc.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.Set(ctx, Limit{IP: ip("10.20.0.5"), Down: quantity.Mbit, Up: quantity.Mbit}); err != nil {
+		t.Fatal(err)
+	}
+	f.log.Reset()
+	n, err := tc.Warm(ctx, ip("10.20.0.0"), ip("10.20.255.254"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	classes := map[string]int{}
+	leaves := 0
+	for _, l := range strings.Split(f.log.String(), "\n") {
+		if strings.HasPrefix(l, "class replace dev ") {
+			classes[strings.Fields(l)[3]]++
+			if !strings.Contains(l, fmt.Sprintf(" rate %dbit ", paramsFor(groupRate).rateBytes*8)) {
+				t.Errorf("parked class not at the /24 rate: %s", l)
+			}
+		}
+		if strings.HasPrefix(l, "qdisc replace dev ") && strings.Contains(l, " pfifo ") {
+			leaves++
+		}
+		if strings.Contains(l, "classid 100:100 ") || strings.Contains(l, "classid 100:105 ") {
+			t.Errorf("Warm touched the network address or the shaped client: %s", l)
+		}
+	}
+	// 10.20.0.1 .. 10.20.16.0 less 10.20.0.5: 4,095 addresses.
+	if want := WarmMax - 1; n != 2*want || classes["br-cw"] != want || classes["cwifb0"] != want || leaves != 2*want {
+		t.Errorf("Warm = %d; classes %v, %d leaves; want %d, %d per device and leaves", n, classes, leaves, 2*want, want)
+	}
+	if strings.Contains(f.log.String(), "classid 110:101 ") {
+		t.Error("Warm went past WarmMax addresses")
 	}
 }
