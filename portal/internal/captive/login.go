@@ -68,7 +68,7 @@ func (e *LoginError) Unwrap() error { return e.Err }
 var LoginCodes = []string{
 	"bad_number", "country_not_allowed", "not_mobile", "rate_limited", "budget_exhausted", "provider_failed",
 	"wrong_code", "expired", "too_many_tries", "bad_voucher", "voucher_used", "method_not_allowed", "no_consent",
-	"not_connected", "not_remembered", "grant_refused", "gateway_refused", "unavailable",
+	"not_connected", "not_remembered", "grant_refused", "gateway_refused", "unavailable", "busy",
 }
 
 // Method names of the site policy's login_methods.
@@ -132,7 +132,7 @@ func loginStatus(code string) int {
 	switch code {
 	case "rate_limited", "budget_exhausted", "too_many_tries":
 		return http.StatusTooManyRequests
-	case "provider_failed", "unavailable":
+	case "provider_failed", "unavailable", "busy":
 		return http.StatusServiceUnavailable
 	case "method_not_allowed", "not_connected", "grant_refused", "gateway_refused", "voucher_used":
 		return http.StatusForbidden

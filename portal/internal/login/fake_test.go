@@ -54,6 +54,8 @@ type fakeController struct {
 	// onSMS, when set, "texts" the code it returns (the test reads it as
 	// the SMS provider would); else the code is 123456.
 	onSMS func(apiclient.SMSStartRequest) string
+	// hold, when set, keeps sms/verify waiting until it is closed.
+	hold chan struct{}
 }
 
 func newFakeController(now func() time.Time) *fakeController {
@@ -113,13 +115,21 @@ func (f *fakeController) StartSMS(_ context.Context, req apiclient.SMSStartReque
 	return apiclient.SMSStartAnswer{RequestID: id, ResendAfterS: 30, ExpiresS: 600}, nil
 }
 
-func (f *fakeController) VerifySMS(_ context.Context, req apiclient.SMSVerifyRequest) (apiclient.Grant, error) {
+func (f *fakeController) VerifySMS(ctx context.Context, req apiclient.SMSVerifyRequest) (apiclient.Grant, error) {
 	if err := f.record("sms/verify", req); err != nil {
 		return apiclient.Grant{}, err
 	}
 	f.mu.Lock()
 	code, ok := f.codes[req.RequestID]
+	hold := f.hold
 	f.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			return apiclient.Grant{}, ctx.Err()
+		}
+	}
 	if !ok {
 		return apiclient.Grant{}, &apiclient.LoginError{Code: apiclient.CodeExpired, Message: "no such request", Status: 400}
 	}

@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -673,5 +675,87 @@ func TestGrantNotRecordedStillSingleUse(t *testing.T) {
 	}
 	if n := len(h.gw.openedList()); n != 1 {
 		t.Errorf("%d sessions opened, want 1", n)
+	}
+}
+
+// TestBusyRefusesAtOnce: with MaxLogins in flight (held in the
+// controller), one more login is refused at once as "busy", without
+// asking the controller, and the resident's code still works afterwards;
+// the page says so in the resident's language, with a 503 and the code
+// form kept.
+func TestBusyRefusesAtOnce(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	ip := netip.MustParseAddr(phoneIP)
+	sent, err := h.svc.StartSMS(ctx, ip, "+393331234567", "en")
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := New(Config{Site: site, GatewayID: gwID, ControllerKey: h.ctl.pub(), StateDir: t.TempDir(), MaxLogins: 2, Now: func() time.Time { return h.now }},
+		h.ctl, h.gw, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	release := make(chan struct{})
+	h.ctl.mu.Lock()
+	h.ctl.hold = release
+	h.ctl.mu.Unlock()
+	before := len(h.ctl.requests())
+	done := make(chan error, 2)
+	for range 2 {
+		go func() { done <- svc.VerifySMS(ctx, ip, sent.RequestID, "123456") }()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(h.ctl.requests()) < before+2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the two logins never reached the controller")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	start := time.Now()
+	short, cancel := context.WithTimeout(ctx, 2*time.Second) // a wait would be held
+	err = svc.VerifySMS(short, ip, sent.RequestID, "123456")
+	cancel()
+	var le *captive.LoginError
+	if !errors.As(err, &le) || le.Code != "busy" || !errors.Is(err, ErrBusy) || le.RetryAfter <= 0 {
+		t.Errorf("third login at MaxLogins 2: %v, want a busy refusal with a retry time", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the busy refusal took %v: it must not wait", d)
+	}
+	if n := len(h.ctl.requests()); n != before+2 {
+		t.Errorf("the busy login reached the controller (%d requests, want %d)", n, before+2)
+	}
+	close(release)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Errorf("a held login: %v", err)
+		}
+	}
+	if err := svc.VerifySMS(ctx, ip, sent.RequestID, "123456"); err != nil {
+		t.Errorf("after the rush, the same code: %v", err)
+	}
+
+	// The page: every slot of the harness's service taken.
+	for range cap(h.svc.slots) {
+		h.svc.slots <- struct{}{}
+	}
+	h.gw.sessions = map[netip.Addr]gateway.Grant{} // logged out again
+	f := h.landingFor(orig).hidden(t, "/portal/sms")
+	f.Set("phone", "+39 333 123 4567")
+	f.Set("accept", "1")
+	code := h.post("/portal/sms", f)
+	status(t, code, 200)
+	v := code.hidden(t, "/portal/sms/verify")
+	v.Set("code", "123456")
+	n := len(h.ctl.requests())
+	p := h.post("/portal/sms/verify", v)
+	status(t, p, http.StatusServiceUnavailable)
+	if !p.has("Many people are logging in right now. Try again in 3 seconds.") || !p.has(`action="/portal/sms/verify"`) {
+		t.Errorf("busy page lacks the message or the code form:\n%s", p.body)
+	}
+	if len(h.ctl.requests()) != n {
+		t.Error("a busy page's login reached the controller")
 	}
 }
