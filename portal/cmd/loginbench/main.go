@@ -48,6 +48,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -196,6 +197,8 @@ type bench struct {
 	ctl    *control.APIClient
 	direct []*phone // the controller's share: synthetic clients
 
+	shed atomic.Int64 // 503 answers to code submissions, since the last report
+
 	mu      sync.Mutex
 	gen     []uint32    // per phone: the round whose packet is awaited (0: none)
 	arrived []time.Time // per phone: when it arrived
@@ -238,6 +241,7 @@ func run(ctx context.Context, o options) error {
 				return fmt.Errorf("stream %d: %w", r, err)
 			}
 			sr.add(l, a, f, got)
+			sr.shed += int(b.shed.Swap(0))
 			last := percentile(l[max(0, len(l)-rate):], 0.99)
 			sr.lastP99 = append(sr.lastP99, last)
 			logf("stream %d (offered %d/s): %d logins, completed at %.0f/s, p99 %v (first second %v, last %v; the 303 %v), %d failed", r, rate, len(l), got,
@@ -260,6 +264,7 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("round %d: %w", r, err)
 		}
 		sr.add(l, a, f, got)
+		sr.shed += int(b.shed.Swap(0))
 		logf("round %d (all at once): %d logins, completed at %.0f/s, p99 %v (the 303 %v), %d failed", r, len(l), got, percentile(l, 0.99), percentile(a, 0.99), f)
 		if err := b.kickAll(ctx, b.phones); err != nil {
 			return fmt.Errorf("round %d: %w", r, err)
@@ -289,6 +294,7 @@ type series struct {
 	lastP99 []time.Duration // per stream: p99 of its last second
 	rates   []float64
 	failed  int
+	shed    int // of failed: 503s, logins the gateway shed as busy
 }
 
 func (s *series) add(lat, ans []time.Duration, failed int, rate float64) {
@@ -671,6 +677,7 @@ func (b *bench) verifyRound(ctx context.Context, phones []*phone, gen uint32, of
 		d, ans time.Duration // to the first packet; to the 303
 		end    time.Time
 		err    error
+		shed   bool // a 503: the gateway refused it as busy
 	}
 	results := make(chan result, len(phones))
 	var interval time.Duration
@@ -689,7 +696,7 @@ func (b *bench) verifyRound(ctx context.Context, phones []*phone, gen uint32, of
 				err = fmt.Errorf("phone %d: code submitted: %d\n%.300s", p.i, code, page)
 			}
 			if err != nil {
-				results <- result{err: err}
+				results <- result{err: err, shed: code == http.StatusServiceUnavailable}
 				return
 			}
 			ans := time.Since(t0)
@@ -720,6 +727,9 @@ func (b *bench) verifyRound(ctx context.Context, phones []*phone, gen uint32, of
 	byK := make([]time.Duration, len(phones))
 	for range phones {
 		r := <-results
+		if r.shed {
+			b.shed.Add(1)
+		}
 		if r.err != nil {
 			failed++
 			if failed <= 3 {
@@ -815,8 +825,8 @@ func (b *bench) report(res, share []series) error {
 				}
 			}
 		}
-		fmt.Fprintf(&sb, "| SMS logins, code submitted at the gateway → controller (Redis) → signed grant → firewall open → first forwarded packet; %s | completed at %.0f logins/s (median of %s; min %.0f, max %.0f); latency p50 %s, p99 %s, max %s (n=%d, %d failed)%s | %s | %s |\n",
-			what, median, of, rates[0], rates[len(rates)-1], ms(p50), ms(p99), ms(worst), len(sr.lat), sr.failed, more, target, ok)
+		fmt.Fprintf(&sb, "| SMS logins, code submitted at the gateway → controller (Redis) → signed grant → firewall open → first forwarded packet; %s | completed at %.0f logins/s (median of %s; min %.0f, max %.0f); latency p50 %s, p99 %s, max %s (n=%d, %d failed, of which %d shed as busy: 503)%s | %s | %s |\n",
+			what, median, of, rates[0], rates[len(rates)-1], ms(p50), ms(p99), ms(worst), len(sr.lat), sr.failed, sr.shed, more, target, ok)
 	}
 	for _, sr := range share {
 		p50, p99, worst := percentile(sr.lat, 0.50), percentile(sr.lat, 0.99), percentile(sr.lat, 1)
