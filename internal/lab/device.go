@@ -115,37 +115,13 @@ func (d *Device) bind(_, _ string, rc syscall.RawConn) error {
 }
 
 // Dial connects from the device. Use IP literals (see NS.Dial).
-func (d *Device) Dial(ctx context.Context, network, addr string) (c net.Conn, err error) {
-	dl := net.Dialer{Control: d.bind}
-	derr := d.Do(func() error {
-		c, err = dl.DialContext(ctx, network, addr)
-		return err
-	})
-	if err == nil && derr != nil && c != nil {
-		c.Close()
-		c = nil
-	}
-	if derr != nil {
-		return nil, derr
-	}
-	return c, nil
+func (d *Device) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	return d.dial(ctx, &net.Dialer{Control: d.bind}, network, addr)
 }
 
 // ListenPacket opens a packet socket on the device (see net.ListenPacket).
-func (d *Device) ListenPacket(network, addr string) (pc net.PacketConn, err error) {
-	lc := net.ListenConfig{Control: d.bind}
-	derr := d.Do(func() error {
-		pc, err = lc.ListenPacket(context.Background(), network, addr)
-		return err
-	})
-	if err == nil && derr != nil && pc != nil {
-		pc.Close()
-		pc = nil
-	}
-	if derr != nil {
-		return nil, derr
-	}
-	return pc, nil
+func (d *Device) ListenPacket(network, addr string) (net.PacketConn, error) {
+	return d.listenPacket(&net.ListenConfig{Control: d.bind}, network, addr)
 }
 
 // HTTPClient is NS.HTTPClient with connections from the device.

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -77,54 +78,50 @@ func (n NS) Do(fn func() error) (err error) {
 	return fn()
 }
 
-// Listen opens a listener inside the namespace (see net.Listen).
-func (n NS) Listen(network, addr string) (ln net.Listener, err error) {
+// openIn makes a socket (listener or connection) on a thread inside the
+// namespace. The socket stays in the namespace for its whole life; if the
+// thread cannot switch back, the socket is closed and the error returned.
+func openIn[T io.Closer](n NS, open func() (T, error)) (T, error) {
+	var v T
+	var made bool
 	derr := n.Do(func() error {
-		ln, err = net.Listen(network, addr)
+		var err error
+		v, err = open()
+		made = err == nil
 		return err
 	})
-	if err == nil && derr != nil && ln != nil {
-		ln.Close()
-		ln = nil
-	}
 	if derr != nil {
-		return nil, derr
+		if made {
+			v.Close()
+		}
+		var zero T
+		return zero, derr
 	}
-	return ln, nil
+	return v, nil
+}
+
+// Listen opens a listener inside the namespace (see net.Listen).
+func (n NS) Listen(network, addr string) (net.Listener, error) {
+	return openIn(n, func() (net.Listener, error) { return net.Listen(network, addr) })
 }
 
 // ListenPacket opens a packet socket inside the namespace (see net.ListenPacket).
-func (n NS) ListenPacket(network, addr string) (pc net.PacketConn, err error) {
-	derr := n.Do(func() error {
-		pc, err = net.ListenPacket(network, addr)
-		return err
-	})
-	if err == nil && derr != nil && pc != nil {
-		pc.Close()
-		pc = nil
-	}
-	if derr != nil {
-		return nil, derr
-	}
-	return pc, nil
+func (n NS) ListenPacket(network, addr string) (net.PacketConn, error) {
+	return n.listenPacket(&net.ListenConfig{}, network, addr)
+}
+
+func (n NS) listenPacket(lc *net.ListenConfig, network, addr string) (net.PacketConn, error) {
+	return openIn(n, func() (net.PacketConn, error) { return lc.ListenPacket(context.Background(), network, addr) })
 }
 
 // Dial connects from inside the namespace. Use IP literals: a host name
 // would be resolved by the test process's resolver, not the lab's.
-func (n NS) Dial(ctx context.Context, network, addr string) (c net.Conn, err error) {
-	var d net.Dialer
-	derr := n.Do(func() error {
-		c, err = d.DialContext(ctx, network, addr)
-		return err
-	})
-	if err == nil && derr != nil && c != nil {
-		c.Close()
-		c = nil
-	}
-	if derr != nil {
-		return nil, derr
-	}
-	return c, nil
+func (n NS) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	return n.dial(ctx, &net.Dialer{}, network, addr)
+}
+
+func (n NS) dial(ctx context.Context, d *net.Dialer, network, addr string) (net.Conn, error) {
+	return openIn(n, func() (net.Conn, error) { return d.DialContext(ctx, network, addr) })
 }
 
 // HTTPClient returns an HTTP client whose connections are made inside the

@@ -75,4 +75,7 @@ func TestTuneKernel(t *testing.T) {
 	if err := tuneKernel(log, root, netip.MustParsePrefix("10.20.0.0/22")); err == nil || !strings.Contains(err.Error(), `"lots" is not a number`) {
 		t.Errorf("err = %v, want the unreadable limit named", err)
 	}
+	if b, _ := os.ReadFile(filepath.Join(root, "net/ipv4/neigh/default/gc_thresh2")); string(b) != "lots\n" {
+		t.Errorf("the unreadable limit became %q, want it left as it was", b)
+	}
 }
