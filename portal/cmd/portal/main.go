@@ -41,6 +41,7 @@ import (
 	"github.com/civicwifi/civicwifi/portal/internal/firewall"
 	"github.com/civicwifi/civicwifi/portal/internal/gateway"
 	"github.com/civicwifi/civicwifi/portal/internal/login"
+	"github.com/civicwifi/civicwifi/portal/internal/memlimit"
 	"github.com/civicwifi/civicwifi/portal/internal/shaper"
 	"github.com/civicwifi/civicwifi/portal/internal/uplink"
 )
@@ -187,14 +188,6 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(stderr, *logFormat)
-	// A soft memory limit (unless GOMEMLIMIT says otherwise): the kernel
-	// reads of the reconcile loop make short-lived garbage, and small
-	// gateways have little RAM; the live heap is ~12 MB at 10,000 sessions
-	// (heap profile in make bench's run), so 24 MiB leaves the collector
-	// room without holding on to the garbage of a full reconcile.
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(24 << 20)
-	}
 	// No reload yet: a stray SIGHUP must not kill the gateway.
 	signal.Ignore(syscall.SIGHUP)
 	cfg, err := config.Load(*cfgPath)
@@ -325,7 +318,15 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	// The portal's files (certificate, logo, key) are checked before the
 	// gateway touches the kernel: a bad one stops the start cleanly.
-	srv, err := newPortal(cfg, gate{gw}, logins, conns, log.With("component", "captive"))
+	// The soft memory limit, unless GOMEMLIMIT sets one: low while the
+	// portal is quiet, lifted during a burst (see memlimit).
+	var gov *memlimit.Governor
+	if os.Getenv("GOMEMLIMIT") == "" {
+		gov = &memlimit.Governor{Idle: memlimit.DefaultIdle, Busy: memlimit.DefaultBusy, Rate: memlimit.DefaultRate,
+			Hold: memlimit.DefaultHold, Set: debug.SetMemoryLimit, Log: log.With("component", "memlimit")}
+		gov.Step(time.Now())
+	}
+	srv, err := newPortal(cfg, gate{gw}, logins, conns, gov, log.With("component", "captive"))
 	if err != nil {
 		return err
 	}
@@ -366,6 +367,9 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return control.NewServer(gw, log.With("component", "control")).Serve(ctx, cfg.ControlSocket)
 	})
 	g.Go(func() error { return srv.Run(ctx) })
+	if gov != nil {
+		g.Go(func() error { return gov.Run(ctx) })
+	}
 	g.Go(func() error {
 		// Shaper classes for the DHCP range, made ahead in the background
 		// so that a login changes a class instead of making one.
@@ -403,12 +407,15 @@ func portalConfig(cfg *config.Config) (captive.Config, error) {
 	return pc, nil
 }
 
-func newPortal(cfg *config.Config, g captive.Gate, logins *login.Service, conns *captive.Conns, log *slog.Logger) (*captive.Server, error) {
+func newPortal(cfg *config.Config, g captive.Gate, logins *login.Service, conns *captive.Conns, gov *memlimit.Governor, log *slog.Logger) (*captive.Server, error) {
 	pc, err := portalConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
 	pc.Conns = conns
+	if gov != nil {
+		pc.OnRequest = gov.Note
+	}
 	if logins != nil {
 		pc.Login = logins
 	}

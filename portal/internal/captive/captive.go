@@ -99,6 +99,10 @@ type Config struct {
 	// server keeps its own, which nothing cuts.
 	Conns *Conns
 
+	// OnRequest, if set, is called at the start of every request (the
+	// daemon's memory governor counts them).
+	OnRequest func()
+
 	Key  []byte // HMAC key (LoadKey)
 	Rate int    // requests per second per client (bursts of twice that); 0: no limit
 	Now  func() time.Time
@@ -232,6 +236,9 @@ var (
 // ServeHTTP classifies the request (see the package doc). The probe and
 // redirect paths allocate only the Location header.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.OnRequest != nil {
+		s.cfg.OnRequest()
+	}
 	ip := clientIP(r)
 	now := s.now()
 	if !s.lim.allow(ip, now) {
