@@ -47,7 +47,7 @@ func TestVerifyGrant(t *testing.T) {
 	v := reflect.ValueOf(&g).Elem()
 	for i := 0; i < v.NumField(); i++ {
 		name := v.Type().Field(i).Name
-		if name == "Signature" {
+		if name == "Signature" || !v.Type().Field(i).IsExported() {
 			continue
 		}
 		t.Run(name, func(t *testing.T) {
@@ -162,6 +162,58 @@ func TestLoginAnswers(t *testing.T) {
 				t.Errorf("got %q, want %q", s, tc.want)
 			}
 		})
+	}
+}
+
+// TestGrantInSignedAnswer: a grant that came in an answer the controller's
+// key signed is not checked a second time (the answer's signature covers
+// it); any other grant is, and the checks of its fields stay.
+func TestGrantInSignedAnswer(t *testing.T) {
+	_, ctlKey, _ := ed25519.GenerateKey(nil)
+	_, gwKey, _ := ed25519.GenerateKey(nil)
+	g, otherKey := testGrant(t) // signed by a key that is not the controller's
+	body, _ := json.Marshal(g)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		msg, _ := SignedResponse{Gateway: "gw1", Nonce: r.Header.Get(HeaderNonce), Status: 200, BodySHA256: sha256.Sum256(body)}.AppendMessage(nil)
+		w.Header().Set(HeaderSignature, EncodeSignature(ed25519.Sign(ctlKey, msg)))
+		w.Write(body)
+	}))
+	defer srv.Close()
+	ctlPub := ctlKey.Public().(ed25519.PublicKey)
+	c, err := New(Config{BaseURL: srv.URL, Site: "parco", GatewayID: "gw1", Key: gwKey, ControllerKey: ctlPub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.VerifySMS(context.Background(), SMSVerifyRequest{RequestID: "r", ClientMAC: g.ClientMAC, ClientIP: g.ClientIP, Code: "123456"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := g.IssuedAt.Add(time.Second)
+	if err := VerifyGrant(got, ctlPub, "parco", "gw1", g.ClientMAC, g.ClientIP, now); err != nil {
+		t.Fatalf("grant in a signed answer refused: %v", err)
+	}
+	if err := VerifyGrant(got, ctlPub, "parco", "gw1", "02:00:00:00:00:02", g.ClientIP, now); !errors.Is(err, ErrGrant) {
+		t.Fatalf("grant in a signed answer accepted for another MAC: %v", err)
+	}
+	if err := VerifyGrant(got, ctlPub, "parco", "gw1", g.ClientMAC, g.ClientIP, g.ExpiresAt); !errors.Is(err, ErrGrant) {
+		t.Fatalf("expired grant in a signed answer accepted: %v", err)
+	}
+	// The same grant from anywhere else (decoded again: no answer) must
+	// carry the controller's signature; under another key it is checked.
+	var relayed Grant
+	b, _ := json.Marshal(got)
+	if err := json.Unmarshal(b, &relayed); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyGrant(relayed, ctlPub, "parco", "gw1", g.ClientMAC, g.ClientIP, now); !errors.Is(err, ErrGrant) {
+		t.Fatalf("grant signed by another key accepted outside an answer: %v", err)
+	}
+	_, third, _ := ed25519.GenerateKey(nil)
+	if err := VerifyGrant(got, third.Public().(ed25519.PublicKey), "parco", "gw1", g.ClientMAC, g.ClientIP, now); !errors.Is(err, ErrGrant) {
+		t.Fatalf("grant accepted under a key that neither signed it nor its answer: %v", err)
+	}
+	if err := VerifyGrant(got, otherKey.Public().(ed25519.PublicKey), "parco", "gw1", g.ClientMAC, g.ClientIP, now); err != nil {
+		t.Fatalf("grant refused under the key that signed it: %v", err)
 	}
 }
 
