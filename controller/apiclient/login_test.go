@@ -198,6 +198,23 @@ func TestGrantInSignedAnswer(t *testing.T) {
 	if err := VerifyGrant(got, ctlPub, "parco", "gw1", g.ClientMAC, g.ClientIP, g.ExpiresAt); !errors.Is(err, ErrGrant) {
 		t.Fatalf("expired grant in a signed answer accepted: %v", err)
 	}
+	// A copy with a field changed after decoding, or another grant
+	// decoded into the marked value, is checked in full.
+	changed := got
+	changed.QuotaBytes++
+	if err := VerifyGrant(changed, ctlPub, "parco", "gw1", g.ClientMAC, g.ClientIP, now); !errors.Is(err, ErrGrant) {
+		t.Fatalf("grant changed after its answer was verified accepted: %v", err)
+	}
+	over := got
+	other := g
+	other.ID = "g2"
+	ob, _ := json.Marshal(other)
+	if err := json.Unmarshal(ob, &over); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyGrant(over, ctlPub, "parco", "gw1", g.ClientMAC, g.ClientIP, now); !errors.Is(err, ErrGrant) {
+		t.Fatalf("another grant decoded into a verified one accepted: %v", err)
+	}
 	// The same grant from anywhere else (decoded again: no answer) must
 	// carry the controller's signature; under another key it is checked.
 	var relayed Grant
