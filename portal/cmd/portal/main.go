@@ -252,6 +252,15 @@ func (g gate) ClickThrough(ctx context.Context, ip netip.Addr) error {
 }
 
 func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	// The soft memory limit first (restoring sessions allocates), unless
+	// GOMEMLIMIT sets one: low while the portal is quiet, lifted during a
+	// burst (see memlimit).
+	var gov *memlimit.Governor
+	if os.Getenv("GOMEMLIMIT") == "" {
+		gov = &memlimit.Governor{Idle: memlimit.DefaultIdle, Busy: memlimit.DefaultBusy, Rate: memlimit.DefaultRate,
+			Hold: memlimit.DefaultHold, Set: debug.SetMemoryLimit, Log: log.With("component", "memlimit")}
+		gov.Step(time.Now())
+	}
 	if err := checkUplink(cfg); err != nil {
 		return err
 	}
@@ -318,14 +327,6 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	// The portal's files (certificate, logo, key) are checked before the
 	// gateway touches the kernel: a bad one stops the start cleanly.
-	// The soft memory limit, unless GOMEMLIMIT sets one: low while the
-	// portal is quiet, lifted during a burst (see memlimit).
-	var gov *memlimit.Governor
-	if os.Getenv("GOMEMLIMIT") == "" {
-		gov = &memlimit.Governor{Idle: memlimit.DefaultIdle, Busy: memlimit.DefaultBusy, Rate: memlimit.DefaultRate,
-			Hold: memlimit.DefaultHold, Set: debug.SetMemoryLimit, Log: log.With("component", "memlimit")}
-		gov.Step(time.Now())
-	}
 	srv, err := newPortal(cfg, gate{gw}, logins, conns, gov, log.With("component", "captive"))
 	if err != nil {
 		return err

@@ -99,8 +99,9 @@ type Config struct {
 	// server keeps its own, which nothing cuts.
 	Conns *Conns
 
-	// OnRequest, if set, is called at the start of every request (the
-	// daemon's memory governor counts them).
+	// OnRequest, if set, is called for every request the per-client
+	// rate limit lets through (the daemon's memory governor counts them:
+	// a phone hammering the portal counts only what it is served).
 	OnRequest func()
 
 	Key  []byte // HMAC key (LoadKey)
@@ -236,14 +237,14 @@ var (
 // ServeHTTP classifies the request (see the package doc). The probe and
 // redirect paths allocate only the Location header.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.cfg.OnRequest != nil {
-		s.cfg.OnRequest()
-	}
 	ip := clientIP(r)
 	now := s.now()
 	if !s.lim.allow(ip, now) {
 		s.tooMany(w, r)
 		return
+	}
+	if s.cfg.OnRequest != nil {
+		s.cfg.OnRequest()
 	}
 	host := hostOnly(r.Host)
 	if s.own(host) {

@@ -520,7 +520,8 @@ func TestAPI(t *testing.T) {
 }
 
 func TestRateLimit(t *testing.T) {
-	tp := newTestPortal(t, func(c *Config) { c.Rate = 5 })
+	counted := 0 // OnRequest (the memory governor's count): served requests only
+	tp := newTestPortal(t, func(c *Config) { c.Rate = 5; c.OnRequest = func() { counted++ } })
 	hammer := "10.20.0.66"
 	got := map[int]int{}
 	for range 50 {
@@ -533,11 +534,17 @@ func TestRateLimit(t *testing.T) {
 	if w.Code != 429 || !strings.Contains(w.Body.String(), "Too many requests") || w.Header().Get("Retry-After") != "1" {
 		t.Errorf("429 page: %d %q", w.Code, w.Body.String())
 	}
+	if counted != 10 {
+		t.Errorf("OnRequest counted %d of the hammering phone's requests, want the 10 served", counted)
+	}
 	// Everyone else is served meanwhile.
 	for i := range 20 {
 		if w := tp.do(req{target: "/portal/", host: portal, from: fmt.Sprintf("10.20.0.%d", 100+i)}); w.Code != 200 {
 			t.Fatalf("another client: %d", w.Code)
 		}
+	}
+	if counted != 30 {
+		t.Errorf("OnRequest counted %d, want 30", counted)
 	}
 	// The bucket refills with time.
 	tp.now = tp.now.Add(time.Second)

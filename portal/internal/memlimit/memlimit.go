@@ -25,8 +25,8 @@ const (
 	DefaultIdle = 24 << 20 // bytes
 	DefaultBusy = 96 << 20 // bytes
 	// DefaultRate is how many requests in a second make the portal busy:
-	// about what 2,000 residents' phones ask while nothing special
-	// happens (captive probes, pages), well under a burst of logins.
+	// a burst of logins is hundreds (each login is a page, a code
+	// request and a code submission), a quiet park a few.
 	DefaultRate = 50
 	// DefaultHold is how long the limit stays lifted after the last busy
 	// second, so that a burst with pauses does not flap.
@@ -44,7 +44,7 @@ type Governor struct {
 	Log *slog.Logger
 
 	n         atomic.Int64
-	busy      bool
+	busy      atomic.Bool
 	busyUntil time.Time
 	last      time.Time
 	started   bool
@@ -53,20 +53,23 @@ type Governor struct {
 // Note counts one request. It is cheap and safe from any goroutine.
 func (g *Governor) Note() { g.n.Add(1) }
 
-// Lifted reports whether the lifted limit is in force. For tests and
-// metrics; only meaningful from the goroutine that calls Step or Run.
-func (g *Governor) Lifted() bool { return g.busy }
+// Lifted reports whether the lifted limit is in force.
+func (g *Governor) Lifted() bool { return g.busy.Load() }
 
-// Run sets the idle limit, then steps once a second until ctx ends; it
-// leaves the idle limit in place.
+// Run steps once a second until ctx ends (the first step sets the idle
+// limit, unless Step was called before); it leaves the idle limit in
+// place.
 func (g *Governor) Run(ctx context.Context) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	g.Step(time.Now())
+	if !g.started {
+		g.Step(time.Now())
+	}
 	for {
 		select {
 		case <-ctx.Done():
-			if g.busy {
+			if g.busy.Load() {
+				g.busy.Store(false)
 				g.Set(g.Idle)
 			}
 			return nil
@@ -76,34 +79,41 @@ func (g *Governor) Run(ctx context.Context) error {
 	}
 }
 
+// minStep is the shortest interval Step measures a rate over; an earlier
+// step leaves the requests counted for the next one (a handful of
+// requests over a few milliseconds is no rate).
+const minStep = 900 * time.Millisecond
+
 // Step looks at the requests noted since the last step and sets the limit
 // if that changes whether the portal is busy. The first step sets the
-// idle limit.
+// idle limit. Only Step and Run change the state: call them from one
+// goroutine.
 func (g *Governor) Step(now time.Time) {
-	n := g.n.Swap(0)
 	if !g.started {
+		g.n.Store(0)
 		g.started, g.last = true, now
 		g.Set(g.Idle)
 		return
 	}
 	elapsed := now.Sub(g.last)
-	g.last = now
-	if elapsed <= 0 {
-		elapsed = time.Second
+	if elapsed < minStep {
+		return
 	}
-	// Requests a second over the last step, rounded up: a step that came
-	// late does not hide a burst, nor does an early one make one.
+	g.last = now
+	n := g.n.Swap(0)
+	// Requests a second averaged over the step, rounded up (49 in 0.99 s
+	// is 50 a second). A late step averages a burst over a longer time.
 	rate := (n*int64(time.Second) + int64(elapsed) - 1) / int64(elapsed)
 	switch {
 	case rate >= g.Rate:
 		g.busyUntil = now.Add(g.Hold)
-		if !g.busy {
-			g.busy = true
+		if !g.busy.Load() {
+			g.busy.Store(true)
 			g.Set(g.Busy)
 			g.log().Debug("memory limit lifted: the portal is busy", "requests_per_s", rate, "limit_bytes", g.Busy)
 		}
-	case g.busy && !now.Before(g.busyUntil):
-		g.busy = false
+	case g.busy.Load() && !now.Before(g.busyUntil):
+		g.busy.Store(false)
 		g.Set(g.Idle)
 		g.log().Debug("memory limit lowered: the portal is quiet again", "limit_bytes", g.Idle)
 	}

@@ -33,8 +33,11 @@ func TestGovernor(t *testing.T) {
 		{64 * time.Second, 10, false},
 		// A late step (3 s) with 120 requests is 40 a second: not busy.
 		{67 * time.Second, 120, false},
-		// An early step (0.5 s) with 30 requests is 60 a second: busy.
-		{67*time.Second + 500*time.Millisecond, 30, true},
+		// A step 10 ms after the last measures nothing: its request
+		// waits for the next step.
+		{67*time.Second + 10*time.Millisecond, 1, false},
+		// 48 more: 49 in 0.99 s is 49.5 a second, rounded up to 50.
+		{67*time.Second + 990*time.Millisecond, 48, true},
 	}
 	for _, s := range steps {
 		for range s.reqs {
