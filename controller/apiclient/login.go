@@ -37,7 +37,8 @@ const GrantTTL = 60 * time.Second
 const grantLabel = "civicwifi-grant-v1\n"
 
 // Grant is the controller's permission to open one session: for one site, one gateway, one client MAC and IP,
-// single use, valid until ExpiresAt. User is a pseudonym (never a phone number or fiscal code).
+// single use, valid until ExpiresAt. User is a pseudonym (never a phone number or fiscal code). Compare grants
+// with cmpopts.IgnoreUnexported(Grant{}): Client marks the grants it verified (see answer).
 type Grant struct {
 	ID         string    `json:"id"`
 	Site       string    `json:"site"`
