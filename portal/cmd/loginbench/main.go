@@ -200,6 +200,11 @@ type bench struct {
 
 	shed atomic.Int64 // 503 answers to code submissions, since the last report
 
+	// The processes whose CPU time a stream is charged: gateway,
+	// controller, Redis and this program (the phones, the provider, the
+	// sink), in that order (see cpuRoles).
+	pids [4]int
+
 	mu      sync.Mutex
 	gen     []uint32    // per phone: the round whose packet is awaited (0: none)
 	arrived []time.Time // per phone: when it arrived
@@ -236,12 +241,18 @@ func run(ctx context.Context, o options) error {
 				return fmt.Errorf("stream %d: %w", r, err)
 			}
 			b.perf("enable")
+			c0 := b.cpuTimes()
 			l, a, f, got, err := b.verifyRound(ctx, b.devs, gen, rate)
+			c1 := b.cpuTimes()
 			b.perf("disable")
 			if err != nil {
 				return fmt.Errorf("stream %d: %w", r, err)
 			}
 			sr.add(l, a, f, got)
+			for i := range c1 {
+				sr.cpu[i] += c1[i] - c0[i]
+			}
+			sr.logins += len(l)
 			sr.shed += int(b.shed.Swap(0))
 			last := percentile(l[max(0, len(l)-rate):], 0.99)
 			sr.lastP99 = append(sr.lastP99, last)
@@ -288,11 +299,13 @@ func run(ctx context.Context, o options) error {
 
 // series is the streams, or the rounds, at one offered rate.
 type series struct {
-	rate    int             // code submissions a second; 0: all phones at once
-	stream  bool            // a stream of devices, not rounds of phones
-	lat     []time.Duration // to the first forwarded packet
-	ans     []time.Duration // to the gateway's 303
-	lastP99 []time.Duration // per stream: p99 of its last second
+	rate    int              // code submissions a second; 0: all phones at once
+	stream  bool             // a stream of devices, not rounds of phones
+	cpu     [4]time.Duration // CPU time of the timed streams, per role (cpuRoles)
+	logins  int              // logins the cpu is shared by
+	lat     []time.Duration  // to the first forwarded packet
+	ans     []time.Duration  // to the gateway's 303
+	lastP99 []time.Duration  // per stream: p99 of its last second
 	rates   []float64
 	failed  int
 	shed    int // of failed: 503s, logins the gateway shed as busy
@@ -475,8 +488,9 @@ func (b *bench) setup(ctx context.Context, portalBin, ctlBin string) error {
 	}()
 
 	logf("starting redis-server, the controller and the gateway")
-	if _, err := l.Start(l.Upstream, "redis", "redis-server", "--bind", "127.0.0.1", "--port", "6379", "--dir", dir,
-		"--save", "", "--appendonly", "yes", "--appendfsync", "everysec"); err != nil {
+	redis, err := l.Start(l.Upstream, "redis", "redis-server", "--bind", "127.0.0.1", "--port", "6379", "--dir", dir,
+		"--save", "", "--appendonly", "yes", "--appendfsync", "everysec")
+	if err != nil {
 		return err
 	}
 	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
@@ -484,15 +498,18 @@ func (b *bench) setup(ctx context.Context, portalBin, ctlBin string) error {
 	if err := lab.WaitListening(wctx, l.Upstream, "tcp", 6379); err != nil {
 		return fmt.Errorf("waiting for redis-server: %w", err)
 	}
-	if _, err := l.Start(l.Upstream, "controller", ctlBin, "run", "-config", filepath.Join(dir, "controller.yaml")); err != nil {
+	ctl, err := l.Start(l.Upstream, "controller", ctlBin, "run", "-config", filepath.Join(dir, "controller.yaml"))
+	if err != nil {
 		return err
 	}
 	if err := lab.WaitListening(wctx, l.Upstream, "tcp", 8443); err != nil {
 		return fmt.Errorf("waiting for the controller: %w\n%s", err, tail(l.LogFile("controller")))
 	}
-	if _, err := l.Start(l.Gateway, "portal", portalBin, "run", "-config", filepath.Join(dir, "portal.yaml"), "-log-format", "text"); err != nil {
+	gw, err := l.Start(l.Gateway, "portal", portalBin, "run", "-config", filepath.Join(dir, "portal.yaml"), "-log-format", "text")
+	if err != nil {
 		return err
 	}
+	b.pids = [4]int{gw.Process.Pid, ctl.Process.Pid, redis.Process.Pid, os.Getpid()}
 	b.ctl = control.NewClient(filepath.Join(dir, "portal.sock"))
 	// Ready when the gateway has made its shaper classes ahead for the
 	// DHCP range (8,000 addresses: a few seconds) and the first phone's
@@ -830,6 +847,11 @@ func (b *bench) report(res, share []series) error {
 			lp := slices.Clone(sr.lastP99)
 			slices.Sort(lp)
 			more = fmt.Sprintf("; p99 of a stream's last second %s (median)", ms(lp[len(lp)/2]))
+			var per []string
+			for i, role := range cpuRoles {
+				per = append(per, fmt.Sprintf("%s %.2f ms", role, float64(sr.cpu[i])/1e6/float64(max(1, sr.logins))))
+			}
+			more += "; CPU per login: " + strings.Join(per, ", ")
 			if sr.rate < b.o.rate {
 				target, ok = fmt.Sprintf("p99 < 50 ms (below the %d/s target)", b.o.rate), "✅"
 				if p99 >= 50*time.Millisecond || sr.failed > 0 || median < 0.99*float64(sr.rate) {
@@ -850,6 +872,7 @@ func (b *bench) report(res, share []series) error {
 			b.o.direct, offered(sr.rate), sr.rates[0], ms(p50), ms(p99), ms(worst), len(sr.lat), sr.failed, ok)
 	}
 	fmt.Fprintf(&sb, "\n- The stream is the rate and latency figure: every login from its own device (a macvlan with its own MAC and address in one of the %d phones' namespaces), submissions paced at the offered rate. Completion rate of a stream or round: its logins after the first over the time from its first first-packet to its last; a gateway that falls behind shows as a lower rate and a p99 growing along the stream. The code requests (SMS start, texted through the controller's webhook provider) come before each stream or round and are not timed; sessions are kicked between them. Classes of the devices' addresses were made ahead by the gateway (its DHCP range, up to 4,096 addresses) before the first stream.\n", b.o.clients)
+	fmt.Fprintf(&sb, "- CPU per login (streams): user and system time of each process during the timed streams (from /proc/<pid>/stat, 10 ms ticks) over the streams' logins; the phones' program is this one (the phones, the SMS provider, the packet sink, with the kernel's work for their packets); kernel worker threads are not counted. It moves less than the rate on a shared machine.\n")
 	fmt.Fprintf(&sb, "- \"all at once\" rows measure capacity: every submission starts together, so their latency includes the queue of the burst.\n")
 	fmt.Fprintf(&sb, "- Latency: from the POST of the code (the phone's own connection to the gateway, from its namespace) to the arrival upstream of the first UDP packet the phone sends after the 303 (again after 1, 2, 4 and 8 ms, then every 10 ms, until one arrives).\n")
 	fmt.Fprintf(&sb, "- One `portal run` in the lab's gateway namespace; one `controller run` on one `redis-server` (appendonly, fsync every second) in the upstream namespace; the 5mbit policy shapes every session (tc); this program (phones, provider, packet sink) shares the machine.\n")
@@ -1022,4 +1045,33 @@ func forceReadBuffer(c net.PacketConn, bytes int) error {
 		return fmt.Errorf("sink: SO_RCVBUFFORCE: %w", serr)
 	}
 	return nil
+}
+
+// cpuRoles name the processes of bench.pids.
+var cpuRoles = [4]string{"gateway", "controller", "Redis", "phones' program"}
+
+// cpuTimes reads the user+system CPU time of each of b.pids (0 for one
+// that is gone), from /proc/<pid>/stat in clock ticks (USER_HZ, 100).
+func (b *bench) cpuTimes() [4]time.Duration {
+	var out [4]time.Duration
+	for i, pid := range b.pids {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which may hold spaces: state is
+		// the first, utime the 12th and stime the 13th.
+		j := strings.LastIndexByte(string(st), ')')
+		if j < 0 {
+			continue
+		}
+		f := strings.Fields(string(st[j+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		k, _ := strconv.ParseInt(f[12], 10, 64)
+		out[i] = time.Duration(u+k) * 10 * time.Millisecond
+	}
+	return out
 }
