@@ -253,7 +253,23 @@ func browse(parent context.Context, o options, steps []Step) (Result, error) {
 func doStep(ctx context.Context, s *Step) error {
 	switch s.Op {
 	case "navigate":
-		return chromedp.Do(ctx, chromedp.Navigate(s.Arg))
+		// Chromium fails a load with ERR_NETWORK_CHANGED when the links
+		// or addresses of its namespace change under it (seen once in CI
+		// on a lab built a moment before: IPv6 addresses leaving DAD). A
+		// browser reloads; so does this, twice at most.
+		var err error
+		for range 3 {
+			err = chromedp.Do(ctx, chromedp.Navigate(s.Arg))
+			if err == nil || !strings.Contains(err.Error(), "ERR_NETWORK_CHANGED") {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(300 * time.Millisecond):
+			}
+		}
+		return err
 	case "click":
 		return chromedp.Do(ctx, chromedp.Click(s.Arg, chromedp.NodeVisible))
 	case "type":
