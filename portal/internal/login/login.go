@@ -76,9 +76,10 @@ type Config struct {
 // DefaultMaxLogins: at 1,000 logins a second a login takes ~20 ms here, so
 // ~20 are in flight; 128 waiting means the gateway has fallen ~0.15 s
 // behind. Past that, a queue only grows: each waiting login holds a
-// goroutine and buffers, and the soft memory limit then keeps the garbage
-// collector running (measured: at 1,000/s offered the completion rate
-// fell to 163-522/s). Refusing early keeps the others fast.
+// goroutine and buffers, and the garbage collector takes the CPU
+// (measured before load shedding, under the then-fixed 24 MiB memory
+// limit: at 1,000/s offered the completion rate fell to 163-522/s).
+// Refusing early keeps the others fast.
 const DefaultMaxLogins = 128
 
 // ErrBusy is a login refused because MaxLogins are in flight.
