@@ -1,7 +1,9 @@
 package lab
 
 import (
+	"os"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -59,5 +61,26 @@ func TestICMPChecksum(t *testing.T) {
 	msg[2], msg[3] = 0xe5, 0xca
 	if got := icmpChecksum(msg); got != 0 {
 		t.Errorf("checksum over a checksummed message = %#04x, want 0", got)
+	}
+}
+
+// The stat line's times are counted after the last ")": a command name may
+// hold spaces and parentheses.
+func TestParseStat(t *testing.T) {
+	line := "4242 (tc (x) y) S 1 4242 4242 0 -1 4194304 120 0 0 0 250 30 7 3 20 0 1 0 100 1000 10 18446744073709551615"
+	c, err := parseStat(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (CPUTime{Self: 2800 * time.Millisecond, Children: 100 * time.Millisecond}); c != want {
+		t.Errorf("parseStat = %+v, want %+v", c, want)
+	}
+	for _, bad := range []string{"4242 no name", "4242 (x) S 1 2 3", "4242 (x) S 1 4242 4242 0 -1 4194304 120 0 0 0 2x5 30 7 3 20"} {
+		if _, err := parseStat(bad); err == nil {
+			t.Errorf("parseStat(%q) accepted", bad)
+		}
+	}
+	if _, err := ProcessCPU(os.Getpid()); err != nil {
+		t.Errorf("this process: %v", err)
 	}
 }

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
+	"github.com/civicwifi/civicwifi/internal/lab"
 )
 
 type options struct {
@@ -249,15 +250,8 @@ func (b *bench) client(i, j int) (*apiclient.Client, error) {
 
 // cpu returns a process's utime+stime.
 func cpu(pid int) (time.Duration, error) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(raw)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100, nil // USER_HZ is 100 on Linux
+	c, err := lab.ProcessCPU(pid)
+	return c.Self, err
 }
 
 func pct(busy, over time.Duration) string {

@@ -55,7 +55,7 @@ func (r wrkResult) String() string {
 func (b *bench) wrk(ctx context.Context, args ...string) (wrkResult, error) {
 	var r wrkResult
 	pid := b.daemon.Process.Pid
-	c0, err := cpuTicks(pid)
+	c0, err := cpuTime(pid)
 	if err != nil {
 		return r, err
 	}
@@ -67,11 +67,11 @@ func (b *bench) wrk(ctx context.Context, args ...string) (wrkResult, error) {
 	if err != nil {
 		return r, err
 	}
-	c1, err := cpuTicks(pid)
+	c1, err := cpuTime(pid)
 	if err != nil {
 		return r, err
 	}
-	r.cpuPct = float64(c1-c0) / clockTicks / time.Since(t0).Seconds() * 100
+	r.cpuPct = (c1 - c0).Seconds() / time.Since(t0).Seconds() * 100
 	st, err := procStatus(pid)
 	if err != nil {
 		return r, err
@@ -180,7 +180,7 @@ func (b *bench) pacedTTFB(ctx context.Context, page string, rate int, d time.Dur
 	}
 	b.logf("landing page %s at %d req/s for %s from a captive client", page, rate, d)
 	pid := b.daemon.Process.Pid
-	c0, err := cpuTicks(pid)
+	c0, err := cpuTime(pid)
 	if err != nil {
 		return nil, 0, 0, err
 	}
@@ -210,10 +210,10 @@ func (b *bench) pacedTTFB(ctx context.Context, page string, rate int, d time.Dur
 		}()
 	}
 	wg.Wait()
-	c1, err := cpuTicks(pid)
+	c1, err := cpuTime(pid)
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	cpu := float64(c1-c0) / clockTicks / time.Since(start).Seconds() * 100
+	cpu := (c1 - c0).Seconds() / time.Since(start).Seconds() * 100
 	return ttfb, n - len(ttfb), cpu, nil
 }

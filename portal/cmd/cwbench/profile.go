@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/civicwifi/civicwifi/internal/lab"
 )
 
 // The profile rows say where an allow's time and the daemon's background
@@ -26,42 +28,18 @@ func (b *bench) prof(metric string, scale int, result string) {
 	b.logf("profile: %s | %d | %s", metric, scale, result)
 }
 
-// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times on Linux.
-const clockTicks = 100
-
-// cpuTicks returns utime+stime+cutime+cstime of pid: the daemon and the
-// tc/ipset/iptables processes it ran and waited for.
-func cpuTicks(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parsing /proc/%d/stat", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	// After ")": state is field 3, utime 14 .. cstime 17 (1-based in proc(5)).
-	if len(f) < 15 {
-		return 0, fmt.Errorf("parsing /proc/%d/stat", pid)
-	}
-	var sum int64
-	for _, v := range f[11:15] {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("parsing /proc/%d/stat: %w", pid, err)
-		}
-		sum += n
-	}
-	return sum, nil
+// cpuTime returns pid's CPU time with that of the children it waited
+// for: the daemon and the tc/ipset/iptables processes it ran.
+func cpuTime(pid int) (time.Duration, error) {
+	c, err := lab.ProcessCPU(pid)
+	return c.Self + c.Children, err
 }
 
 // idleCPU measures the daemon's CPU use (with its children) over d while
 // nobody talks to it: the cost of the periodic poll, reconcile and flush.
 func (b *bench) idleCPU(ctx context.Context, scale int, d time.Duration) error {
 	pid := b.daemon.Process.Pid
-	c0, err := cpuTicks(pid)
+	c0, err := cpuTime(pid)
 	if err != nil {
 		return err
 	}
@@ -69,11 +47,11 @@ func (b *bench) idleCPU(ctx context.Context, scale int, d time.Duration) error {
 	if err := sleepCtx(ctx, d); err != nil {
 		return err
 	}
-	c1, err := cpuTicks(pid)
+	c1, err := cpuTime(pid)
 	if err != nil {
 		return err
 	}
-	pct := float64(c1-c0) / clockTicks / time.Since(t0).Seconds() * 100
+	pct := (c1 - c0).Seconds() / time.Since(t0).Seconds() * 100
 	b.prof("daemon CPU while idle (poll 1 s, reconcile 2 s, flush 10 s), incl. its tc/ipset children", scale,
 		fmt.Sprintf("%.0f%% of one core (over %s)", pct, fmtDur(d)))
 	return nil

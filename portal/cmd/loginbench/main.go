@@ -1051,27 +1051,13 @@ func forceReadBuffer(c net.PacketConn, bytes int) error {
 var cpuRoles = [4]string{"gateway", "controller", "Redis", "phones' program"}
 
 // cpuTimes reads the user+system CPU time of each of b.pids (0 for one
-// that is gone), from /proc/<pid>/stat in clock ticks (USER_HZ, 100).
+// that is gone).
 func (b *bench) cpuTimes() [4]time.Duration {
 	var out [4]time.Duration
 	for i, pid := range b.pids {
-		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
+		if c, err := lab.ProcessCPU(pid); err == nil {
+			out[i] = c.Self
 		}
-		// Fields after the command name, which may hold spaces: state is
-		// the first, utime the 12th and stime the 13th.
-		j := strings.LastIndexByte(string(st), ')')
-		if j < 0 {
-			continue
-		}
-		f := strings.Fields(string(st[j+1:]))
-		if len(f) < 13 {
-			continue
-		}
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		k, _ := strconv.ParseInt(f[12], 10, 64)
-		out[i] = time.Duration(u+k) * 10 * time.Millisecond
 	}
 	return out
 }
