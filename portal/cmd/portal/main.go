@@ -323,7 +323,6 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		if logins, err = newLogin(cfg, link, gw, log.With("component", "login")); err != nil {
 			return err
 		}
-		defer logins.Close()
 	}
 	// The portal's files (certificate, logo, key) are checked before the
 	// gateway touches the kernel: a bad one stops the start cleanly.
@@ -426,8 +425,8 @@ func newPortal(cfg *config.Config, g captive.Gate, logins *login.Service, conns 
 	return captive.New(pc, g, log)
 }
 
-// newLogin makes the resident login service (grant ids in the state
-// directory's grants.db).
+// newLogin makes the resident login service (spent grant ids go into the
+// gateway's session store).
 func newLogin(cfg *config.Config, link *uplink.Link, gw *gateway.Gateway, log *slog.Logger) (*login.Service, error) {
 	ckey, err := apiclient.LoadPublicKey(cfg.Controller.ControllerKeyFile)
 	if err != nil {

@@ -253,6 +253,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	defer flush.Stop()
 	prune := time.NewTicker(time.Hour)
 	defer prune.Stop()
+	pruneSpent := time.NewTicker(time.Minute)
+	defer pruneSpent.Stop()
 	g.pruneEnded()
 	for {
 		select {
@@ -289,6 +291,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 			}
 		case <-prune.C:
 			g.pruneEnded()
+		case <-pruneSpent.C:
+			if _, err := g.o.Store.PruneSpent(g.now()); err != nil {
+				g.o.Metrics.errors.WithLabelValues("store").Inc()
+				g.log.Error("pruning spent grant ids", "err", err)
+			}
 		}
 	}
 }
@@ -309,6 +316,17 @@ func (g *Gateway) pruneEnded() {
 	if n > 0 {
 		g.log.Info("ended sessions pruned", "count", n, "older_than", EndedRetention)
 	}
+}
+
+// GrantSpent reports whether a single-use grant's id is recorded as
+// spent (by an Open that carried it, or SpendGrant).
+func (g *Gateway) GrantSpent(id string) (bool, error) { return g.o.Store.IsSpent(id) }
+
+// SpendGrant records a grant's id as spent without a session: for a
+// grant whose open was refused. It is written with the next batch of the
+// journal.
+func (g *Gateway) SpendGrant(sp Spent) error {
+	return g.journal.Do(record{change: Change{Spent: []Spent{sp}}})
 }
 
 // grants is what the kernel should hold now, and the gen it was taken at.
@@ -705,6 +723,10 @@ type Grant struct {
 	Method string
 	User   string // the resident's pseudonym, when a login gave one
 	Limits config.Limits
+	// Spends, if its ID is set, is the single-use grant this open spends:
+	// recorded as spent in the same store transaction as the session (see
+	// SpendGrant for an open that fails).
+	Spends Spent
 }
 
 // maxQuota bounds a quota well below the firewall's counter offset.
@@ -891,7 +913,11 @@ func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr,
 		after = eventsOf(EventStart, []*Session{&o.c})
 	}
 	c := o.c
-	o.t = g.journal.Add(record{change: Change{Sessions: []*Session{&c}}, after: after})
+	ch := Change{Sessions: []*Session{&c}}
+	if req.Spends.ID != "" {
+		ch.Spent = []Spent{req.Spends}
+	}
+	o.t = g.journal.Add(record{change: ch, after: after})
 	return o, nil
 }
 

@@ -37,7 +37,7 @@ func newJournal(g *Gateway) *groupcommit.Log[record] {
 		for _, r := range rs {
 			before = append(before, r.before...)
 			after = append(after, r.after...)
-			if len(r.change.Sessions) > 0 {
+			if len(r.change.Sessions) > 0 || len(r.change.Spent) > 0 {
 				changes = append(changes, r.change)
 			}
 		}

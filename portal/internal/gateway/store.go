@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -63,6 +65,7 @@ type Store struct {
 var (
 	bucketActive = []byte("active")
 	bucketEnded  = []byte("ended")
+	bucketSpent  = []byte("spent") // single-use grant ids -> expiry (unix ns)
 )
 
 // OpenStore opens (creating) the store in dir.
@@ -79,7 +82,7 @@ func OpenStore(dir string) (*Store, error) {
 		return nil, fmt.Errorf("opening %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketActive, bucketEnded} {
+		for _, b := range [][]byte{bucketActive, bucketEnded, bucketSpent} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -109,10 +112,18 @@ func (s *Store) UpdateActive(sessions ...*Session) error {
 }
 
 // Change is one step of the store: Sessions written like Put, or, with
-// IfActive, like UpdateActive.
+// IfActive, like UpdateActive; Spent grant ids recorded.
 type Change struct {
 	Sessions []*Session
 	IfActive bool
+	Spent    []Spent
+}
+
+// Spent is a single-use grant's id, kept until its grant expires so that
+// it can never open a session again, also after a restart.
+type Spent struct {
+	ID      string
+	Expires time.Time
 }
 
 // Write applies changes in order in one transaction (one fsync for all).
@@ -130,7 +141,7 @@ func (s *Store) Write(changes []Change) error {
 		}
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
-		act, end := tx.Bucket(bucketActive), tx.Bucket(bucketEnded)
+		act, end, spent := tx.Bucket(bucketActive), tx.Bucket(bucketEnded), tx.Bucket(bucketSpent)
 		for i, c := range changes {
 			for j, sess := range c.Sessions {
 				key, b := []byte(sess.ID), encoded[i][j]
@@ -152,9 +163,70 @@ func (s *Store) Write(changes []Change) error {
 					return fmt.Errorf("writing session %s: %w", sess.ID, err)
 				}
 			}
+			for _, sp := range c.Spent {
+				var v [8]byte
+				binary.BigEndian.PutUint64(v[:], uint64(sp.Expires.UnixNano()))
+				if err := spent.Put([]byte(sp.ID), v[:]); err != nil {
+					return fmt.Errorf("writing spent grant %s: %w", sp.ID, err)
+				}
+			}
 		}
 		return nil
 	})
+}
+
+// IsSpent reports whether a grant id is recorded as spent.
+func (s *Store) IsSpent(id string) (bool, error) {
+	var found bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		found = tx.Bucket(bucketSpent).Get([]byte(id)) != nil
+		return nil
+	})
+	return found, err
+}
+
+// SpentCount is the number of grant ids kept.
+func (s *Store) SpentCount() (int, error) {
+	n := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketSpent).Stats().KeyN
+		return nil
+	})
+	return n, err
+}
+
+// PruneSpent deletes the ids of grants expired at t.
+func (s *Store) PruneSpent(t time.Time) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) (err error) {
+		n, err = deleteWhere(tx.Bucket(bucketSpent), func(_, v []byte) bool {
+			return len(v) != 8 || int64(binary.BigEndian.Uint64(v)) <= t.UnixNano()
+		})
+		return err
+	})
+	return n, err
+}
+
+// deleteWhere deletes the keys of b for which drop is true. The keys are
+// gathered first: after a Cursor.Delete on a leaf already changed in the
+// same transaction, bbolt's cursor stands on the next key, and Next skips
+// it (etcd-io/bbolt#146).
+func deleteWhere(b *bolt.Bucket, drop func(k, v []byte) bool) (int, error) {
+	var keys [][]byte
+	if err := b.ForEach(func(k, v []byte) error {
+		if drop(k, v) {
+			keys = append(keys, bytes.Clone(k))
+		}
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), nil
 }
 
 // Active returns every active session.
@@ -184,22 +256,16 @@ func (s *Store) list(bucket []byte) ([]*Session, error) {
 	return out, err
 }
 
-// PruneEnded deletes ended sessions that ended before t.
+// PruneEnded deletes ended sessions that ended before t (and records that
+// cannot be decoded).
 func (s *Store) PruneEnded(t time.Time) (int, error) {
 	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketEnded)
-		c := b.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
+	err := s.db.Update(func(tx *bolt.Tx) (err error) {
+		n, err = deleteWhere(tx.Bucket(bucketEnded), func(_, v []byte) bool {
 			sess, err := decode(v)
-			if err != nil || sess.Ended.Before(t) {
-				if err := c.Delete(); err != nil {
-					return err
-				}
-				n++
-			}
-		}
-		return nil
+			return err != nil || sess.Ended.Before(t)
+		})
+		return err
 	})
 	return n, err
 }

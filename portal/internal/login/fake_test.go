@@ -181,13 +181,37 @@ func (f *fakeController) SPIDIdPs(context.Context) ([]apiclient.SPIDIdP, error) 
 }
 
 // fakeGateway knows one phone's MAC, opens sessions in a map and serves
-// them to the portal (captive.Gate).
+// them to the portal (captive.Gate). Spent grant ids go into a real
+// gateway.Store, as the gateway writes them: with the session, or alone.
 type fakeGateway struct {
 	mu       sync.Mutex
 	macs     map[netip.Addr]net.HardwareAddr
 	sessions map[netip.Addr]gateway.Grant
 	opened   []gateway.Grant
-	refuse   error
+	refuse   error // Open fails with it
+	storeErr error // writes to the store fail with it
+	store    *gateway.Store
+}
+
+func newFakeGateway(t testing.TB, dir string) *fakeGateway {
+	t.Helper()
+	st, err := gateway.OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return &fakeGateway{macs: map[netip.Addr]net.HardwareAddr{}, sessions: map[netip.Addr]gateway.Grant{}, store: st}
+}
+
+func (g *fakeGateway) GrantSpent(id string) (bool, error) { return g.store.IsSpent(id) }
+
+func (g *fakeGateway) SpendGrant(sp gateway.Spent) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.storeErr != nil {
+		return g.storeErr
+	}
+	return g.store.Write([]gateway.Change{{Spent: []gateway.Spent{sp}}})
 }
 
 func (g *fakeGateway) Identify(ip netip.Addr) (net.HardwareAddr, error) {
@@ -205,9 +229,20 @@ func (g *fakeGateway) Open(_ context.Context, req gateway.Grant) (*gateway.Sessi
 	if g.refuse != nil {
 		return nil, g.refuse
 	}
+	sess := &gateway.Session{ID: "s1", MAC: req.MAC, IP: req.IP, Method: req.Method, User: req.User, Started: t0}
+	ch := gateway.Change{Sessions: []*gateway.Session{sess}}
+	if req.Spends.ID != "" {
+		ch.Spent = []gateway.Spent{req.Spends}
+	}
+	if g.storeErr != nil {
+		return nil, fmt.Errorf("recording session: %w", g.storeErr)
+	}
+	if err := g.store.Write([]gateway.Change{ch}); err != nil {
+		return nil, err
+	}
 	g.opened = append(g.opened, req)
 	g.sessions[req.IP] = req
-	return &gateway.Session{ID: "s1", MAC: req.MAC, IP: req.IP}, nil
+	return sess, nil
 }
 
 func (g *fakeGateway) Limits() config.Limits {
@@ -257,7 +292,7 @@ func newHarness(t testing.TB, mod ...func(*captive.Config)) *harness {
 	t.Helper()
 	h := &harness{t: t, now: t0, lang: "en", dir: t.TempDir()}
 	h.ctl = newFakeController(func() time.Time { return h.now })
-	h.gw = &fakeGateway{macs: map[netip.Addr]net.HardwareAddr{}, sessions: map[netip.Addr]gateway.Grant{}}
+	h.gw = newFakeGateway(t, h.dir)
 	mac, _ := net.ParseMAC(phoneHW)
 	h.gw.macs[netip.MustParseAddr(phoneIP)] = mac
 	h.svc = h.newService(t)
@@ -291,7 +326,6 @@ func (h *harness) newService(t testing.TB) *Service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { svc.Close() })
 	return svc
 }
 

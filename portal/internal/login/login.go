@@ -3,8 +3,9 @@
 // the portal page to the controller over the signed gateway protocol
 // (controller/apiclient), checks the grant the controller answers with
 // (Ed25519 signature, site, gateway, client MAC and IP, expiry, and single
-// use: grant ids are kept in a small bbolt file until they expire), and
-// opens the session with the grant's limits and the resident's pseudonym.
+// use: the gateway's store keeps a grant's id, written in the same
+// transaction as the session it opens, until the grant expires), and opens
+// the session with the grant's limits and the resident's pseudonym.
 //
 // The gateway never holds a provider secret and never keeps or logs a phone
 // number: it passes the number through to the controller and forgets it.
@@ -14,7 +15,6 @@ package login
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,11 +27,7 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
-
 	"github.com/civicwifi/civicwifi/controller/apiclient"
-	"github.com/civicwifi/civicwifi/internal/groupcommit"
 	"github.com/civicwifi/civicwifi/internal/quantity"
 	"github.com/civicwifi/civicwifi/portal/internal/captive"
 	"github.com/civicwifi/civicwifi/portal/internal/config"
@@ -58,6 +54,11 @@ type Gateway interface {
 	Open(ctx context.Context, req gateway.Grant) (*gateway.Session, error)
 	// Limits are the site's defaults, for what a grant leaves at zero.
 	Limits() config.Limits
+	// GrantSpent reports whether a grant id is recorded as spent (by an
+	// Open whose Grant.Spends carried it, or by SpendGrant).
+	GrantSpent(id string) (bool, error)
+	// SpendGrant records a grant id as spent without opening a session.
+	SpendGrant(gateway.Spent) error
 }
 
 // Config of the service.
@@ -65,8 +66,10 @@ type Config struct {
 	Site          string
 	GatewayID     string
 	ControllerKey ed25519.PublicKey // the controller's answer- and grant-signing key
-	StateDir      string            // grants.db lives here
-	Now           func() time.Time
+	// StateDir is where older versions kept grants.db (the used grant ids,
+	// now in the gateway's store); New removes it.
+	StateDir string
+	Now      func() time.Time
 	// MaxLogins bounds the logins (code checks, vouchers, remembered
 	// devices, SPID grants) worked on at once; one more is refused at once
 	// as "busy", its code still valid. 0 means DefaultMaxLogins.
@@ -91,16 +94,12 @@ type Service struct {
 	ctl Controller
 	gw  Gateway
 	log *slog.Logger
-	db  *bolt.DB
 	now func() time.Time
-	// mu guards claimed: grant ids being recorded now (zero time), so that
-	// a grant presented twice at once is used once, and ids that could not
-	// be written (until they expire).
+	// mu guards claimed: grant ids being spent now (zero time), so that a
+	// grant presented twice at once is used once, and ids that could not
+	// be recorded (until they expire).
 	mu      sync.Mutex
 	claimed map[string]time.Time
-	// used records grant ids, grouping concurrent logins into one write.
-	used *groupcommit.Log[usedGrant]
-	last time.Time // last prune; only used's writer touches it
 	// slots holds a token per login in flight (MaxLogins).
 	slots chan struct{}
 
@@ -110,9 +109,7 @@ type Service struct {
 	idpsTTL time.Duration
 }
 
-var bucketGrants = []byte("grants")
-
-// New opens StateDir/grants.db (the used grant ids). Close releases it.
+// New makes the service.
 func New(cfg Config, ctl Controller, gw Gateway, log *slog.Logger) (*Service, error) {
 	if len(cfg.ControllerKey) != ed25519.PublicKeySize {
 		return nil, errors.New("resident login: no controller key")
@@ -126,31 +123,19 @@ func New(cfg Config, ctl Controller, gw Gateway, log *slog.Logger) (*Service, er
 	if cfg.MaxLogins <= 0 {
 		cfg.MaxLogins = DefaultMaxLogins
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating state directory: %w", err)
-	}
-	path := filepath.Join(cfg.StateDir, "grants.db")
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("opening %s: another portal daemon holds it", path)
+	if cfg.StateDir != "" {
+		// Used grant ids were kept here before they moved into the
+		// gateway's store. A grant lives a minute and is bound to the
+		// device it opened a session for, so nothing is carried over.
+		old := filepath.Join(cfg.StateDir, "grants.db")
+		if err := os.Remove(old); err == nil {
+			log.Info("removed grants.db: used grant ids are kept in the session store now", "path", old)
+		} else if !errors.Is(err, os.ErrNotExist) {
+			log.Warn("removing the old grants.db", "path", old, "err", err)
 		}
-		return nil, fmt.Errorf("opening %s: %w", path, err)
 	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketGrants)
-		return err
-	}); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("initialising %s: %w", path, err)
-	}
-	s := &Service{cfg: cfg, ctl: ctl, gw: gw, log: log, db: db, now: cfg.Now, idpsTTL: 10 * time.Minute, claimed: map[string]time.Time{}, slots: make(chan struct{}, cfg.MaxLogins)}
-	s.used = groupcommit.New(s.writeUsed)
-	return s, nil
+	return &Service{cfg: cfg, ctl: ctl, gw: gw, log: log, now: cfg.Now, idpsTTL: 10 * time.Minute, claimed: map[string]time.Time{}, slots: make(chan struct{}, cfg.MaxLogins)}, nil
 }
-
-// Close closes the grants file.
-func (s *Service) Close() error { return s.db.Close() }
 
 // client is the MAC and IP the controller is told about.
 func (s *Service) client(ip netip.Addr) (string, string, error) {
@@ -292,25 +277,25 @@ func (s *Service) Use(ctx context.Context, g apiclient.Grant, mac, ip string) er
 		}
 		return err
 	}
-	// The id goes to disk while the session opens (two fsyncs side by
-	// side, not one after the other); the login answers once both are
-	// done. Claimed, the id cannot be used again by this process. If it
-	// cannot be written, the session stays (the grant only ever opens this
-	// device's session again, and only until it expires, a minute): a
-	// failing disk must not lock out the resident.
-	recorded := make(chan error, 1)
-	go func() { recorded <- s.record(g) }()
-	sess, err := s.gw.Open(ctx, gateway.Grant{MAC: hw, IP: addr, Method: g.Method, User: g.User, Limits: s.limits(g)})
-	if rerr := <-recorded; rerr != nil {
-		s.log.Error("recording a used grant; it stays refused until this process stops", "grant", g.ID, "err", rerr)
-	}
+	// The id is written with the session, in the same transaction. If the
+	// session does not open, the id is still spent: written alone, or, if
+	// that fails too, refused in memory until the grant expires.
+	spent := gateway.Spent{ID: g.ID, Expires: g.ExpiresAt}
+	sess, err := s.gw.Open(ctx, gateway.Grant{MAC: hw, IP: addr, Method: g.Method, User: g.User, Limits: s.limits(g), Spends: spent})
 	if err != nil {
+		if serr := s.gw.SpendGrant(spent); serr != nil {
+			s.log.Error("recording a used grant; it stays refused until this process stops", "grant", g.ID, "err", serr)
+			s.settle(g, false)
+		} else {
+			s.settle(g, true)
+		}
 		if errors.Is(err, gateway.ErrRefused) {
 			// The site's rules: closed, full, the day's data used up.
 			return &captive.LoginError{Code: "gateway_refused", Err: err}
 		}
 		return fmt.Errorf("opening session for grant %s: %w", g.ID, err)
 	}
+	s.settle(g, true)
 	s.log.Info("resident logged in", "method", g.Method, "user", g.User, "mac", mac, "ip", ip, "grant", g.ID, "session", sess.ID)
 	return nil
 }
@@ -336,14 +321,8 @@ func (s *Service) limits(g apiclient.Grant) config.Limits {
 	return l
 }
 
-// usedGrant is a grant id kept until its grant expires.
-type usedGrant struct {
-	id      string
-	expires time.Time
-}
-
-// claim reserves g's id, refusing one already used or being recorded by
-// a concurrent login. Every claim is followed by record.
+// claim reserves g's id, refusing one already spent or being spent by a
+// concurrent login. Every claim is followed by settle.
 func (s *Service) claim(g apiclient.Grant) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -355,11 +334,9 @@ func (s *Service) claim(g apiclient.Grant) error {
 	}
 	_, seen := s.claimed[g.ID]
 	if !seen {
-		if err := s.db.View(func(tx *bolt.Tx) error {
-			seen = tx.Bucket(bucketGrants).Get([]byte(g.ID)) != nil
-			return nil
-		}); err != nil {
-			return fmt.Errorf("reading used grants: %w", err)
+		var err error
+		if seen, err = s.gw.GrantSpent(g.ID); err != nil {
+			return fmt.Errorf("reading spent grants: %w", err)
 		}
 	}
 	if seen {
@@ -369,63 +346,16 @@ func (s *Service) claim(g apiclient.Grant) error {
 	return nil
 }
 
-// record writes a claimed id to disk until its grant expires (a restart
-// must not let the grant in again), grouped with concurrent logins.
-func (s *Service) record(g apiclient.Grant) error {
-	err := s.used.Do(usedGrant{id: g.ID, expires: g.ExpiresAt})
+// settle ends a claim: the id is in the store (stored) or stays refused
+// in memory until its grant expires.
+func (s *Service) settle(g apiclient.Grant, stored bool) {
 	s.mu.Lock()
-	if err == nil {
-		delete(s.claimed, g.ID) // on disk now
+	defer s.mu.Unlock()
+	if stored {
+		delete(s.claimed, g.ID)
 	} else {
-		s.claimed[g.ID] = g.ExpiresAt // refused in memory until it expires
+		s.claimed[g.ID] = g.ExpiresAt
 	}
-	s.mu.Unlock()
-	if err != nil {
-		return fmt.Errorf("recording grant %s: %w", g.ID, err)
-	}
-	return nil
-}
-
-// writeUsed writes one batch of used grant ids in one transaction, pruning
-// expired ones at most once a minute.
-func (s *Service) writeUsed(gs []usedGrant) error {
-	now := s.now()
-	prune := now.Sub(s.last) > time.Minute
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketGrants)
-		if prune {
-			c := b.Cursor()
-			for k, v := c.First(); k != nil; k, v = c.Next() {
-				if len(v) != 8 || int64(binary.BigEndian.Uint64(v)) <= now.UnixNano() {
-					if err := c.Delete(); err != nil {
-						return err
-					}
-				}
-			}
-		}
-		for _, g := range gs {
-			var v [8]byte
-			binary.BigEndian.PutUint64(v[:], uint64(g.expires.UnixNano()))
-			if err := b.Put([]byte(g.id), v[:]); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err == nil && prune {
-		s.last = now
-	}
-	return err
-}
-
-// UsedGrants is the number of grant ids kept (for tests and status).
-func (s *Service) UsedGrants() (int, error) {
-	n := 0
-	err := s.db.View(func(tx *bolt.Tx) error {
-		n = tx.Bucket(bucketGrants).Stats().KeyN
-		return nil
-	})
-	return n, err
 }
 
 // refusal turns the controller's refusal into the portal's; other errors

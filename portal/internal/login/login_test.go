@@ -22,7 +22,6 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
-	"github.com/civicwifi/civicwifi/internal/groupcommit"
 	"github.com/civicwifi/civicwifi/internal/quantity"
 	"github.com/civicwifi/civicwifi/portal/internal/captive"
 	"github.com/civicwifi/civicwifi/portal/internal/config"
@@ -153,10 +152,14 @@ func TestSMSLogin(t *testing.T) {
 		Down: quantity.Rate(4_000_000), Up: quantity.Rate(1_000_000), Session: 2 * time.Hour, Idle: 10 * time.Minute,
 		Quota: quantity.Bytes(2_000_000_000), MaxClients: 100,
 	}}}
-	if diff := cmp.Diff(wantOpen, h.gw.openedList(), cmpopts.EquateComparable(netip.Addr{})); diff != "" {
+	opened := h.gw.openedList()
+	if diff := cmp.Diff(wantOpen, opened, cmpopts.EquateComparable(netip.Addr{}), cmpopts.IgnoreFields(gateway.Grant{}, "Spends")); diff != "" {
 		t.Errorf("sessions opened (-want +got)\n%s", diff)
 	}
-	if n, _ := h.svc.UsedGrants(); n != 1 {
+	if len(opened) == 1 && (opened[0].Spends.ID == "" || !opened[0].Spends.Expires.After(h.now)) {
+		t.Errorf("the open does not spend the grant: %+v", opened[0].Spends)
+	}
+	if n, _ := h.gw.store.SpentCount(); n != 1 {
 		t.Errorf("%d grant ids kept, want 1", n)
 	}
 	// The same form again: the controller answers (here: a new grant for
@@ -573,22 +576,29 @@ func TestGrantReplay(t *testing.T) {
 	if err := h.svc.Use(context.Background(), g, phoneHW, phoneIP); !errors.Is(err, ErrReplay) {
 		t.Fatalf("replay: %v, want ErrReplay", err)
 	}
-	h.svc.Close()
-	svc := h.newService(t) // the gateway restarts
+	// The gateway restarts: a new service on the same store.
+	h.gw.store.Close()
+	h.gw = newFakeGateway(t, h.dir)
+	h.gw.macs[netip.MustParseAddr(phoneIP)], _ = net.ParseMAC(phoneHW)
+	svc := h.newService(t)
 	h.now = t0.Add(30 * time.Second)
 	if err := svc.Use(context.Background(), g, phoneHW, phoneIP); !errors.Is(err, ErrReplay) {
 		t.Fatalf("replay after restart: %v, want ErrReplay", err)
 	}
-	if n := len(h.gw.openedList()); n != 1 {
-		t.Errorf("%d sessions opened, want 1", n)
+	if n := len(h.gw.openedList()); n != 0 {
+		t.Errorf("%d sessions opened after the restart, want 0", n)
 	}
-	// Two minutes on, the first id has expired: the next use prunes it.
+	// Two minutes on, the first id has expired: the gateway's prune drops
+	// it and keeps the new one.
 	h.now = t0.Add(2 * time.Minute)
 	g2, _ := h.ctl.grant("sms", phoneHW, phoneIP)
 	if err := svc.Use(context.Background(), g2, phoneHW, phoneIP); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := svc.UsedGrants(); n != 1 {
+	if n, err := h.gw.store.PruneSpent(h.now); n != 1 || err != nil {
+		t.Errorf("pruned %d ids (%v), want 1", n, err)
+	}
+	if n, _ := h.gw.store.SpentCount(); n != 1 {
 		t.Errorf("%d ids kept after pruning, want 1 (the new one)", n)
 	}
 }
@@ -652,29 +662,65 @@ func TestConcurrentGrantUseOpensOnce(t *testing.T) {
 	if got := len(h.gw.openedList()); got != 1 {
 		t.Errorf("%d sessions opened, want 1", got)
 	}
-	if used, err := h.svc.UsedGrants(); err != nil || used != 1 {
+	if used, err := h.gw.store.SpentCount(); err != nil || used != 1 {
 		t.Errorf("used grants on disk: %d (%v), want 1", used, err)
 	}
 }
 
-// A grant whose id cannot be written keeps its session (a failing disk must
-// not lock a resident out) and is still refused again by this process.
-func TestGrantNotRecordedStillSingleUse(t *testing.T) {
+// A grant whose session does not open (the site is full) is spent all the
+// same, also across a restart: it cannot open a session later.
+func TestRefusedGrantIsSpent(t *testing.T) {
 	h := newHarness(t)
-	boom := errors.New("disk full")
-	h.svc.used = groupcommit.New(func([]usedGrant) error { return boom })
 	g, err := h.ctl.grant("sms", phoneHW, phoneIP)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.svc.Use(context.Background(), g, phoneHW, phoneIP); err != nil {
-		t.Fatalf("use with the grant store failing: %v, want the session opened", err)
+	h.gw.refuse = fmt.Errorf("%w: the site is full (100 clients)", gateway.ErrRefused)
+	var le *captive.LoginError
+	if err := h.svc.Use(context.Background(), g, phoneHW, phoneIP); !errors.As(err, &le) || le.Code != "gateway_refused" {
+		t.Fatalf("use at a full site: %v, want gateway_refused", err)
 	}
+	h.gw.refuse = nil
+	svc := h.newService(t) // a restart of the service; the store stays
+	if err := svc.Use(context.Background(), g, phoneHW, phoneIP); !errors.Is(err, ErrReplay) {
+		t.Fatalf("the refused grant again: %v, want ErrReplay", err)
+	}
+	if n := len(h.gw.openedList()); n != 0 {
+		t.Errorf("%d sessions opened, want 0", n)
+	}
+}
+
+// A grant whose id cannot be written (the store fails, so its session does
+// not open either) is still refused again by this process.
+func TestGrantNotRecordedStillSingleUse(t *testing.T) {
+	h := newHarness(t)
+	h.gw.storeErr = errors.New("disk full")
+	g, err := h.ctl.grant("sms", phoneHW, phoneIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.svc.Use(context.Background(), g, phoneHW, phoneIP); err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("use with the store failing: %v, want the store's error", err)
+	}
+	h.gw.storeErr = nil
 	if err := h.svc.Use(context.Background(), g, phoneHW, phoneIP); !errors.Is(err, ErrReplay) {
 		t.Fatalf("second use: %v, want ErrReplay", err)
 	}
-	if n := len(h.gw.openedList()); n != 1 {
-		t.Errorf("%d sessions opened, want 1", n)
+	if n := len(h.gw.openedList()); n != 0 {
+		t.Errorf("%d sessions opened, want 0", n)
+	}
+	// Once the grant has expired (it fails its own check now), the next
+	// login forgets its id.
+	h.now = g.ExpiresAt.Add(time.Second)
+	g2, _ := h.ctl.grant("sms", phoneHW, phoneIP)
+	if err := h.svc.Use(context.Background(), g2, phoneHW, phoneIP); err != nil {
+		t.Fatal(err)
+	}
+	h.svc.mu.Lock()
+	n := len(h.svc.claimed)
+	h.svc.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d ids still held in memory after expiry, want 0", n)
 	}
 }
 
@@ -696,7 +742,6 @@ func TestBusyRefusesAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer svc.Close()
 	release := make(chan struct{})
 	h.ctl.mu.Lock()
 	h.ctl.hold = release

@@ -20,7 +20,6 @@ import (
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
 	"github.com/civicwifi/civicwifi/portal/internal/captive"
-	"github.com/civicwifi/civicwifi/portal/internal/gateway"
 )
 
 // protoController speaks the controller's side of the signed gateway
@@ -89,7 +88,7 @@ func TestOverTheWire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw := &fakeGateway{macs: map[netip.Addr]net.HardwareAddr{}, sessions: map[netip.Addr]gateway.Grant{}}
+	gw := newFakeGateway(t, t.TempDir())
 	mac, _ := net.ParseMAC(phoneHW)
 	gw.macs[netip.MustParseAddr(phoneIP)] = mac
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -97,7 +96,6 @@ func TestOverTheWire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { svc.Close() })
 	srv, err := captive.New(captive.Config{
 		GatewayIP: netip.MustParseAddr("10.20.0.1"), HTTPPort: 2050, HTTPSPort: 2443, SiteName: "Parco Pertini",
 		Key: []byte("0123456789abcdef0123456789abcdef"), Login: svc,
