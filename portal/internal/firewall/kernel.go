@@ -551,7 +551,8 @@ func (k *Kernel) Allow(ctx context.Context, g Grant) error {
 	} else if err := k.allowExec(ctx, g, timeout); err != nil {
 		return fmt.Errorf("allowing %s: %w", g.IP, err)
 	}
-	k.log.Info("client allowed", "ip", g.IP, "mac", g.MAC.String(), "timeout_s", timeout, "quota", g.QuotaBytes)
+	// Debug: the gateway logs the session it opened (one line a login).
+	k.log.Debug("client allowed", "ip", g.IP, "mac", g.MAC.String(), "timeout_s", timeout, "quota", g.QuotaBytes)
 	return nil
 }
 

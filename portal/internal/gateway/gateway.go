@@ -168,7 +168,7 @@ func New(o Options) *Gateway {
 		daily:    map[string]uint64{},
 	}
 	g.journal = newJournal(g)
-	g.events = newEventQueue(func(evs []Event) { g.emit(evs...) })
+	g.events = newEventQueue(func(evs []Event) { g.emit(evs...) }, eventLinger)
 	return g
 }
 
@@ -849,6 +849,7 @@ type opening struct {
 	t       groupcommit.Ticket[record]
 	t0      time.Time
 	already *Session // ClickThrough: the device was in already
+	grant   string   // the id of the grant the open spends, if any
 }
 
 // open does the work of Open under kmu (shared, with the address's lock;
@@ -876,7 +877,7 @@ func (g *Gateway) open(ctx context.Context, mac net.HardwareAddr, ip netip.Addr,
 	g.sessions[s.ID] = s
 	g.byIP[ip] = s
 	delete(g.parked, ip) // enforce takes the class over
-	o := &opening{s: s, c: *s, prev: prev, gen: s.gen, t0: t0}
+	o := &opening{s: s, c: *s, prev: prev, gen: s.gen, t0: t0, grant: req.Spends.ID}
 	g.mu.Unlock()
 
 	var dt *groupcommit.Ticket[record]
@@ -981,8 +982,15 @@ func (g *Gateway) settle(ctx context.Context, o *opening) (*Session, error) {
 	s := &o.c
 	g.o.Metrics.authorisations.WithLabelValues(s.Method).Inc()
 	g.o.Metrics.allowSeconds.Observe(time.Since(o.t0).Seconds())
-	g.log.Info("session opened", "session", s.ID, "mac", s.MAC.String(), "ip", s.IP, "method", s.Method,
-		"expires", s.Expires, "quota", s.QuotaBytes, "down", quantity.Rate(s.DownRate), "up", quantity.Rate(s.UpRate))
+	attrs := []any{"session", s.ID, "mac", s.MAC.String(), "ip", s.IP, "method", s.Method,
+		"expires", s.Expires, "quota", s.QuotaBytes, "down", quantity.Rate(s.DownRate), "up", quantity.Rate(s.UpRate)}
+	if s.User != "" {
+		attrs = append(attrs, "user", s.User) // a pseudonym, never a phone number
+	}
+	if o.grant != "" {
+		attrs = append(attrs, "grant", o.grant)
+	}
+	g.log.Info("session opened", attrs...)
 	if g.o.Opened != nil {
 		g.o.Opened(s.IP)
 	}

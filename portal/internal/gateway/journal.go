@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"sync"
+	"time"
 
 	"github.com/civicwifi/civicwifi/internal/groupcommit"
 )
@@ -70,8 +71,16 @@ func copies(ss []*Session) []*Session {
 // interim or stop event, which carry the same start, method and user).
 // Whoever needs events out before doing something (stops before the store;
 // shutdown) waits for them with sync.
+//
+// Events nobody waits for linger up to linger before they are handed on,
+// so that a burst of logins costs one outbox write (an fsync'd commit)
+// every linger, not one per journal batch: at 1,000 logins a second the
+// outbox's commits were 3 % of the machine (perf). A sync cuts the wait
+// short.
 type eventQueue struct {
-	send func([]Event)
+	send   func([]Event)
+	linger time.Duration
+	hurry  chan struct{} // a sync is waiting
 
 	mu      sync.Mutex
 	cond    sync.Cond
@@ -81,8 +90,13 @@ type eventQueue struct {
 	running bool
 }
 
-func newEventQueue(send func([]Event)) *eventQueue {
-	e := &eventQueue{send: send}
+// eventLinger is how long start events may wait to be handed on with
+// others: long enough to gather a burst, short enough that the dashboard
+// shows a new session within the second.
+const eventLinger = 100 * time.Millisecond
+
+func newEventQueue(send func([]Event), linger time.Duration) *eventQueue {
+	e := &eventQueue{send: send, linger: linger, hurry: make(chan struct{}, 1)}
 	e.cond.L = &e.mu
 	return e
 }
@@ -109,6 +123,16 @@ func (e *eventQueue) push(evs []Event) uint64 {
 func (e *eventQueue) run() {
 	e.mu.Lock()
 	for len(e.q) > 0 {
+		if e.linger > 0 {
+			e.mu.Unlock()
+			t := time.NewTimer(e.linger)
+			select {
+			case <-t.C:
+			case <-e.hurry:
+			}
+			t.Stop()
+			e.mu.Lock()
+		}
 		batch := e.q
 		e.q = nil
 		e.mu.Unlock()
@@ -126,6 +150,10 @@ func (e *eventQueue) sync(n uint64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for e.sent < n {
+		select {
+		case e.hurry <- struct{}{}:
+		default:
+		}
 		e.cond.Wait()
 	}
 }

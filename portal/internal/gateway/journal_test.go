@@ -445,3 +445,51 @@ func TestOpensAndKicksUnderLoadStayConsistent(t *testing.T) {
 		t.Error("no session left open: the load did not exercise anything")
 	}
 }
+
+// Events nobody waits for linger and go out together; a sync sends them at
+// once; without a sync they go out when the linger ends.
+func TestEventQueueLingers(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		calls [][]Event
+	)
+	record := func(evs []Event) {
+		mu.Lock()
+		calls = append(calls, evs)
+		mu.Unlock()
+	}
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls)
+	}
+	ev := func(id string) []Event { return []Event{{Kind: EventStart, Session: Session{ID: id}}} }
+
+	q := newEventQueue(record, time.Hour)
+	for _, id := range []string{"a", "b", "c"} {
+		q.push(ev(id))
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("%d sends before the linger ended or a sync, want 0", n)
+	}
+	done := make(chan struct{})
+	go func() { q.syncAll(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("sync waited for the linger")
+	}
+	if n := count(); n != 1 || len(calls[0]) != 3 {
+		t.Fatalf("after the sync: %d sends (%v), want one of 3 events", n, calls)
+	}
+
+	q = newEventQueue(record, 20*time.Millisecond)
+	q.push(ev("d"))
+	deadline := time.Now().Add(5 * time.Second)
+	for count() != 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("a lingering event was never sent")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -281,7 +281,7 @@ func (s *Service) Use(ctx context.Context, g apiclient.Grant, mac, ip string) er
 	// session does not open, the id is still spent: written alone, or, if
 	// that fails too, refused in memory until the grant expires.
 	spent := gateway.Spent{ID: g.ID, Expires: g.ExpiresAt}
-	sess, err := s.gw.Open(ctx, gateway.Grant{MAC: hw, IP: addr, Method: g.Method, User: g.User, Limits: s.limits(g), Spends: spent})
+	_, err = s.gw.Open(ctx, gateway.Grant{MAC: hw, IP: addr, Method: g.Method, User: g.User, Limits: s.limits(g), Spends: spent})
 	if err != nil {
 		if serr := s.gw.SpendGrant(spent); serr != nil {
 			s.log.Error("recording a used grant; it stays refused until this process stops", "grant", g.ID, "err", serr)
@@ -296,7 +296,8 @@ func (s *Service) Use(ctx context.Context, g apiclient.Grant, mac, ip string) er
 		return fmt.Errorf("opening session for grant %s: %w", g.ID, err)
 	}
 	s.settle(g, true)
-	s.log.Info("resident logged in", "method", g.Method, "user", g.User, "mac", mac, "ip", ip, "grant", g.ID, "session", sess.ID)
+	// The gateway's "session opened" line names the method, the user's
+	// pseudonym and the grant: one line per login, not two.
 	return nil
 }
 
