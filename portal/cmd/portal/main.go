@@ -386,7 +386,11 @@ func daemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if cfg.MetricsListen != "" {
 		g.Go(func() error { return serveMetrics(ctx, cfg.MetricsListen, reg) })
 	}
-	return g.Wait()
+	err = g.Wait()
+	// Logins that ended while the gateway's loop stopped may have start
+	// events still lingering: into the outbox before it closes.
+	gw.Drain()
+	return err
 }
 
 // portalConfig is the captive server's configuration from the gateway's,

@@ -318,6 +318,11 @@ func (g *Gateway) pruneEnded() {
 	}
 }
 
+// Drain hands every session event still waiting (start events linger, see
+// eventQueue) to Options.Events. The daemon calls it once everything that
+// opens sessions has stopped, before it closes the outbox.
+func (g *Gateway) Drain() { g.events.syncAll() }
+
 // GrantSpent reports whether a single-use grant's id is recorded as
 // spent (by an Open that carried it, or SpendGrant).
 func (g *Gateway) GrantSpent(id string) (bool, error) { return g.o.Store.IsSpent(id) }

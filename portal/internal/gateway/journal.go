@@ -80,13 +80,14 @@ func copies(ss []*Session) []*Session {
 type eventQueue struct {
 	send   func([]Event)
 	linger time.Duration
-	hurry  chan struct{} // a sync is waiting
+	hurry  chan struct{} // wakes a lingering run: a sync is waiting
 
 	mu      sync.Mutex
 	cond    sync.Cond
 	q       []Event
 	added   uint64 // events pushed so far
 	sent    uint64 // events handed to send so far
+	want    uint64 // the highest count a sync waits for
 	running bool
 }
 
@@ -123,7 +124,13 @@ func (e *eventQueue) push(evs []Event) uint64 {
 func (e *eventQueue) run() {
 	e.mu.Lock()
 	for len(e.q) > 0 {
-		if e.linger > 0 {
+		if e.linger > 0 && e.want <= e.sent {
+			// Nobody waits: a token in hurry is left from a sync
+			// already served (it would cut this linger short).
+			select {
+			case <-e.hurry:
+			default:
+			}
 			e.mu.Unlock()
 			t := time.NewTimer(e.linger)
 			select {
@@ -149,6 +156,7 @@ func (e *eventQueue) run() {
 func (e *eventQueue) sync(n uint64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.want = max(e.want, n)
 	for e.sent < n {
 		select {
 		case e.hurry <- struct{}{}:

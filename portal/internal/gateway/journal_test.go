@@ -11,8 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/civicwifi/civicwifi/internal/quantity"
 	"github.com/civicwifi/civicwifi/portal/internal/config"
+	"github.com/civicwifi/civicwifi/portal/internal/control"
 	"github.com/civicwifi/civicwifi/portal/internal/firewall"
 )
 
@@ -491,5 +494,47 @@ func TestEventQueueLingers(t *testing.T) {
 			t.Fatal("a lingering event was never sent")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A stop does not wait for lingering start events: it takes them along,
+// in order, and the kick returns at once even with an hour's linger.
+func TestStopDoesNotWaitForLinger(t *testing.T) {
+	ctx := context.Background()
+	var (
+		mu    sync.Mutex
+		kinds []EventKind
+	)
+	r := newRig(t, "", nil, func(o *Options) {
+		o.Events = func(evs []Event) error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, e := range evs {
+				kinds = append(kinds, e.Kind)
+			}
+			return nil
+		}
+	})
+	r.gw.events.linger = time.Hour // before any event: nothing runs yet
+	if _, err := r.gw.Open(ctx, Grant{MAC: mac1, IP: ip1, Method: "ctl", Limits: testConfig().Limits}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.gw.Kick(ctx, control.KickRequest{IP: ip1.String()})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the kick waited for the start event's linger")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if diff := cmp.Diff([]EventKind{EventStart, EventStop}, kinds); diff != "" {
+		t.Errorf("events (-want +got)\n%s", diff)
 	}
 }

@@ -284,7 +284,7 @@ func (s *Service) Use(ctx context.Context, g apiclient.Grant, mac, ip string) er
 	_, err = s.gw.Open(ctx, gateway.Grant{MAC: hw, IP: addr, Method: g.Method, User: g.User, Limits: s.limits(g), Spends: spent})
 	if err != nil {
 		if serr := s.gw.SpendGrant(spent); serr != nil {
-			s.log.Error("recording a used grant; it stays refused until this process stops", "grant", g.ID, "err", serr)
+			s.log.Error("recording a spent grant; it stays refused in memory until it expires", "grant", g.ID, "err", serr)
 			s.settle(g, false)
 		} else {
 			s.settle(g, true)
