@@ -327,11 +327,14 @@ func (g *Gateway) Drain() { g.events.syncAll() }
 // spent (by an Open that carried it, or SpendGrant).
 func (g *Gateway) GrantSpent(id string) (bool, error) { return g.o.Store.IsSpent(id) }
 
-// SpendGrant records a grant's id as spent without a session: for a
-// grant whose open was refused. It is written with the next batch of the
-// journal.
-func (g *Gateway) SpendGrant(sp Spent) error {
-	return g.journal.Do(record{change: Change{Spent: []Spent{sp}}})
+// SpendGrant records grant ids as spent without a session: a grant whose
+// open was refused, ids carried over from an older version's file. They
+// are written with the next batch of the journal.
+func (g *Gateway) SpendGrant(sps ...Spent) error {
+	if len(sps) == 0 {
+		return nil
+	}
+	return g.journal.Do(record{change: Change{Spent: sps}})
 }
 
 // grants is what the kernel should hold now, and the gen it was taken at.

@@ -205,13 +205,13 @@ func newFakeGateway(t testing.TB, dir string) *fakeGateway {
 
 func (g *fakeGateway) GrantSpent(id string) (bool, error) { return g.store.IsSpent(id) }
 
-func (g *fakeGateway) SpendGrant(sp gateway.Spent) error {
+func (g *fakeGateway) SpendGrant(sps ...gateway.Spent) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.storeErr != nil {
 		return g.storeErr
 	}
-	return g.store.Write([]gateway.Change{{Spent: []gateway.Spent{sp}}})
+	return g.store.Write([]gateway.Change{{Spent: sps}})
 }
 
 func (g *fakeGateway) Identify(ip netip.Addr) (net.HardwareAddr, error) {

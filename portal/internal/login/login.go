@@ -15,6 +15,7 @@ package login
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
 	"github.com/civicwifi/civicwifi/internal/quantity"
@@ -57,8 +61,8 @@ type Gateway interface {
 	// GrantSpent reports whether a grant id is recorded as spent (by an
 	// Open whose Grant.Spends carried it, or by SpendGrant).
 	GrantSpent(id string) (bool, error)
-	// SpendGrant records a grant id as spent without opening a session.
-	SpendGrant(gateway.Spent) error
+	// SpendGrant records grant ids as spent without opening a session.
+	SpendGrant(...gateway.Spent) error
 }
 
 // Config of the service.
@@ -67,7 +71,8 @@ type Config struct {
 	GatewayID     string
 	ControllerKey ed25519.PublicKey // the controller's answer- and grant-signing key
 	// StateDir is where older versions kept grants.db (the used grant ids,
-	// now in the gateway's store); New removes it.
+	// now in the gateway's store); New moves the unexpired ids into the
+	// store and removes the file.
 	StateDir string
 	Now      func() time.Time
 	// MaxLogins bounds the logins (code checks, vouchers, remembered
@@ -124,17 +129,60 @@ func New(cfg Config, ctl Controller, gw Gateway, log *slog.Logger) (*Service, er
 		cfg.MaxLogins = DefaultMaxLogins
 	}
 	if cfg.StateDir != "" {
-		// Used grant ids were kept here before they moved into the
-		// gateway's store. A grant lives a minute and is bound to the
-		// device it opened a session for, so nothing is carried over.
-		old := filepath.Join(cfg.StateDir, "grants.db")
-		if err := os.Remove(old); err == nil {
-			log.Info("removed grants.db: used grant ids are kept in the session store now", "path", old)
-		} else if !errors.Is(err, os.ErrNotExist) {
-			log.Warn("removing the old grants.db", "path", old, "err", err)
+		if err := carryOverGrants(filepath.Join(cfg.StateDir, "grants.db"), gw, cfg.Now(), log); err != nil {
+			return nil, fmt.Errorf("resident login: %w", err)
 		}
 	}
 	return &Service{cfg: cfg, ctl: ctl, gw: gw, log: log, now: cfg.Now, idpsTTL: 10 * time.Minute, claimed: map[string]time.Time{}, slots: make(chan struct{}, cfg.MaxLogins)}, nil
+}
+
+// carryOverGrants moves the unexpired ids of an older version's grants.db
+// (bucket "grants": id -> expiry in Unix ns) into the gateway's store and
+// removes the file. A file that cannot be read is left in place and
+// reported: the ids in it expire within a minute anyway.
+func carryOverGrants(path string, gw Gateway, now time.Time, log *slog.Logger) error {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var spent []gateway.Spent
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, ReadOnly: true})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return fmt.Errorf("opening %s: another portal daemon holds it", path)
+		}
+		log.Warn("reading the old grants.db; its ids are not carried over", "path", path, "err", err)
+		return nil
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("grants"))
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			if len(v) == 8 {
+				if exp := time.Unix(0, int64(binary.BigEndian.Uint64(v))); exp.After(now) {
+					spent = append(spent, gateway.Spent{ID: string(k), Expires: exp})
+				}
+			}
+			return nil
+		})
+	})
+	db.Close()
+	if err != nil {
+		log.Warn("reading the old grants.db; its ids are not carried over", "path", path, "err", err)
+		return nil
+	}
+	if len(spent) > 0 {
+		if err := gw.SpendGrant(spent...); err != nil {
+			return fmt.Errorf("carrying the spent grant ids of %s over: %w", path, err)
+		}
+	}
+	if err := os.Remove(path); err != nil {
+		log.Warn("removing the old grants.db", "path", path, "err", err)
+		return nil
+	}
+	log.Info("spent grant ids moved from grants.db into the session store", "path", path, "unexpired", len(spent))
+	return nil
 }
 
 // client is the MAC and IP the controller is told about.

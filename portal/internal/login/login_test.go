@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,12 +15,14 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/civicwifi/civicwifi/controller/apiclient"
 	"github.com/civicwifi/civicwifi/internal/quantity"
@@ -812,5 +815,46 @@ func TestBusyRefusesAtOnce(t *testing.T) {
 	}
 	if len(h.ctl.requests()) != n {
 		t.Error("a busy page's login reached the controller")
+	}
+}
+
+// An older version's grants.db: its unexpired ids move into the gateway's
+// store (a grant spent just before the upgrade stays spent), expired ones
+// are dropped, and the file is removed.
+func TestGrantsFileCarriedOver(t *testing.T) {
+	h := newHarness(t)
+	g, err := h.ctl.grant("sms", phoneHW, phoneIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(h.dir, "grants.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(id string, exp time.Time) {
+		if err := db.Update(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists([]byte("grants"))
+			if err != nil {
+				return err
+			}
+			return b.Put([]byte(id), binary.BigEndian.AppendUint64(nil, uint64(exp.UnixNano())))
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(g.ID, g.ExpiresAt)
+	put("long-expired", h.now.Add(-time.Minute))
+	db.Close()
+
+	svc := h.newService(t) // the upgraded gateway starts
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("grants.db still there: %v", err)
+	}
+	if n, _ := h.gw.store.SpentCount(); n != 1 {
+		t.Errorf("%d ids carried over, want 1 (the unexpired one)", n)
+	}
+	if err := svc.Use(context.Background(), g, phoneHW, phoneIP); !errors.Is(err, ErrReplay) {
+		t.Fatalf("the grant spent before the upgrade: %v, want ErrReplay", err)
 	}
 }
