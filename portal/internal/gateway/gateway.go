@@ -292,10 +292,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		case <-prune.C:
 			g.pruneEnded()
 		case <-pruneSpent.C:
-			if _, err := g.o.Store.PruneSpent(g.now()); err != nil {
-				g.o.Metrics.errors.WithLabelValues("store").Inc()
-				g.log.Error("pruning spent grant ids", "err", err)
-			}
+			g.pruneSpent()
 		}
 	}
 }
@@ -315,6 +312,15 @@ func (g *Gateway) pruneEnded() {
 	}
 	if n > 0 {
 		g.log.Info("ended sessions pruned", "count", n, "older_than", EndedRetention)
+	}
+}
+
+// pruneSpent drops the ids of expired grants (they fail their own expiry
+// check now).
+func (g *Gateway) pruneSpent() {
+	if _, err := g.o.Store.PruneSpent(g.now()); err != nil {
+		g.o.Metrics.errors.WithLabelValues("store").Inc()
+		g.log.Error("pruning spent grant ids", "err", err)
 	}
 }
 

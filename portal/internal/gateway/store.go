@@ -197,11 +197,17 @@ func (s *Store) SpentCount() (int, error) {
 
 // PruneSpent deletes the ids of grants expired at t.
 func (s *Store) PruneSpent(t time.Time) (int, error) {
+	return s.prune(bucketSpent, func(v []byte) bool {
+		return len(v) != 8 || int64(binary.BigEndian.Uint64(v)) <= t.UnixNano()
+	})
+}
+
+// prune deletes, in one transaction, the records of bucket whose value
+// drop says to.
+func (s *Store) prune(bucket []byte, drop func(v []byte) bool) (int, error) {
 	n := 0
 	err := s.db.Update(func(tx *bolt.Tx) (err error) {
-		n, err = deleteWhere(tx.Bucket(bucketSpent), func(_, v []byte) bool {
-			return len(v) != 8 || int64(binary.BigEndian.Uint64(v)) <= t.UnixNano()
-		})
+		n, err = deleteWhere(tx.Bucket(bucket), drop)
 		return err
 	})
 	return n, err
@@ -211,10 +217,10 @@ func (s *Store) PruneSpent(t time.Time) (int, error) {
 // gathered first: after a Cursor.Delete on a leaf already changed in the
 // same transaction, bbolt's cursor stands on the next key, and Next skips
 // it (etcd-io/bbolt#146).
-func deleteWhere(b *bolt.Bucket, drop func(k, v []byte) bool) (int, error) {
+func deleteWhere(b *bolt.Bucket, drop func(v []byte) bool) (int, error) {
 	var keys [][]byte
 	if err := b.ForEach(func(k, v []byte) error {
-		if drop(k, v) {
+		if drop(v) {
 			keys = append(keys, bytes.Clone(k))
 		}
 		return nil
@@ -259,13 +265,8 @@ func (s *Store) list(bucket []byte) ([]*Session, error) {
 // PruneEnded deletes ended sessions that ended before t (and records that
 // cannot be decoded).
 func (s *Store) PruneEnded(t time.Time) (int, error) {
-	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) (err error) {
-		n, err = deleteWhere(tx.Bucket(bucketEnded), func(_, v []byte) bool {
-			sess, err := decode(v)
-			return err != nil || sess.Ended.Before(t)
-		})
-		return err
+	return s.prune(bucketEnded, func(v []byte) bool {
+		sess, err := decode(v)
+		return err != nil || sess.Ended.Before(t)
 	})
-	return n, err
 }

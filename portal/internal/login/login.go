@@ -330,20 +330,21 @@ func (s *Service) Use(ctx context.Context, g apiclient.Grant, mac, ip string) er
 	// that fails too, refused in memory until the grant expires.
 	spent := gateway.Spent{ID: g.ID, Expires: g.ExpiresAt}
 	_, err = s.gw.Open(ctx, gateway.Grant{MAC: hw, IP: addr, Method: g.Method, User: g.User, Limits: s.limits(g), Spends: spent})
+	stored := true
 	if err != nil {
 		if serr := s.gw.SpendGrant(spent); serr != nil {
 			s.log.Error("recording a spent grant; it stays refused in memory until it expires", "grant", g.ID, "err", serr)
-			s.settle(g, false)
-		} else {
-			s.settle(g, true)
+			stored = false
 		}
+	}
+	s.settle(g, stored)
+	if err != nil {
 		if errors.Is(err, gateway.ErrRefused) {
 			// The site's rules: closed, full, the day's data used up.
 			return &captive.LoginError{Code: "gateway_refused", Err: err}
 		}
 		return fmt.Errorf("opening session for grant %s: %w", g.ID, err)
 	}
-	s.settle(g, true)
 	// The gateway's "session opened" line names the method, the user's
 	// pseudonym and the grant: one line per login, not two.
 	return nil
